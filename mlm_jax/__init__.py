@@ -1,0 +1,1 @@
+"""mlm_jax: masked language modeling in JAX/Flax."""

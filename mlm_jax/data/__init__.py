@@ -1,0 +1,1 @@
+"""Input pipeline: corpora, tokenizer, packing and the per-host loader."""
