@@ -1,0 +1,402 @@
+"""BERT encoder, sparse MLM head and classification head (flax.linen).
+
+Exactly BERT by default (post-LN, erf GELU, tied decoder), so weights move to and from Hugging
+Face unchanged (see hf.py). Every parameter and the main activations carry logical axis names
+(batch, length, embed, heads, kv, mlp, vocab, layers); the mesh mapping lives in the config.
+
+Parameter tree (scan_layers=True stacks the blocks under `layers` with a leading layers axis;
+scan_layers=False names them `layer_0`, `layer_1`, ...):
+
+    encoder/embeddings/{word_embeddings [Vp,E], position_embeddings [P,E],
+                        token_type_embeddings [T,E], norm/{scale,bias}}
+    encoder/layers/{qkv/{kernel [E,3,N,D], bias [3,N,D]}, attention_out/{kernel [N,D,E], bias},
+                    attention_norm, mlp_in/{kernel [E,M], bias}, mlp_out/{kernel [M,E], bias},
+                    mlp_norm}
+    encoder/final_norm                      (pre_ln only)
+    mlm_head/{transform/{kernel [E,E], bias}, norm, output_bias [Vp]}
+    pooler/{kernel,bias}, classifier/{kernel,bias}   (BertForSequenceClassification)
+
+Shape letters: B batch, L length, K predictions per row, E hidden, N heads, D head dim,
+M intermediate, V real vocab, Vp padded vocab, C classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_REMAT_POLICIES = {
+    "full": None,  # save nothing inside a block: recompute it all in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep projection outputs
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """config.model with the vocabulary resolved; hashable so it can be a static module field."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int  # real vocabulary (what the MLM head predicts over)
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pre_ln: bool = False
+    dtype: str = "float32"
+    attention: str = "xla"
+    remat: str = "none"
+    scan_layers: bool = True
+    pad_vocab_multiple: int = 128
+    attend_across_documents: bool = False
+    init_from: str = ""
+    pad_id: int = 0
+
+    def __post_init__(self):
+        checks = [
+            (self.hidden_size % self.num_heads == 0, "hidden_size", "a multiple of num_heads"),
+            (self.vocab_size > 0, "vocab_size", "> 0 (resolve 0 from the tokenizer)"),
+            (self.dtype in _DTYPES, "dtype", f"one of {sorted(_DTYPES)}"),
+            (self.attention in ("xla", "cudnn"), "attention", "xla or cudnn"),
+            (self.remat in ("none", "full", "dots"), "remat", "none, full or dots"),
+            (self.pad_vocab_multiple >= 1, "pad_vocab_multiple", ">= 1"),
+            (self.num_layers >= 1, "num_layers", ">= 1"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ValueError(f"config.model.{key}={getattr(self, key)!r}: expected {expected}")
+
+    @classmethod
+    def from_config(cls, model_config: Any, *, vocab_size: int = 0, pad_id: int = 0):
+        """Builds from the config.model ConfigDict; vocab_size=0 there takes the tokenizer's."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"pad_id"}
+        values = {k: model_config[k] for k in fields if k in model_config}
+        configured = int(values.get("vocab_size", 0))
+        if configured and vocab_size and configured < vocab_size:
+            raise ValueError(
+                f"config.model.vocab_size={configured}: smaller than the tokenizer's {vocab_size}"
+            )
+        values["vocab_size"] = configured or vocab_size
+        return cls(**values, pad_id=pad_id)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_multiple
+        return -(-self.vocab_size // m) * m
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return _DTYPES[self.dtype]
+
+
+def _init(config: ModelConfig):
+    return nn.initializers.truncated_normal(stddev=config.initializer_range)
+
+
+def _constrain(x, names):
+    return nn.with_logical_constraint(x, names)
+
+
+def _dense(config: ModelConfig, features, names, axis=-1, name=None):
+    """DenseGeneral in the compute dtype with float32 params and logical names on both."""
+    out_names = names[-(len(features) if isinstance(features, tuple) else 1) :]
+    return nn.DenseGeneral(
+        features,
+        axis=axis,
+        dtype=config.compute_dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(_init(config), names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), out_names),
+        name=name,
+    )
+
+
+def _layer_norm(config: ModelConfig, name=None):
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.compute_dtype,
+        param_dtype=jnp.float32,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        name=name,
+    )
+
+
+def attention_mask(tokens_BxL, document_ids_BxL, *, pad_id: int, attend_across_documents: bool):
+    """Boolean [B,1,L,L] (query, key) mask.
+
+    Padding is document_ids == 0 when given, else tokens == pad_id. Padding queries get a
+    harmless non-empty row (no NaNs, no effect on real positions, which never see padding keys).
+    """
+    if document_ids_BxL is None:
+        real_BxL = tokens_BxL != pad_id
+        doc_BxL = real_BxL.astype(jnp.int32)  # 1 = real, 0 = padding
+    else:
+        real_BxL = document_ids_BxL != 0
+        doc_BxL = document_ids_BxL
+    if attend_across_documents or document_ids_BxL is None:
+        mask_BxLxL = real_BxL[:, None, :] | ~real_BxL[:, :, None]
+    else:
+        mask_BxLxL = doc_BxL[:, :, None] == doc_BxL[:, None, :]
+    return mask_BxLxL[:, None, :, :]
+
+
+class Embeddings(nn.Module):
+    """Word + learned absolute position + token type embeddings, then LayerNorm and dropout."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.word_embeddings = self.param(
+            "word_embeddings",
+            nn.with_logical_partitioning(_init(c), ("vocab", "embed")),
+            (c.padded_vocab_size, c.hidden_size),
+            jnp.float32,
+        )
+        self.position_embeddings = self.param(
+            "position_embeddings",
+            nn.with_logical_partitioning(_init(c), (None, "embed")),
+            (c.max_position_embeddings, c.hidden_size),
+            jnp.float32,
+        )
+        self.token_type_embeddings = self.param(
+            "token_type_embeddings",
+            nn.with_logical_partitioning(_init(c), (None, "embed")),
+            (c.type_vocab_size, c.hidden_size),
+            jnp.float32,
+        )
+        self.norm = _layer_norm(c)
+        self.dropout = nn.Dropout(c.dropout_rate)
+
+    def __call__(self, tokens_BxL, token_types_BxL=None, *, deterministic: bool):
+        c = self.config
+        length = tokens_BxL.shape[1]
+        if length > c.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {length}: longer than "
+                f"config.model.max_position_embeddings={c.max_position_embeddings}"
+            )
+        x_BxLxE = jnp.take(self.word_embeddings, tokens_BxL, axis=0)
+        x_BxLxE = x_BxLxE + self.position_embeddings[None, :length]
+        if token_types_BxL is None:
+            x_BxLxE = x_BxLxE + self.token_type_embeddings[0]
+        else:
+            x_BxLxE = x_BxLxE + jnp.take(self.token_type_embeddings, token_types_BxL, axis=0)
+        x_BxLxE = _constrain(x_BxLxE.astype(c.compute_dtype), ("batch", "length", "embed"))
+        return self.dropout(self.norm(x_BxLxE), deterministic=deterministic)
+
+    def attend(self, h_BxKxE):
+        """Tied decoder: logits over the padded vocabulary, accumulated in float32."""
+        table = self.word_embeddings.astype(self.config.compute_dtype)
+        return jnp.einsum("bke,ve->bkv", h_BxKxE, table, preferred_element_type=jnp.float32)
+
+
+class Block(nn.Module):
+    """One Transformer block: bidirectional self-attention and a GELU MLP, post- or pre-LN."""
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x_BxLxE, mask_Bx1xLxL):
+        c = self.config
+        n, d = c.num_heads, c.head_dim
+        dropout = nn.Dropout(c.dropout_rate)
+
+        h_BxLxE = _layer_norm(c, "attention_norm")(x_BxLxE) if c.pre_ln else x_BxLxE
+        qkv_BxLx3xNxD = _dense(c, (3, n, d), ("embed", None, "heads", "kv"), name="qkv")(h_BxLxE)
+        qkv_BxLx3xNxD = _constrain(qkv_BxLx3xNxD, ("batch", "length", None, "heads", "kv"))
+        q, k, v = (qkv_BxLx3xNxD[:, :, i] for i in range(3))
+        attn_BxLxNxD = self._attention(q, k, v, mask_Bx1xLxL)
+        attn_BxLxNxD = _constrain(attn_BxLxNxD, ("batch", "length", "heads", "kv"))
+        out_BxLxE = _dense(
+            c, c.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="attention_out"
+        )(attn_BxLxNxD)
+        x_BxLxE = x_BxLxE + dropout(out_BxLxE, deterministic=self.deterministic)
+        if not c.pre_ln:
+            x_BxLxE = _layer_norm(c, "attention_norm")(x_BxLxE)
+        x_BxLxE = _constrain(x_BxLxE, ("batch", "length", "embed"))
+
+        h_BxLxE = _layer_norm(c, "mlp_norm")(x_BxLxE) if c.pre_ln else x_BxLxE
+        h_BxLxM = _dense(c, c.intermediate_size, ("embed", "mlp"), name="mlp_in")(h_BxLxE)
+        h_BxLxM = _constrain(nn.gelu(h_BxLxM, approximate=False), ("batch", "length", "mlp"))
+        h_BxLxE = _dense(c, c.hidden_size, ("mlp", "embed"), name="mlp_out")(h_BxLxM)
+        x_BxLxE = x_BxLxE + dropout(h_BxLxE, deterministic=self.deterministic)
+        if not c.pre_ln:
+            x_BxLxE = _layer_norm(c, "mlp_norm")(x_BxLxE)
+        return _constrain(x_BxLxE, ("batch", "length", "embed")), None
+
+    def _attention(self, q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, mask_Bx1xLxL):
+        c = self.config
+        if self.deterministic or c.attention_dropout_rate == 0.0:
+            # Fused path: XLA/cuDNN pick the kernel; [B,L,N,D] in and out, no transposes here.
+            return jax.nn.dot_product_attention(
+                q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, mask=mask_Bx1xLxL, implementation=c.attention
+            )
+        # Training with attention dropout (BERT's default): dot_product_attention has no
+        # dropout, so spell it out. Set attention_dropout_rate=0 to train on the fused path.
+        scores_BxNxLxL = jnp.einsum(
+            "bqnd,bknd->bnqk", q_BxLxNxD, k_BxLxNxD, preferred_element_type=jnp.float32
+        ) / jnp.sqrt(jnp.float32(c.head_dim))
+        scores_BxNxLxL = jnp.where(mask_Bx1xLxL, scores_BxNxLxL, jnp.finfo(jnp.float32).min)
+        probs_BxNxLxL = jax.nn.softmax(scores_BxNxLxL, axis=-1).astype(c.compute_dtype)
+        probs_BxNxLxL = nn.Dropout(c.attention_dropout_rate)(probs_BxNxLxL, deterministic=False)
+        return jnp.einsum("bnqk,bknd->bqnd", probs_BxNxLxL, v_BxLxNxD)
+
+
+class BertEncoder(nn.Module):
+    """Embeddings and the block stack; returns last hidden states [B,L,E] in the compute dtype."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.embeddings = Embeddings(c)
+        if c.pre_ln:
+            self.final_norm = _layer_norm(c)
+
+    def _blocks(self, deterministic: bool):
+        c = self.config
+        block_cls = Block
+        if c.remat != "none":
+            block_cls = nn.remat(
+                block_cls, prevent_cse=not c.scan_layers, policy=_REMAT_POLICIES[c.remat]
+            )
+        if c.scan_layers:
+            stack_cls = nn.scan(
+                block_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=c.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            return [stack_cls(c, deterministic, name="layers")]
+        return [block_cls(c, deterministic, name=f"layer_{i}") for i in range(c.num_layers)]
+
+    @nn.compact
+    def __call__(
+        self, tokens_BxL, *, document_ids_BxL=None, token_types_BxL=None, deterministic=True
+    ):
+        c = self.config
+        mask_Bx1xLxL = attention_mask(
+            tokens_BxL,
+            document_ids_BxL,
+            pad_id=c.pad_id,
+            attend_across_documents=c.attend_across_documents,
+        )
+        x_BxLxE = self.embeddings(tokens_BxL, token_types_BxL, deterministic=deterministic)
+        for block in self._blocks(deterministic):
+            x_BxLxE, _ = block(x_BxLxE, mask_Bx1xLxL)
+        if c.pre_ln:
+            x_BxLxE = self.final_norm(x_BxLxE)
+        return x_BxLxE
+
+
+class BertMLM(nn.Module):
+    """Encoder plus the MLM head, evaluated only at the K masked positions of each row."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.encoder = BertEncoder(c)
+        self.mlm_head = MLMHead(c)
+
+    def __call__(
+        self,
+        tokens_BxL,
+        positions_BxK,
+        *,
+        document_ids_BxL=None,
+        token_types_BxL=None,
+        deterministic=True,
+    ):
+        """Returns float32 logits_BxKxV over the real vocabulary (padding rows never predicted)."""
+        x_BxLxE = self.encoder(
+            tokens_BxL,
+            document_ids_BxL=document_ids_BxL,
+            token_types_BxL=token_types_BxL,
+            deterministic=deterministic,
+        )
+        h_BxKxE = jnp.take_along_axis(x_BxLxE, positions_BxK[:, :, None], axis=1)
+        h_BxKxE = _constrain(h_BxKxE, ("batch", "length", "embed"))
+        h_BxKxE = self.mlm_head(h_BxKxE)
+        logits_BxKxVp = self.encoder.embeddings.attend(h_BxKxE) + self.mlm_head.output_bias
+        logits_BxKxVp = _constrain(logits_BxKxVp, ("batch", "length", "vocab"))
+        return logits_BxKxVp[..., : self.config.vocab_size]
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction transform (dense + GELU + LayerNorm) and the decoder's output bias."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.transform = _dense(c, c.hidden_size, ("embed", "mlp"))
+        self.norm = _layer_norm(c)
+        self.output_bias = self.param(
+            "output_bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+            (c.padded_vocab_size,),
+            jnp.float32,
+        )
+
+    def __call__(self, h_BxKxE):
+        return self.norm(nn.gelu(self.transform(h_BxKxE), approximate=False))
+
+
+def mlm_loss(logits_BxKxV, targets_BxK, weights_BxK):
+    """Weighted mean cross-entropy over predictions, plus sums that combine across shards."""
+    losses_BxK = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BxKxV.astype(jnp.float32), targets_BxK
+    )
+    weights_BxK = weights_BxK.astype(jnp.float32)
+    correct_BxK = (jnp.argmax(logits_BxKxV, axis=-1) == targets_BxK).astype(jnp.float32)
+    loss_sum = jnp.sum(losses_BxK * weights_BxK)
+    weight_sum = jnp.sum(weights_BxK)
+    metrics = {
+        "loss_sum": loss_sum,
+        "correct_sum": jnp.sum(correct_BxK * weights_BxK),
+        "weight_sum": weight_sum,
+    }
+    return loss_sum / jnp.maximum(weight_sum, 1.0), metrics
+
+
+class BertForSequenceClassification(nn.Module):
+    """Encoder + BERT pooler (dense + tanh on [CLS]) + dropout + linear classifier."""
+
+    config: ModelConfig
+    num_labels: int
+
+    @nn.compact
+    def __call__(self, tokens_BxL, *, document_ids=None, token_types=None, deterministic=True):
+        c = self.config
+        x_BxLxE = BertEncoder(c, name="encoder")(
+            tokens_BxL,
+            document_ids_BxL=document_ids,
+            token_types_BxL=token_types,
+            deterministic=deterministic,
+        )
+        pooled_BxE = jnp.tanh(
+            _dense(c, c.hidden_size, ("embed", "mlp"), name="pooler")(x_BxLxE[:, 0])
+        )
+        pooled_BxE = nn.Dropout(c.dropout_rate)(pooled_BxE, deterministic=deterministic)
+        logits_BxC = _dense(c, self.num_labels, ("embed", None), name="classifier")(pooled_BxE)
+        return logits_BxC.astype(jnp.float32)
