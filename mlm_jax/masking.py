@@ -1,0 +1,396 @@
+"""Pure-functional MLM masking: which positions to predict, what the model sees there.
+
+Everything here is a function of an explicit PRNG key; nothing touches the host or global
+state, shapes are static (K predictions per row), and every function is jit- and vmap-safe.
+
+How the trainer calls it (inside the jitted train step):
+
+    spec = MaskingSpec.from_config(config.masking, seq_len=L, num_steps=N,
+                                   vocab_size=tok.vocab_size, mask_id=tok.mask_id,
+                                   special_ids=tok.special_ids)        # once, on the host
+    keys_B = masking_keys(mask_key, step, batch["example_ids"], batch["epochs"],
+                          spec.static_epochs)                        # per-row keys
+    masked = mask_tokens(keys_B, batch["tokens"], batch["maskable"], batch["word_starts"],
+                         ratio=ratio_at_step(step, spec, spec.num_steps), spec=spec)
+    logits_BxKxV = model(masked.inputs, masked.positions, ...)
+    loss = mlm_loss(logits_BxKxV, masked.targets, masked.weights)
+
+`mask_key` should be a key reserved for masking (e.g. `fold_in(run_key, <masking tag>)`), not
+the dropout key. Eval builds its own spec (e.g. from a copy of config.masking with
+ratio = eval.mask_ratio, schedule = "constant") and passes a fixed key, so every evaluation
+masks the same way.
+
+Selection, one row at a time (vmapped over the batch):
+  1. eligible = maskable & token not in special_ids & token not in never_mask_ids.
+  2. num_wanted = round(ratio * num_eligible), in float32, half to even.
+  3. The row is cut into units: tokens (uniform), words (whole_word), or spans of whole words
+     (span). Units get a random priority order from the key; units are taken in that order
+     while the tokens taken so far are fewer than num_wanted, and only while the total fits
+     in K. So uniform selects exactly min(num_wanted, K) tokens; whole_word and span select
+     num_wanted plus less than one word (the last word is whole, never split).
+  4. A row was capped by K exactly when num_selected < num_wanted (diagnostics below).
+Because the priority order depends only on the key, the same key with a larger ratio selects a
+superset of the positions (static masking under a ratio schedule stays nested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+STRATEGIES = ("uniform", "whole_word", "span")
+SCHEDULES = ("constant", "linear", "cosine")
+# Extra predictions per row when K is derived, for the last word of whole_word/span, which
+# may overshoot the token budget (a word of more pieces than this is dropped if it won't fit).
+WORD_OVERSHOOT_SLACK = 8
+
+
+class MaskedBatch(NamedTuple):
+    """What the model and the loss need, plus per-row diagnostics (all on device).
+
+    positions are sorted ascending within the first num_selected slots; padding slots hold
+    position 0, target 0 and weight 0.
+    """
+
+    inputs: jax.Array  # int32 [B, L] tokens with the selected positions corrupted
+    positions: jax.Array  # int32 [B, K] selected positions
+    targets: jax.Array  # int32 [B, K] original tokens at those positions
+    weights: jax.Array  # float32 [B, K] 1 for a real prediction, 0 for a padding slot
+    num_maskable: jax.Array  # int32 [B] eligible positions in the row
+    num_wanted: jax.Array  # int32 [B] round(ratio * num_maskable), before the cap K
+    num_selected: jax.Array  # int32 [B] positions selected (= weights.sum(-1)); < num_wanted
+    #                          exactly when K capped the row
+    num_spans: jax.Array  # int32 [B] units selected: tokens, words, or spans by strategy
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingSpec:
+    """Everything masking needs, resolved and validated; hashable so jit can take it static."""
+
+    strategy: str
+    mask_prob: float
+    random_prob: float
+    max_predictions: int  # K, resolved (never 0 here)
+    vocab_size: int
+    mask_id: int
+    special_ids: tuple[int, ...]  # sorted; never selected, never drawn as a random token
+    never_mask_ids: tuple[int, ...] = ()  # sorted; never selected (may be drawn as random)
+    span_p: float = 0.2
+    span_max: int = 10
+    static_epochs: int = 0
+    ratio: float = 0.15
+    end_ratio: float = 0.15
+    schedule: str = "constant"
+    num_steps: int = 1
+
+    @classmethod
+    def from_config(
+        cls,
+        masking_config: Any,
+        *,
+        seq_len: int,
+        num_steps: int,
+        vocab_size: int,
+        mask_id: int,
+        special_ids: tuple[int, ...] | list[int],
+    ) -> MaskingSpec:
+        """Validates config.masking and resolves K (max_predictions = 0 -> derived).
+
+        Derived K = ceil(max_ratio * (seq_len - 2)) (a row holds at least [CLS] and [SEP]),
+        plus WORD_OVERSHOOT_SLACK for whole_word/span, rounded up to a multiple of 8 and
+        clamped to seq_len. max_ratio is the largest ratio the schedule reaches (its larger end).
+        """
+        m = masking_config
+        ratio = _check_open_unit("masking.ratio", m.ratio)
+        schedule = _check_choice("masking.schedule", m.schedule, SCHEDULES)
+        end_ratio = _check_open_unit("masking.end_ratio", m.end_ratio)
+        strategy = _check_choice("masking.strategy", m.strategy, STRATEGIES)
+        mask_prob = _check_closed_unit("masking.mask_prob", m.mask_prob)
+        random_prob = _check_closed_unit("masking.random_prob", m.random_prob)
+        if mask_prob + random_prob > 1 + 1e-9:
+            raise ValueError(
+                f"masking.mask_prob + masking.random_prob = {mask_prob + random_prob}: "
+                "expected at most 1 (the rest keeps the token)"
+            )
+        span_p = float(m.span_p)
+        if not 0 < span_p <= 1:
+            raise ValueError(f"masking.span_p={m.span_p!r}: expected a float in (0, 1]")
+        span_max = _check_int("masking.span_max", m.span_max, minimum=1)
+        static_epochs = _check_int("masking.static_epochs", m.static_epochs, minimum=0)
+        seq_len = _check_int("data.seq_len", seq_len, minimum=3)
+        num_steps = _check_int("train.num_steps", num_steps, minimum=1)
+        vocab_size = _check_int("vocab_size", vocab_size, minimum=2)
+        special = tuple(sorted({int(i) for i in special_ids} | {int(mask_id)}))
+        never = tuple(sorted({int(i) for i in m.never_mask_ids}))
+        for name, ids in (("special_ids", special), ("masking.never_mask_ids", never)):
+            if ids and not (0 <= ids[0] and ids[-1] < vocab_size):
+                raise ValueError(f"{name}={ids}: expected ids in [0, vocab_size={vocab_size})")
+        if len(special) >= vocab_size:
+            raise ValueError(f"special_ids={special}: leave no ordinary token to draw")
+
+        k = _check_int("masking.max_predictions", m.max_predictions, minimum=0)
+        if k > seq_len:
+            raise ValueError(
+                f"masking.max_predictions={k}: expected at most data.seq_len={seq_len}"
+            )
+        if k == 0:
+            max_ratio = ratio if schedule == "constant" else max(ratio, end_ratio)
+            k = math.ceil(max_ratio * (seq_len - 2))
+            if strategy != "uniform":
+                k += WORD_OVERSHOOT_SLACK
+            k = min(-(-k // 8) * 8, seq_len)
+        return cls(
+            strategy=strategy,
+            mask_prob=mask_prob,
+            random_prob=random_prob,
+            max_predictions=k,
+            vocab_size=vocab_size,
+            mask_id=int(mask_id),
+            special_ids=special,
+            never_mask_ids=never,
+            span_p=span_p,
+            span_max=span_max,
+            static_epochs=static_epochs,
+            ratio=ratio,
+            end_ratio=end_ratio,
+            schedule=schedule,
+            num_steps=num_steps,
+        )
+
+
+def _check_open_unit(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{name}={value!r}: expected a float in (0, 1)")
+    return float(value)
+
+
+def _check_closed_unit(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name}={value!r}: expected a float in [0, 1]")
+    return float(value)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
+    return int(value)
+
+
+def ratio_at_step(step: Any, masking_config: Any, num_steps: int) -> jax.Array:
+    """Masking ratio at `step` (float32 scalar; step may be traced).
+
+    With t = clip(step / num_steps, 0, 1): constant -> ratio; linear -> ratio + (end - ratio) t;
+    cosine -> end + (ratio - end) (1 + cos(pi t)) / 2. Accepts config.masking or a MaskingSpec.
+    """
+    m = masking_config
+    schedule = _check_choice("masking.schedule", m.schedule, SCHEDULES)
+    start = _check_open_unit("masking.ratio", m.ratio)
+    if schedule == "constant":
+        return jnp.float32(start)
+    end = _check_open_unit("masking.end_ratio", m.end_ratio)
+    num_steps = _check_int("train.num_steps", num_steps, minimum=1)
+    t = jnp.clip(jnp.asarray(step, jnp.float32) / num_steps, 0.0, 1.0)
+    if schedule == "linear":
+        return jnp.float32(start) + (end - start) * t
+    return jnp.float32(end) + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+
+
+def masking_keys(
+    base_key: jax.Array,
+    step: Any,
+    example_ids_B: jax.Array,
+    epochs_B: jax.Array,
+    static_epochs: int,
+) -> jax.Array:
+    """Per-row masking keys [B].
+
+    Dynamic (static_epochs == 0): the key depends on (step, row index) only: a fresh mask
+    every step. Static (N > 0): on (example_id, epoch // N) only: an example keeps its mask
+    for N epochs wherever it lands in a batch, and gets a new one in the next window.
+    """
+    example_ids_B = jnp.asarray(example_ids_B, jnp.int32)
+    if static_epochs == 0:
+        step_key = jax.random.fold_in(base_key, step)
+        rows_B = jnp.arange(example_ids_B.shape[0], dtype=jnp.int32)
+        return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, rows_B)
+    windows_B = jnp.asarray(epochs_B, jnp.int32) // static_epochs
+
+    def row_key(example_id, window):
+        return jax.random.fold_in(jax.random.fold_in(base_key, example_id), window)
+
+    return jax.vmap(row_key)(example_ids_B, windows_B)
+
+
+def mask_tokens(
+    key: jax.Array,
+    tokens_BxL: jax.Array,
+    maskable_BxL: jax.Array,
+    word_starts_BxL: jax.Array | None = None,
+    *,
+    ratio: Any,
+    spec: MaskingSpec,
+) -> MaskedBatch:
+    """Selects and corrupts positions; see the module docstring for the exact rule.
+
+    key: one key (split into one per row) or per-row keys [B] (from masking_keys); typed
+    (jax.random.key) or raw uint32 keys both work. ratio: float or traced scalar in (0, 1).
+    Of the selected positions, a fraction mask_prob becomes [MASK], random_prob a token drawn
+    uniformly from ids 0..vocab_size-1 minus special_ids (it may equal the original), and the
+    rest is kept. Replacement draws use keys split off the selection keys.
+    """
+    tokens_BxL = jnp.asarray(tokens_BxL, jnp.int32)
+    maskable_BxL = jnp.asarray(maskable_BxL, bool)
+    if tokens_BxL.ndim != 2 or maskable_BxL.shape != tokens_BxL.shape:
+        raise ValueError(
+            f"tokens {tokens_BxL.shape} and maskable {maskable_BxL.shape}: expected equal [B, L]"
+        )
+    if spec.strategy != "uniform":
+        if word_starts_BxL is None:
+            raise ValueError(
+                f"masking.strategy={spec.strategy!r} needs word_starts; pass them or use "
+                "masking.strategy='uniform'"
+            )
+        word_starts_BxL = jnp.asarray(word_starts_BxL, bool)
+        if word_starts_BxL.shape != tokens_BxL.shape:
+            raise ValueError(f"word_starts {word_starts_BxL.shape}: expected {tokens_BxL.shape}")
+    else:
+        word_starts_BxL = jnp.ones(tokens_BxL.shape, bool)
+    if isinstance(ratio, (int, float)):
+        _check_open_unit("ratio", ratio)
+
+    batch = tokens_BxL.shape[0]
+    typed = jax.dtypes.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key)
+    if key.ndim == (0 if typed else 1):
+        key = jax.random.split(key, batch)
+    if key.shape[0] != batch:
+        raise ValueError(f"key batch {key.shape[0]}: expected one key or {batch} keys")
+
+    row_fn = jax.vmap(_mask_row, in_axes=(0, 0, 0, 0, None, None))
+    return row_fn(
+        key, tokens_BxL, maskable_BxL, word_starts_BxL, jnp.asarray(ratio, jnp.float32), spec
+    )
+
+
+def _mask_row(key, tokens_L, maskable_L, word_starts_L, ratio, spec: MaskingSpec):
+    """One row: selection by unit priority, then the replacement split."""
+    length = tokens_L.shape[0]
+    k = spec.max_predictions
+    order_key, span_key, split_key, token_key = jax.random.split(key, 4)
+
+    excluded = jnp.asarray(spec.special_ids + spec.never_mask_ids, jnp.int32)
+    eligible_L = maskable_L & ~jnp.isin(tokens_L, excluded)
+    num_maskable = eligible_L.sum(dtype=jnp.int32)
+    num_wanted = jnp.round(ratio * num_maskable.astype(jnp.float32)).astype(jnp.int32)
+    budget = jnp.minimum(num_wanted, k)
+
+    if spec.strategy == "uniform":
+        word_id_L = jnp.arange(length, dtype=jnp.int32)
+        word_len_W = eligible_L.astype(jnp.int32)
+    else:
+        # A word starts at a word-start piece, and a new one also starts at and after every
+        # ineligible token, so a word never spans [SEP] and an orphan "##" piece stands alone.
+        prev_eligible_L = jnp.concatenate([jnp.zeros(1, bool), eligible_L[:-1]])
+        starts_L = (word_starts_L | ~eligible_L | ~prev_eligible_L).at[0].set(True)
+        word_id_L = jnp.cumsum(starts_L, dtype=jnp.int32) - 1
+        word_len_W = jax.ops.segment_sum(
+            eligible_L.astype(jnp.int32), word_id_L, num_segments=length, indices_are_sorted=True
+        )
+    word_eligible_W = word_len_W > 0
+
+    if spec.strategy == "span":
+        unit_start_W, unit_id_W = _span_units(span_key, word_eligible_W, spec)
+    else:
+        unit_start_W = word_eligible_W
+        unit_id_W = jnp.arange(length, dtype=jnp.int32)
+    priority_U = jax.random.bits(order_key, (length,), jnp.uint32)
+    # Stable sort: the words of one span stay in position order, so a span fills left to right.
+    order_W = jnp.argsort(priority_U[unit_id_W], stable=True)
+    len_sorted_W = word_len_W[order_W]
+    taken_after_W = jnp.cumsum(len_sorted_W)
+    take_sorted_W = (taken_after_W - len_sorted_W < budget) & (taken_after_W <= k)
+    selected_W = jnp.zeros(length, bool).at[order_W].set(take_sorted_W, unique_indices=True)
+    selected_L = selected_W[word_id_L] & eligible_L
+    num_selected = selected_L.sum(dtype=jnp.int32)
+    num_spans = (selected_W & unit_start_W).sum(dtype=jnp.int32)
+
+    u_L = jax.random.uniform(split_key, (length,))
+    random_L = _random_ordinary_tokens(token_key, (length,), spec)
+    inputs_L = jnp.where(
+        selected_L & (u_L < spec.mask_prob),
+        spec.mask_id,
+        jnp.where(selected_L & (u_L < spec.mask_prob + spec.random_prob), random_L, tokens_L),
+    )
+
+    slot_L = jnp.where(selected_L, jnp.cumsum(selected_L, dtype=jnp.int32) - 1, k)
+    positions_K = (
+        jnp.zeros(k, jnp.int32)
+        .at[slot_L]
+        .set(jnp.arange(length, dtype=jnp.int32), mode="drop", unique_indices=True)
+    )
+    valid_K = jnp.arange(k) < num_selected
+    targets_K = jnp.where(valid_K, tokens_L[positions_K], 0)
+    return MaskedBatch(
+        inputs=inputs_L.astype(jnp.int32),
+        positions=positions_K,
+        targets=targets_K,
+        weights=valid_K.astype(jnp.float32),
+        num_maskable=num_maskable,
+        num_wanted=num_wanted,
+        num_selected=num_selected,
+        num_spans=num_spans,
+    )
+
+
+def _span_units(key, word_eligible_W, spec: MaskingSpec):
+    """Cuts the eligible words into spans of truncated-geometric length (in words).
+
+    The eligible words are tiled left to right by i.i.d. span lengths; a span is also cut at
+    ineligible tokens ([SEP], padding) so it is contiguous in the row. Spans are later taken
+    in random order, so every word is equally likely to start one. Returns (span start flag
+    per word, span id per word).
+    """
+    num_words = word_eligible_W.shape[0]
+    lengths_E = sample_span_lengths(key, (num_words,), spec.span_p, spec.span_max)
+    offsets_E = jnp.cumsum(lengths_E) - lengths_E
+    tile_start_E = jnp.zeros(num_words, bool).at[offsets_E].set(True, mode="drop")
+    eligible_index_W = jnp.cumsum(word_eligible_W, dtype=jnp.int32) - 1
+    prev_eligible_W = jnp.concatenate([jnp.zeros(1, bool), word_eligible_W[:-1]])
+    start_W = word_eligible_W & (
+        tile_start_E[jnp.clip(eligible_index_W, 0, num_words - 1)] | ~prev_eligible_W
+    )
+    return start_W, jnp.cumsum(start_W, dtype=jnp.int32)
+
+
+def sample_span_lengths(key: jax.Array, shape: tuple[int, ...], p: float, max_len: int):
+    """Span lengths with P(l) proportional to p (1 - p)^(l - 1) on 1..max_len (int32).
+
+    Inverse CDF against thresholds computed on the host in float64, so the draw is the same
+    under jit and eagerly (no transcendental functions on device).
+    """
+    q = 1.0 - p
+    total = 1.0 - q**max_len
+    cdf = [(1.0 - q**length) / total for length in range(1, max_len)]
+    u = jax.random.uniform(key, shape)
+    lengths = jnp.ones(shape, jnp.int32)
+    for threshold in cdf:
+        lengths = lengths + (u >= threshold).astype(jnp.int32)
+    return lengths
+
+
+def _random_ordinary_tokens(key, shape, spec: MaskingSpec):
+    """Uniform draws over 0..vocab_size-1 minus special_ids: draw a rank, skip the specials."""
+    tokens = jax.random.randint(key, shape, 0, spec.vocab_size - len(spec.special_ids))
+    for special in spec.special_ids:  # sorted ascending, so each skip sees the earlier ones
+        tokens = tokens + (tokens >= special).astype(tokens.dtype)
+    return tokens
