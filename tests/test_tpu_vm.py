@@ -1,0 +1,296 @@
+"""experiments/tpu_vm.py: the exact gcloud commands, the shell they hand to the workers, and
+the preemption/relaunch decisions. Nothing here talks to Google Cloud.
+
+Expected commands are written out by hand from the gcloud reference
+(`gcloud compute tpus tpu-vm create|describe|delete|scp|ssh`), not copied from the script.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "experiments" / "tpu_vm.py"
+
+_spec = importlib.util.spec_from_file_location("tpu_vm", SCRIPT)
+tpu_vm = importlib.util.module_from_spec(_spec)
+sys.modules["tpu_vm"] = tpu_vm  # dataclasses look their module up there
+_spec.loader.exec_module(tpu_vm)
+
+RUN = "python3 -m mlm_jax.main --config=configs/bert.py:base --workdir=gs://BUCKET/run"
+DESCRIBE = "gcloud compute tpus tpu-vm describe mlm --zone=us-central2-b '--format=value(state)'"
+CREATE_SPOT = (
+    "gcloud compute tpus tpu-vm create mlm --zone=us-central2-b --accelerator-type=v4-32 "
+    "--version=tpu-ubuntu2204-base --spot"
+)
+DELETE = "gcloud compute tpus tpu-vm delete mlm --zone=us-central2-b --quiet"
+ARCHIVE = "git archive --format=tar.gz --output=/tmp/mlm_code.tar.gz HEAD"
+SCP = (
+    "gcloud compute tpus tpu-vm scp /tmp/mlm_code.tar.gz mlm:mlm_jax_code.tar.gz "
+    "--zone=us-central2-b --worker=all"
+)
+UNPACK = (
+    "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command "
+    "'rm -rf ~/mlm_jax && mkdir -p ~/mlm_jax && tar -xzf ~/mlm_jax_code.tar.gz -C ~/mlm_jax'"
+)
+LAUNCH_TAIL = (
+    "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command "
+    "'mkdir -p ~/mlm_jax_logs && cd ~/mlm_jax && nohup " + RUN + " >> ~/mlm_jax_logs/run.log "
+    "2>&1 < /dev/null &'"
+)
+
+
+def pinned_jax() -> str:
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        if line.startswith("jax=="):
+            return line.split("==")[1].strip()
+    raise AssertionError("requirements.txt pins no jax")
+
+
+def install_line() -> str:
+    return (
+        "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command "
+        f'\'cd ~/mlm_jax && python3 -m pip install -r requirements.txt "jax[tpu]=={pinned_jax()}" '
+        "-f https://storage.googleapis.com/jax-releases/libtpu_releases.html'"
+    )
+
+
+def dry_run(*flags: str, run: str | None = RUN) -> subprocess.CompletedProcess:
+    argv = [sys.executable, str(SCRIPT), *flags, "--dry_run"]
+    if run is not None:
+        argv += ["--", *shlex.split(run)]
+    return subprocess.run(argv, capture_output=True, text=True, cwd="/", timeout=60)
+
+
+UP = ("up", "--name=mlm", "--zone=us-central2-b", "--accelerator_type=v4-32", "--spot")
+
+
+def test_up_creates_copies_installs_and_runs_on_all_workers():
+    proc = dry_run(*UP)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        DESCRIBE,
+        CREATE_SPOT,
+        ARCHIVE,
+        SCP,
+        UNPACK,
+        install_line(),
+        LAUNCH_TAIL,
+    ]
+    assert "WARNING" not in proc.stderr  # the workdir is on GCS
+
+
+def test_up_reuses_a_ready_vm():
+    proc = dry_run(*UP, "--dry_run_state=READY")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [DESCRIBE, ARCHIVE, SCP, UNPACK, install_line(), LAUNCH_TAIL]
+
+
+def test_up_replaces_a_preempted_vm_and_project_reaches_every_gcloud_call():
+    proc = dry_run(*UP, "--dry_run_state=PREEMPTED", "--project=my-proj")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [shlex.split(line)[4] for line in lines[:3]] == ["describe", "delete", "create"]
+    gcloud_lines = [line for line in lines if line.startswith("gcloud ")]
+    assert len(gcloud_lines) == 7  # describe delete create scp unpack install run
+    assert all("--project=my-proj" in shlex.split(line) for line in gcloud_lines)
+
+
+def test_watch_dry_run_shows_the_relaunch_after_a_preemption():
+    proc = dry_run(*UP, "--watch", "--dry_run_state=PREEMPTED")
+    assert proc.returncode == 0, proc.stderr
+    launch = [ARCHIVE, SCP, UNPACK, install_line(), LAUNCH_TAIL]
+    once = [DESCRIBE, DELETE, CREATE_SPOT, *launch]
+    assert proc.stdout.splitlines() == once + once
+
+
+def test_preemptible_and_sweep_command_string():
+    sweep = "python3 experiments/sweep.py --workdir_root=gs://B/sweep && echo 'all done'"
+    proc = dry_run(
+        "up",
+        "--name=mlm",
+        "--zone=us-central2-b",
+        "--accelerator_type=v4-32",
+        "--preemptible",
+        "--command",
+        sweep,
+        run=None,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert shlex.split(lines[1])[-1] == "--preemptible"
+    remote = shlex.split(lines[-1])[-1]
+    # The string reaches the worker as one `bash -c` argument, quoted once more.
+    assert f"nohup bash -c {shlex.quote(sweep)} >> ~/mlm_jax_logs/run.log" in remote
+    assert "WARNING" not in proc.stderr
+
+
+def test_spot_and_preemptible_together_is_an_error():
+    proc = dry_run(*UP, "--preemptible")
+    assert proc.returncode == 2
+    assert "not allowed with argument" in proc.stderr
+    with pytest.raises(ValueError, match="--spot and --preemptible"):
+        tpu_vm.create_command(
+            tpu_vm.Tpu("t", "z", accelerator_type="v4-8", spot=True, preemptible=True)
+        )
+
+
+@pytest.mark.parametrize(
+    "flags, warned",
+    [
+        (("--accelerator_type=v4-32",), True),  # 4 workers: a local dir is not shared
+        (("--accelerator_type=v4-8",), False),  # one worker, no relaunch: fine
+        (("--accelerator_type=v4-8", "--watch"), True),  # relaunch on a fresh disk
+        (("--accelerator_type=v5litepod-16",), True),
+    ],
+)
+def test_local_workdir_warning(flags, warned):
+    proc = dry_run("up", "--name=mlm", "--zone=z", *flags, run="python3 x.py --workdir /tmp/run")
+    assert proc.returncode == 0, proc.stderr
+    assert ("WARNING: workdir '/tmp/run' is not on GCS" in proc.stderr) == warned
+
+
+def test_logs_and_delete():
+    proc = dry_run("logs", "--name=mlm", "--zone=us-central2-b", "--lines=20", "--follow", run=None)
+    assert proc.stdout.splitlines() == [
+        "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command "
+        "'tail -n 20 -F ~/mlm_jax_logs/run.log | sed -u \"s/^/$(hostname) /\"'"
+    ]
+    proc = dry_run("delete", "--name=mlm", "--zone=us-central2-b", run=None)
+    assert proc.stdout.splitlines() == [DELETE]
+
+
+def test_missing_run_command_or_accelerator_is_a_usage_error():
+    assert dry_run(*UP, run=None).returncode == 2
+    proc = dry_run("up", "--name=mlm", "--zone=z")
+    assert proc.returncode == 2 and "--accelerator_type is required" in proc.stderr
+
+
+def test_jax_version_is_read_from_requirements():
+    text = "flax==0.1\n# jax==9.9 in a comment does not count\njax==0.10.2  # pinned\n"
+    assert tpu_vm.jax_version(text) == "0.10.2"
+    assert tpu_vm.jax_version((REPO / "requirements.txt").read_text()) == pinned_jax()
+    with pytest.raises(ValueError, match="jax=="):
+        tpu_vm.jax_version("jaxlib==0.10.2\nflax==0.1\n")
+
+
+# ---------------------------------------------------------------- the shell the workers get
+
+
+def _remote(line: str) -> str:
+    argv = shlex.split(line)
+    assert argv[-2] == "--command"
+    return argv[-1]
+
+
+def test_worker_shell_unpacks_and_runs_detached_with_the_exact_argv(tmp_path):
+    """Execute the --command strings with bash in a fake home: quoting must survive intact."""
+    home = tmp_path / "home"
+    home.mkdir()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "marker.txt").write_text("code")
+    with tarfile.open(home / "mlm_jax_code.tar.gz", "w:gz") as tar:
+        tar.add(src / "marker.txt", arcname="marker.txt")
+
+    probe = "import json, os, sys; print(json.dumps([os.getcwd()] + sys.argv[1:]))"
+    run_argv = ["python3", "-c", probe, "--workdir=gs://b/r", "two words", "it's"]
+    proc = dry_run(*UP, "--dry_run_state=READY", run=shlex.join(run_argv))
+    lines = proc.stdout.splitlines()
+    env = {**os.environ, "HOME": str(home)}
+    subprocess.run(["bash", "-c", _remote(lines[3])], env=env, check=True)  # unpack
+    assert (home / "mlm_jax" / "marker.txt").read_text() == "code"
+
+    subprocess.run(["bash", "-c", _remote(lines[-1])], env=env, check=True, timeout=30)
+    log = home / "mlm_jax_logs" / "run.log"
+    for _ in range(600):  # the run is detached: wait for it to write its line
+        if log.exists() and log.read_text().endswith("\n"):
+            break
+        time.sleep(0.05)
+    assert json.loads(log.read_text()) == [str(home / "mlm_jax"), *run_argv[3:]]
+
+
+# ---------------------------------------------------------------- watch / relaunch decisions
+
+
+def test_parse_state_from_fake_describe_results():
+    R = tpu_vm.Result
+    assert tpu_vm.parse_state(R(0, "READY\n")) == "READY"
+    assert tpu_vm.parse_state(R(0, "PREEMPTED\n")) == "PREEMPTED"
+    gone = "ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: Resource 'x' was not found"
+    assert tpu_vm.parse_state(R(1, "", gone)) == "NOT_FOUND"
+    assert tpu_vm.parse_state(R(1, "", "ERROR: There was a problem refreshing your token")) == (
+        "UNKNOWN"
+    )
+
+
+@pytest.mark.parametrize(
+    "state, launched, expected",
+    [
+        ("READY", True, ("wait", True)),
+        ("READY", False, ("launch", False)),
+        ("PREEMPTED", True, ("recreate", False)),
+        ("TERMINATED", True, ("recreate", False)),
+        ("NOT_FOUND", True, ("create", False)),
+        ("UNKNOWN", True, ("wait", True)),  # gcloud hiccup: never delete, never relaunch
+        ("REPAIRING", True, ("wait", False)),  # processes lost: relaunch once READY
+        ("CREATING", False, ("wait", False)),
+    ],
+)
+def test_next_action(state, launched, expected):
+    assert tpu_vm.next_action(state, launched) == expected
+
+
+def test_watch_loop_relaunches_after_each_preemption(monkeypatch):
+    """Drive watch() with scripted describe answers and record what it would run."""
+    gone = tpu_vm.Result(1, "", "NOT_FOUND: not found")
+    answers = iter(
+        [
+            tpu_vm.Result(0, "READY\n"),
+            tpu_vm.Result(1, "", "ERROR: network is unreachable"),
+            tpu_vm.Result(0, "PREEMPTED\n"),
+            tpu_vm.Result(0, "READY\n"),
+            gone,  # create fails (no capacity) ...
+            gone,  # ... and is tried again at the next poll
+            tpu_vm.Result(0, "REPAIRING\n"),
+            tpu_vm.Result(0, "READY\n"),
+            tpu_vm.Result(0, "READY\n"),
+        ]
+    )
+    calls, create_attempts = [], []
+
+    class Done(Exception):
+        pass
+
+    def fake_run(cmd, capture=False):
+        verb = cmd[4]
+        if capture:
+            try:
+                return next(answers)
+            except StopIteration:
+                raise Done from None
+        calls.append(verb)
+        if verb == "create":
+            create_attempts.append(1)
+            if len(create_attempts) == 2:
+                raise tpu_vm.CommandFailed("no capacity")
+        return tpu_vm.Result(0)
+
+    monkeypatch.setattr(tpu_vm.time, "sleep", lambda s: None)
+    tpu = tpu_vm.Tpu("mlm", "z", accelerator_type="v4-32", spot=True)
+    launches = []
+    args = argparse.Namespace(dry_run=False, poll_seconds=0)
+    with pytest.raises(Done):
+        tpu_vm.watch(tpu, fake_run, args, launch=lambda: launches.append(len(calls)))
+    assert calls == ["delete", "create", "create", "create"]
+    # launch after the recreate, after the retried create, and after REPAIRING -> READY
+    assert launches == [2, 4, 4]
