@@ -1,0 +1,302 @@
+"""The per-host input pipeline: config -> tokenizer -> packed rows -> per-host batches.
+
+Order of the data: the global stream is position p = 0, 1, 2, ... over epochs; position p is
+row shuffle_{seed, epoch}(p mod num_rows) of epoch p // num_rows. Global batch s holds positions
+[s*B, (s+1)*B); host i of n takes its contiguous slice [i*B/n, (i+1)*B/n) of it and reads only
+those rows. The order is a function of (seed, data) alone, not of the number of hosts, so a run
+can resume on a different host count. Epochs roll over inside a batch without a pause.
+
+The iterator is grain: MapDataset.range(batches).map(host batch).to_iter_dataset() with
+background prefetch threads; its state is just the index of the next global batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+
+import grain
+import numpy as np
+
+from mlm_jax.data import corpora, packing, text_files
+from mlm_jax.data import tokenizer as tokenizer_lib
+
+BATCH_KEYS = ("tokens", "document_ids", "maskable", "word_starts", "example_ids", "epochs")
+MIN_SEQ_LEN = 8
+_NUM_BATCHES = 2**62  # "infinite": the train stream never ends
+
+
+def validate_data_config(config) -> None:
+    """Cheap checks of config.data (no building, no JAX): one ValueError line per problem."""
+    d = config.data
+    if not isinstance(d.seq_len, int) or d.seq_len < MIN_SEQ_LEN:
+        raise ValueError(f"data.seq_len={d.seq_len!r}: expected an int >= {MIN_SEQ_LEN}")
+    if d.packing not in packing.PACKINGS:
+        raise ValueError(f"data.packing={d.packing!r}: expected one of {packing.PACKINGS}")
+    if d.text_unit not in text_files.TEXT_UNITS:
+        raise ValueError(f"data.text_unit={d.text_unit!r}: expected one of {text_files.TEXT_UNITS}")
+    if not 0.0 < d.heldout_fraction < 1.0:
+        raise ValueError(
+            f"data.heldout_fraction={d.heldout_fraction!r}: expected a fraction in (0, 1)"
+        )
+    if d.prefetch < 0 or d.num_workers < 0:
+        raise ValueError(
+            f"data.prefetch={d.prefetch}, data.num_workers={d.num_workers}: expected >= 0"
+        )
+    if d.tokenizer:
+        path = os.path.expanduser(d.tokenizer)
+        ok = os.path.isfile(path) or any(
+            os.path.isfile(os.path.join(path, n)) for n in ("tokenizer.json", "vocab.txt")
+        )
+        if not ok:
+            raise ValueError(
+                f"data.tokenizer={d.tokenizer!r}: no such vocab.txt / tokenizer.json (or directory holding one)"
+            )
+    elif d.vocab_size < 64:
+        raise ValueError(
+            f"data.vocab_size={d.vocab_size!r}: expected >= 64 to train a WordPiece vocabulary"
+        )
+    for name in ("train", "eval"):
+        if config[name].batch_size < 1:
+            raise ValueError(f"{name}.batch_size={config[name].batch_size!r}: expected >= 1")
+    corpora.check_dataset(d)
+
+
+def cache_root(config) -> str:
+    """Where tokenizers and tokenized splits are cached: <data_dir>/mlm_jax (local disk only)."""
+    directory = corpora.data_dir(config.data)
+    if "://" in directory:  # memory-mapped caches need a local file system
+        return os.path.expanduser("~/.cache/mlm_jax")
+    return os.path.join(directory, "mlm_jax")
+
+
+@functools.lru_cache(maxsize=8)
+def _corpus(dataset: str, data_dir: str, text_unit: str, heldout_fraction: float) -> corpora.Corpus:
+    import types
+
+    spec = types.SimpleNamespace(
+        dataset=dataset, data_dir=data_dir, text_unit=text_unit, heldout_fraction=heldout_fraction
+    )
+    return corpora.load_corpus(spec)
+
+
+def load_corpus(config) -> corpora.Corpus:
+    d = config.data
+    return _corpus(d.dataset, d.data_dir, d.text_unit, float(d.heldout_fraction))
+
+
+def _copy_dir_atomically(source: str, destination: str) -> None:
+    parent = os.path.dirname(os.path.abspath(destination))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        for name in os.listdir(source):
+            shutil.copy2(os.path.join(source, name), tmp)
+        try:
+            os.rename(tmp, destination)
+        except OSError:  # another process got there first; keep its copy
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def get_tokenizer(config, workdir: str | None = None) -> tokenizer_lib.Tokenizer:
+    """The run's tokenizer: workdir/tokenizer if present (a resumed run), else data.tokenizer,
+    else a WordPiece vocabulary trained once per (corpus, vocab_size, lowercase) and cached.
+    The chosen files are copied into workdir/tokenizer/ so a checkpoint carries its tokenizer."""
+    d = config.data
+    run_copy = os.path.join(workdir, "tokenizer") if workdir else None
+    if run_copy and os.path.isdir(run_copy):
+        logging.info("using the run's tokenizer %s", run_copy)
+        return tokenizer_lib.load_tokenizer(run_copy)
+    if d.tokenizer:
+        tokenizer = tokenizer_lib.load_tokenizer(d.tokenizer)
+    else:
+        corpus = load_corpus(config)
+        casing = "uncased" if d.lowercase else "cased"
+        cached = os.path.join(
+            cache_root(config), "tokenizers", f"{corpus.key}-v{d.vocab_size}-{casing}"
+        )
+        if not os.path.isdir(cached):
+            import jax
+
+            if jax.process_count() > 1:
+                # Training is not bit-reproducible (tokenizers breaks ties in hash-map order),
+                # so hosts must share one vocabulary rather than each train their own.
+                raise ValueError(
+                    f"data.tokenizer='' on {jax.process_count()} hosts: train one first with "
+                    f"`python -m mlm_jax.data.tokenizer --dataset={d.dataset} --vocab_size={d.vocab_size} "
+                    "--out=DIR` and set data.tokenizer=DIR"
+                )
+            logging.info("training a %d-token WordPiece vocabulary on %s", d.vocab_size, corpus.key)
+            trained = tokenizer_lib.train_wordpiece(
+                corpora.iter_training_texts(corpus.train),
+                vocab_size=d.vocab_size,
+                lowercase=d.lowercase,
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                trained.save(tmp)
+                _copy_dir_atomically(tmp, cached)
+        tokenizer = tokenizer_lib.load_tokenizer(cached)
+    if run_copy:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save(tmp)
+            _copy_dir_atomically(tmp, run_copy)
+        tokenizer = tokenizer_lib.load_tokenizer(run_copy)  # exactly what a resumed run will load
+    return tokenizer
+
+
+def packed_rows(config, tokenizer, split: str) -> packing.PackedRows:
+    """Rows of the train or heldout split, tokenized once and cached on disk."""
+    corpus = load_corpus(config)
+    documents = {"train": corpus.train, "heldout": corpus.heldout}[split]
+    cache_dir = os.path.join(
+        cache_root(config), "tokens", corpus.key, f"{split}-{tokenizer.fingerprint()}"
+    )
+    stream = packing.tokenize_to_stream(documents, tokenizer, cache_dir)
+    if stream.num_documents == 0:
+        raise ValueError(
+            f"data.dataset={config.data.dataset!r}: the {split} split has no documents"
+        )
+    return packing.PackedRows(
+        stream, seq_len=config.data.seq_len, packing=config.data.packing, tokenizer=tokenizer
+    )
+
+
+def _host_slice(global_batch: int, process_index, process_count, what: str) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if global_batch % process_count:
+        raise ValueError(f"{what}={global_batch}: not divisible by the {process_count} hosts")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index}: expected 0..{process_count - 1}")
+    host_batch = global_batch // process_count
+    return process_index * host_batch, host_batch
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    digest = hashlib.blake2b(f"mlm_jax.data/{seed}/{epoch}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+class _HostBatches:
+    """Global batch index -> this host's rows of it (a picklable callable for grain's map)."""
+
+    def __init__(
+        self, rows: packing.PackedRows, *, global_batch, host_offset, host_batch, seed, shuffle
+    ):
+        self.rows, self.global_batch = rows, global_batch
+        self.host_offset, self.host_batch = host_offset, host_batch
+        self.seed, self.shuffle = seed, shuffle
+
+    def row_ids(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.rows)
+        epochs, within = np.divmod(positions, n)
+        if not self.shuffle:
+            return within, epochs
+        shuffle = grain.experimental.index_shuffle
+        row_ids = np.asarray(
+            [
+                shuffle(int(i), max_index=n - 1, seed=_epoch_seed(self.seed, int(e)), rounds=4)
+                for i, e in zip(within, epochs)
+            ],
+            np.int64,
+        )
+        return row_ids, epochs
+
+    def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
+        start = int(batch_index) * self.global_batch + self.host_offset
+        positions = np.arange(start, start + self.host_batch, dtype=np.int64)
+        row_ids, epochs = self.row_ids(positions)
+        batch = self.rows.rows(row_ids)
+        batch["example_ids"] = row_ids.astype(np.int32)
+        batch["epochs"] = epochs.astype(np.int32)
+        return batch
+
+
+class TrainIterator:
+    """Infinite iterator of per-host batches with get_state() / set_state() for checkpoints."""
+
+    def __init__(self, host_batches: _HostBatches, *, prefetch: int, num_workers: int):
+        dataset = grain.MapDataset.range(0, _NUM_BATCHES).map(host_batches)
+        options = grain.ReadOptions(num_threads=max(prefetch, 1), prefetch_buffer_size=prefetch)
+        dataset = dataset.to_iter_dataset(options)
+        if num_workers > 0:
+            dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        self._dataset = dataset
+        self._host_batches = host_batches
+        self._iterator = iter(dataset)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._iterator)
+
+    def get_state(self) -> dict:
+        """JSON-serialisable: the next global batch, plus what must match on restore."""
+        hb = self._host_batches
+        return {
+            "next_batch": int(self._iterator.get_state()["next_index"]),
+            "global_batch_size": hb.global_batch,
+            "num_rows": len(hb.rows),
+            "seed": hb.seed,
+        }
+
+    def set_state(self, state: dict) -> None:
+        hb = self._host_batches
+        expected = {"global_batch_size": hb.global_batch, "num_rows": len(hb.rows), "seed": hb.seed}
+        for key, value in expected.items():
+            if state.get(key) != value:
+                raise ValueError(
+                    f"data iterator state has {key}={state.get(key)!r} but this run has {value!r}: "
+                    "the checkpoint was written with another dataset, tokenizer, seq_len or batch size"
+                )
+        iterator = iter(self._dataset)
+        iterator.set_state({"next_index": int(state["next_batch"])})
+        self._iterator = iterator
+
+
+def make_train_iterator(
+    config, tokenizer, *, process_index=None, process_count=None
+) -> TrainIterator:
+    """This host's slice of each global train batch, reshuffled every epoch from config.seed."""
+    rows = packed_rows(config, tokenizer, "train")
+    global_batch = config.train.batch_size
+    host_offset, host_batch = _host_slice(
+        global_batch, process_index, process_count, "train.batch_size"
+    )
+    host_batches = _HostBatches(
+        rows, global_batch=global_batch, host_offset=host_offset, host_batch=host_batch,
+        seed=int(config.seed), shuffle=True,
+    )  # fmt: skip
+    return TrainIterator(
+        host_batches, prefetch=config.data.prefetch, num_workers=config.data.num_workers
+    )
+
+
+def make_eval_batches(config, tokenizer, *, process_index=None, process_count=None) -> list[dict]:
+    """config.eval.num_batches held-out batches (this host's slices), in a fixed order. If the
+    held-out split has fewer rows than asked for, it wraps around (and says so)."""
+    rows = packed_rows(config, tokenizer, "heldout")
+    global_batch = config.eval.batch_size
+    host_offset, host_batch = _host_slice(
+        global_batch, process_index, process_count, "eval.batch_size"
+    )
+    wanted = config.eval.num_batches * global_batch
+    if wanted > len(rows):
+        logging.warning(
+            "eval asks for %d rows, the held-out split has %d: rows repeat", wanted, len(rows)
+        )
+    host_batches = _HostBatches(
+        rows, global_batch=global_batch, host_offset=host_offset, host_batch=host_batch,
+        seed=int(config.seed), shuffle=False,
+    )  # fmt: skip
+    return [host_batches(i) for i in range(config.eval.num_batches)]

@@ -1,0 +1,254 @@
+"""WordPiece tokenizer: load a vocab.txt / tokenizer.json, or train one on a corpus.
+
+A thin wrapper over Hugging Face `tokenizers` that exposes the ids the rest of the code needs
+([PAD] [CLS] [SEP] [MASK] [UNK]) and returns word starts next to ids, so whole-word masking
+never has to re-derive them. Encoding is batched (`encode_batch` runs on all cores).
+
+CLI (train a vocabulary on the train split of a corpus, once, ahead of a run):
+
+    python -m mlm_jax.data.tokenizer --dataset=python_docs --vocab_size=8192 --out=/tmp/tok
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class Tokenizer:
+    """Ids of the special tokens plus batched encoding with word starts."""
+
+    def __init__(self, hf: tokenizers.Tokenizer, *, lowercase: bool | None = None):
+        hf.no_truncation()  # a shipped tokenizer.json may truncate/pad to 128; packing cuts rows
+        hf.no_padding()
+        self.hf = hf
+        self.lowercase = lowercase
+        vocab = hf.get_vocab(with_added_tokens=True)
+        missing = [t for t in BERT_SPECIALS if t not in vocab]
+        if missing:
+            raise ValueError(
+                f"tokenizer lacks the special tokens {missing}; expected BERT's {BERT_SPECIALS}"
+            )
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            vocab[t] for t in BERT_SPECIALS
+        )
+        added_special = [i for i, t in hf.get_added_tokens_decoder().items() if t.special]
+        self.special_ids = tuple(sorted({vocab[t] for t in BERT_SPECIALS} | set(added_special)))
+        self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        model = hf.model
+        if isinstance(model, models.WordPiece):
+            # A piece that carries the continuation prefix ("##") does not start a word.
+            prefix = model.continuing_subword_prefix
+            continues = np.zeros(self.vocab_size, bool)
+            for token, i in vocab.items():
+                continues[i] = token.startswith(prefix) and len(token) > len(prefix)
+            self._starts_word_V = ~continues
+        else:
+            self._starts_word_V = None  # fall back to encoding.word_ids
+        self._is_special_V = np.zeros(self.vocab_size, bool)
+        self._is_special_V[list(self.special_ids)] = True
+
+    @property
+    def is_special_V(self) -> np.ndarray:
+        """Bool lookup table over the vocabulary: True for special tokens."""
+        return self._is_special_V
+
+    def encode_arrays(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids int32 [n], word_starts bool [n]) per text, without [CLS]/[SEP]."""
+        encodings = self.hf.encode_batch(list(texts), add_special_tokens=False)
+        out = []
+        for enc in encodings:
+            ids = np.asarray(enc.ids, np.int32)
+            if self._starts_word_V is not None:
+                starts = self._starts_word_V[ids]
+            else:
+                word_ids = np.asarray([-1 if w is None else w for w in enc.word_ids], np.int64)
+                starts = np.diff(word_ids, prepend=-2) != 0
+            out.append((ids, starts & ~self._is_special_V[ids]))
+        return out
+
+    def encode(self, texts: list[str]) -> list[tuple[list[int], list[bool]]]:
+        """(ids, word_starts) per text as Python lists, without [CLS]/[SEP]."""
+        return [(ids.tolist(), starts.tolist()) for ids, starts in self.encode_arrays(texts)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, i: int) -> str:
+        return self.hf.id_to_token(int(i))
+
+    def token_to_id(self, s: str) -> int:
+        i = self.hf.token_to_id(s)
+        if i is None:
+            raise ValueError(f"token {s!r} is not in the vocabulary")
+        return i
+
+    def fingerprint(self) -> str:
+        """A short hash of the full tokenizer definition (names caches of tokenized corpora)."""
+        import hashlib
+
+        return hashlib.sha256(self.hf.to_str().encode()).hexdigest()[:16]
+
+    def save(self, directory: str) -> None:
+        """Writes the files transformers' AutoTokenizer.from_pretrained(directory) loads."""
+        os.makedirs(directory, exist_ok=True)
+        self.hf.save(os.path.join(directory, "tokenizer.json"))
+        is_wordpiece = self._starts_word_V is not None
+        if is_wordpiece:
+            by_id = sorted(self.hf.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+            with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
+                f.writelines(token + "\n" for token, _ in by_id)
+        specials = dict(
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+        config = dict(
+            tokenizer_class="BertTokenizer" if is_wordpiece else "PreTrainedTokenizerFast",
+            do_lower_case=bool(self.lowercase) if self.lowercase is not None else True,
+            model_max_length=512,
+            **specials,
+        )
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        with open(os.path.join(directory, "special_tokens_map.json"), "w") as f:
+            json.dump(specials, f, indent=2)
+
+
+def _bert_pipeline(
+    hf: tokenizers.Tokenizer, *, lowercase: bool, strip_accents: bool | None
+) -> None:
+    """The normalizer, pre-tokenizer, decoder and [CLS]/[SEP] template of BERT (as in HF)."""
+    hf.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase
+    )
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    hf.decoder = decoders.WordPiece(prefix="##")
+    cls_id, sep_id = hf.token_to_id("[CLS]"), hf.token_to_id("[SEP]")
+    if cls_id is not None and sep_id is not None:
+        hf.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+
+
+def _lowercase_from_config_file(directory: str) -> bool:
+    """do_lower_case from a tokenizer_config.json beside vocab.txt; BERT's default (True) without."""
+    path = os.path.join(directory, "tokenizer_config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return bool(json.load(f).get("do_lower_case", True))
+    return True
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """path: a vocab.txt, a tokenizer.json, or a directory holding one (tokenizer.json preferred)."""
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        for name in ("tokenizer.json", "vocab.txt"):
+            if os.path.exists(os.path.join(path, name)):
+                return load_tokenizer(os.path.join(path, name))
+        raise ValueError(
+            f"data.tokenizer={path!r}: directory holds neither tokenizer.json nor vocab.txt"
+        )
+    if not os.path.exists(path):
+        raise ValueError(
+            f"data.tokenizer={path!r}: no such file (expected a vocab.txt or tokenizer.json)"
+        )
+    if path.endswith(".json"):
+        hf = tokenizers.Tokenizer.from_file(path)
+        lowercase = None
+        norm = json.loads(hf.to_str()).get("normalizer") or {}
+        if "lowercase" in norm:
+            lowercase = bool(norm["lowercase"])
+        return Tokenizer(hf, lowercase=lowercase)
+    # vocab.txt: rebuild what transformers' BertTokenizerFast(vocab_file) builds.
+    lowercase = _lowercase_from_config_file(os.path.dirname(path))
+    vocab = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            token = line.rstrip("\n")
+            vocab.setdefault(token, len(vocab))
+    if not vocab:
+        raise ValueError(f"data.tokenizer={path!r}: empty vocabulary file")
+    hf = tokenizers.Tokenizer(
+        models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100)
+    )
+    # As in transformers: specials are matched whole in the text ("Paris is the [MASK] ...").
+    hf.add_special_tokens(
+        [tokenizers.AddedToken(t, special=True) for t in BERT_SPECIALS if t in vocab]
+    )
+    _bert_pipeline(hf, lowercase=lowercase, strip_accents=None)
+    return Tokenizer(hf, lowercase=lowercase)
+
+
+def train_wordpiece(texts: Iterable[str], *, vocab_size: int, lowercase: bool) -> Tokenizer:
+    """Trains a BERT-style WordPiece vocabulary (specials first: [PAD]=0 [UNK] [CLS] [SEP] [MASK])."""
+    hf = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    hf.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+    )
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(BERT_SPECIALS),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    hf.train_from_iterator(texts, trainer=trainer)
+    _bert_pipeline(hf, lowercase=lowercase, strip_accents=lowercase)
+    return Tokenizer(hf, lowercase=lowercase)
+
+
+def main(argv=None) -> None:
+    import argparse
+    import types
+
+    from mlm_jax.data import corpora
+
+    parser = argparse.ArgumentParser(
+        description="Train a WordPiece vocabulary on a corpus's train split."
+    )
+    parser.add_argument(
+        "--dataset",
+        default="python_docs",
+        help="python_docs | text:<glob> | tfds:<name>[:<feature>]",
+    )
+    parser.add_argument("--vocab_size", type=int, default=8192)
+    parser.add_argument(
+        "--out", required=True, help="directory to write vocab.txt, tokenizer.json, ..."
+    )
+    parser.add_argument("--data_dir", default="")
+    parser.add_argument("--text_unit", default="paragraph")
+    parser.add_argument("--heldout_fraction", type=float, default=0.02)
+    parser.add_argument("--cased", action="store_true", help="keep case and accents")
+    args = parser.parse_args(argv)
+    data_config = types.SimpleNamespace(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        text_unit=args.text_unit,
+        heldout_fraction=args.heldout_fraction,
+    )
+    corpus = corpora.load_corpus(data_config)
+    tokenizer = train_wordpiece(
+        corpora.iter_training_texts(corpus.train),
+        vocab_size=args.vocab_size,
+        lowercase=not args.cased,
+    )
+    tokenizer.save(args.out)
+    print(f"wrote a {tokenizer.vocab_size}-token WordPiece vocabulary to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
