@@ -11,7 +11,10 @@ Steps (the first argument; `up` does create, copy, install and run in order):
            reuse it if READY.
   copy     `git archive HEAD` into a tarball (committed files only, so what runs is a commit),
            scp it to every worker and unpack it into ~/mlm_jax (replacing the old copy).
-  install  pip install requirements.txt plus jax[tpu] at the jax version pinned there.
+  install  make a Python 3.11 venv ~/mlm_jax_venv (the pins need >= 3.11; TPU VM images have
+           3.10, so python3.11 comes from the deadsnakes PPA) and pip install requirements.txt
+           plus jax[tpu] at the jax version pinned there. `run` activates that venv, so the
+           command may say `python` or `python3`.
   run      start the command given after `--` (or --command, a shell string, for pipelines and
            sweeps) on all workers at once, detached with nohup; each worker appends its output
            to its own ~/mlm_jax_logs/run.log.
@@ -50,6 +53,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 REMOTE_CODE_DIR = "~/mlm_jax"
 REMOTE_TARBALL = "mlm_jax_code.tar.gz"  # relative to the worker's home directory
 REMOTE_LOG = "~/mlm_jax_logs/run.log"
+REMOTE_VENV = "~/mlm_jax_venv"
+# The pinned jax/flax/numpy need Python >= 3.11; TPU VM images (Ubuntu 22.04) ship 3.10.
+PYTHON = "python3.11"
 LIBTPU_RELEASES = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 GONE_STATES = ("PREEMPTED", "TERMINATED")
 STEPS = ("up", "create", "copy", "install", "run", "logs", "delete")
@@ -149,21 +155,33 @@ def jax_version(requirements_text: str) -> str:
 
 
 def install_command(tpu: Tpu, jax_version_pin: str) -> list[str]:
+    """A Python 3.11 venv (deadsnakes if the image lacks it), requirements.txt and jax[tpu]."""
     if not re.fullmatch(r"[\w.+!-]+", jax_version_pin):
         raise ValueError(f"jax version {jax_version_pin!r}: expected something like 0.10.2")
-    pip = (
-        f'python3 -m pip install -r requirements.txt "jax[tpu]=={jax_version_pin}" '
-        f"-f {LIBTPU_RELEASES}"
+    apt = "sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"
+    get_python = (
+        f"if ! command -v {PYTHON} >/dev/null; then "
+        f"sudo add-apt-repository -y ppa:deadsnakes/ppa && "
+        f"{apt} install -y {PYTHON} {PYTHON}-venv; fi"
     )
-    return ssh_command(tpu, f"cd {REMOTE_CODE_DIR} && {pip}")
+    pip = (
+        f"{REMOTE_VENV}/bin/python -m pip install -r requirements.txt "
+        f'"jax[tpu]=={jax_version_pin}" -f {LIBTPU_RELEASES}'
+    )
+    remote = f"cd {REMOTE_CODE_DIR} && {get_python} && {PYTHON} -m venv {REMOTE_VENV} && {pip}"
+    return ssh_command(tpu, remote)
 
 
 def run_command(tpu: Tpu, run_argv: Sequence[str]) -> list[str]:
-    """Start run_argv on every worker, detached (nohup, stdin closed) so ssh returns at once."""
+    """Start run_argv on every worker, detached so ssh returns at once.
+
+    Only the braced command goes to the background (a bare `a && b &` would background the
+    whole list in a subshell that keeps ssh's output open); nohup survives the hang-up.
+    """
     log_dir = REMOTE_LOG.rsplit("/", 1)[0]
     remote = (
-        f"mkdir -p {log_dir} && cd {REMOTE_CODE_DIR} && "
-        f"nohup {shlex.join(run_argv)} >> {REMOTE_LOG} 2>&1 < /dev/null &"
+        f"mkdir -p {log_dir} && cd {REMOTE_CODE_DIR} && . {REMOTE_VENV}/bin/activate && "
+        f"{{ nohup {shlex.join(run_argv)} >> {REMOTE_LOG} 2>&1 < /dev/null & }}"
     )
     return ssh_command(tpu, remote)
 

@@ -44,8 +44,9 @@ UNPACK = (
 )
 LAUNCH_TAIL = (
     "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command "
-    "'mkdir -p ~/mlm_jax_logs && cd ~/mlm_jax && nohup " + RUN + " >> ~/mlm_jax_logs/run.log "
-    "2>&1 < /dev/null &'"
+    "'mkdir -p ~/mlm_jax_logs && cd ~/mlm_jax && . ~/mlm_jax_venv/bin/activate && { nohup "
+    + RUN
+    + " >> ~/mlm_jax_logs/run.log 2>&1 < /dev/null & }'"
 )
 
 
@@ -59,7 +60,13 @@ def pinned_jax() -> str:
 def install_line() -> str:
     return (
         "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command "
-        f'\'cd ~/mlm_jax && python3 -m pip install -r requirements.txt "jax[tpu]=={pinned_jax()}" '
+        "'cd ~/mlm_jax && if ! command -v python3.11 >/dev/null; then "
+        "sudo add-apt-repository -y ppa:deadsnakes/ppa && "
+        "sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "
+        "install -y python3.11 python3.11-venv; fi && "
+        "python3.11 -m venv ~/mlm_jax_venv && "
+        "~/mlm_jax_venv/bin/python -m pip install -r requirements.txt "
+        f'"jax[tpu]=={pinned_jax()}" '
         "-f https://storage.googleapis.com/jax-releases/libtpu_releases.html'"
     )
 
@@ -192,8 +199,17 @@ def _remote(line: str) -> str:
     return argv[-1]
 
 
+def test_every_worker_command_is_valid_shell():
+    proc = dry_run(*UP, "--command", "python3 sweep.py --workdir=gs://b/s && echo 'done'", run=None)
+    for line in proc.stdout.splitlines():
+        if " ssh " in line:
+            check = subprocess.run(["bash", "-n", "-c", _remote(line)], capture_output=True)
+            assert check.returncode == 0, (line, check.stderr)
+
+
 def test_worker_shell_unpacks_and_runs_detached_with_the_exact_argv(tmp_path):
-    """Execute the --command strings with bash in a fake home: quoting must survive intact."""
+    """Execute the --command strings with bash in a fake home: quoting must survive intact,
+    the venv must be active, and the shell must return while the run goes on."""
     home = tmp_path / "home"
     home.mkdir()
     src = tmp_path / "src"
@@ -201,22 +217,37 @@ def test_worker_shell_unpacks_and_runs_detached_with_the_exact_argv(tmp_path):
     (src / "marker.txt").write_text("code")
     with tarfile.open(home / "mlm_jax_code.tar.gz", "w:gz") as tar:
         tar.add(src / "marker.txt", arcname="marker.txt")
+    (home / "mlm_jax_venv" / "bin").mkdir(parents=True)
+    (home / "mlm_jax_venv" / "bin" / "activate").write_text("export FAKE_VENV=active\n")
+    release = tmp_path / "release"
 
-    probe = "import json, os, sys; print(json.dumps([os.getcwd()] + sys.argv[1:]))"
-    run_argv = ["python3", "-c", probe, "--workdir=gs://b/r", "two words", "it's"]
+    probe = (  # one line, so the dry run prints one line per command
+        "import json, os, pathlib, sys, time; "
+        "print(json.dumps([os.getcwd(), os.environ.get('FAKE_VENV')] + sys.argv[1:]), flush=True); "
+        f"released = lambda: pathlib.Path({str(release)!r}).exists(); "
+        "[time.sleep(0.05) for _ in iter(released, True)]"
+    )
+    run_argv = [sys.executable, "-c", probe, "--workdir=gs://b/r", "two words", "it's"]
     proc = dry_run(*UP, "--dry_run_state=READY", run=shlex.join(run_argv))
     lines = proc.stdout.splitlines()
     env = {**os.environ, "HOME": str(home)}
     subprocess.run(["bash", "-c", _remote(lines[3])], env=env, check=True)  # unpack
     assert (home / "mlm_jax" / "marker.txt").read_text() == "code"
 
-    subprocess.run(["bash", "-c", _remote(lines[-1])], env=env, check=True, timeout=30)
-    log = home / "mlm_jax_logs" / "run.log"
-    for _ in range(600):  # the run is detached: wait for it to write its line
-        if log.exists() and log.read_text().endswith("\n"):
-            break
-        time.sleep(0.05)
-    assert json.loads(log.read_text()) == [str(home / "mlm_jax"), *run_argv[3:]]
+    try:
+        # Returns only if nothing still holds its output open: the run is detached.
+        subprocess.run(
+            ["bash", "-c", _remote(lines[-1])], env=env, check=True, capture_output=True, timeout=60
+        )
+        log = home / "mlm_jax_logs" / "run.log"
+        for _ in range(1200):  # the run is detached: wait for it to write its line
+            if log.exists() and log.read_text().endswith("\n"):
+                break
+            time.sleep(0.05)
+        expected = [str(home / "mlm_jax"), "active", *run_argv[3:]]
+        assert json.loads(log.read_text()) == expected
+    finally:
+        release.touch()
 
 
 # ---------------------------------------------------------------- watch / relaunch decisions
