@@ -105,7 +105,7 @@ def _jsonl_texts(path: str) -> Iterator[str]:
             try:
                 text = json.loads(line).get("text")
             except (json.JSONDecodeError, AttributeError):
-                logging.warning("%s:%d: not a JSON object, skipped", path, line_number)
+                logging.debug("%s:%d: not a JSON object, skipped", path, line_number)
                 continue
             if isinstance(text, str):
                 yield text
@@ -171,17 +171,37 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager
+        # One pass to fix the split first: TFDS refuses an empty split, so a small corpus whose
+        # hashes all land in train holds out its last document instead.
+        cfg = self.builder_config
+        heldout = bytearray()
+        for path in cfg.files:
+            _replaced[0] = 0
+            heldout.extend(
+                heldout_by_hash(d, cfg.heldout_fraction)
+                for d in file_documents(path, cfg.text_unit)
+            )
+            if _replaced[0]:
+                logging.warning("%s: %d undecodable bytes replaced by U+FFFD", path, _replaced[0])
+        if len(heldout) < 2:
+            raise ValueError(
+                f"text files {cfg.files[0]}...: {len(heldout)} non-empty documents; need at least 2 "
+                "(one to train on, one held out)"
+            )
+        if not any(heldout):
+            heldout[-1] = 1
+        if all(heldout):
+            heldout[0] = 0
         return {
-            "train": self._generate_examples(want_heldout=False),
-            "validation": self._generate_examples(want_heldout=True),
+            "train": self._generate_examples(heldout, want_heldout=False),
+            "validation": self._generate_examples(heldout, want_heldout=True),
         }
 
-    def _generate_examples(self, want_heldout: bool):
+    def _generate_examples(self, heldout: bytearray, want_heldout: bool):
         cfg = self.builder_config
+        i = 0
         for file_index, path in enumerate(cfg.files):
-            _replaced[0] = 0
             for doc_index, doc in enumerate(file_documents(path, cfg.text_unit)):
-                if heldout_by_hash(doc, cfg.heldout_fraction) == want_heldout:
+                if heldout[i] == want_heldout:
                     yield f"{file_index}:{doc_index}", {"text": doc}
-            if _replaced[0] and not want_heldout:
-                logging.warning("%s: %d undecodable bytes replaced by U+FFFD", path, _replaced[0])
+                i += 1
