@@ -1,0 +1,136 @@
+"""Masking cost next to the tiny model's forward pass, on one batch, as one JSON line.
+
+    python experiments/bench_masking.py                      # 256 x 512, all strategies
+    python experiments/bench_masking.py --batch_size=32 --runs=3
+
+Times jit(mask_tokens) for each strategy and jit(BertMLM.apply) at configs/tiny.py (vocab
+8192, deterministic) on the same synthetic batch: median wall time over --runs calls after
+--warmup calls, each call blocked until ready. Masking should cost well under the forward.
+If mlm_jax/model.py is missing, the forward is skipped and the line says so.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from configs.tiny import get_config  # noqa: E402
+from mlm_jax.masking import STRATEGIES, MaskingSpec, mask_tokens  # noqa: E402
+
+VOCAB = 8192
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+
+
+def synthetic_batch(batch_size, seq_len, seed=0):
+    """Ordinary tokens, [CLS] first, a [SEP] every ~128 tokens and at the end, 75% word starts."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(5, VOCAB, (batch_size, seq_len)).astype(np.int32)
+    tokens[:, 0] = CLS
+    tokens[:, 127::128] = SEP
+    tokens[:, -1] = SEP
+    maskable = tokens >= 5
+    word_starts = rng.random((batch_size, seq_len)) < 0.75
+    document_ids = 1 + np.cumsum(tokens == SEP, axis=1) - (tokens == SEP)
+    return tokens, maskable, word_starts, document_ids.astype(np.int32)
+
+
+def median_ms(fn, runs, warmup):
+    for i in range(warmup):
+        jax.block_until_ready(fn(i))
+    times = []
+    for i in range(runs):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(warmup + i))
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--seq_len", type=int, default=512)
+    parser.add_argument("--ratio", type=float, default=0.15)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args()
+
+    config = get_config()
+    tokens, maskable, word_starts, document_ids = map(
+        jnp.asarray, synthetic_batch(args.batch_size, args.seq_len)
+    )
+    base_key = jax.random.key(0)
+    result = {
+        "bench": "masking",
+        "device": jax.devices()[0].device_kind,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "ratio": args.ratio,
+        "runs": args.runs,
+        "mask_ms": {},
+    }
+    masked = None
+    for strategy in STRATEGIES:
+        config.masking.strategy = strategy
+        spec = MaskingSpec.from_config(
+            config.masking,
+            seq_len=args.seq_len,
+            num_steps=config.train.num_steps,
+            vocab_size=VOCAB,
+            mask_id=MASK,
+            special_ids=(PAD, UNK, CLS, SEP, MASK),
+        )
+        masker = jax.jit(mask_tokens, static_argnames="spec")
+
+        def call(i, spec=spec, masker=masker):
+            key = jax.random.fold_in(base_key, i)
+            return masker(
+                key, tokens, maskable, word_starts, ratio=jnp.float32(args.ratio), spec=spec
+            )
+
+        result["mask_ms"][strategy] = round(median_ms(call, args.runs, args.warmup), 3)
+        if strategy == "uniform":
+            masked = call(0)
+            result["max_predictions"] = spec.max_predictions
+
+    if importlib.util.find_spec("mlm_jax.model") is None:
+        result["forward_ms"] = None
+        result["note"] = "mlm_jax/model.py not found: forward pass not timed"
+    else:
+        import flax.linen as nn
+
+        from mlm_jax.model import BertMLM, ModelConfig
+
+        model = BertMLM(ModelConfig.from_config(config.model, vocab_size=VOCAB, pad_id=PAD))
+        variables = model.init(
+            jax.random.key(1), masked.inputs, masked.positions, document_ids_BxL=document_ids
+        )
+        params = nn.meta.unbox(variables)
+
+        @jax.jit
+        def forward(params, inputs, positions):
+            return model.apply(params, inputs, positions, document_ids_BxL=document_ids)
+
+        result["forward_ms"] = round(
+            median_ms(
+                lambda i: forward(params, masked.inputs, masked.positions), args.runs, args.warmup
+            ),
+            3,
+        )
+        result["model"] = "configs/tiny.py BertMLM forward, deterministic, vocab 8192"
+        result["mask_over_forward"] = {
+            s: round(ms / result["forward_ms"], 4) for s, ms in result["mask_ms"].items()
+        }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
