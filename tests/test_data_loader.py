@@ -272,6 +272,7 @@ def test_get_tokenizer_trains_once_and_copies_to_workdir(corpus_file, tmp_path):
         ("tokenizer", "/nonexistent/vocab.txt", "data.tokenizer='/nonexistent/vocab.txt'"),
         ("dataset", "text:/nonexistent/*.txt", "glob matches no"),
         ("heldout_fraction", 0.0, "data.heldout_fraction=0.0"),
+        ("num_workers", 2, "data.num_workers=2: only 0"),
     ],
 )
 def test_validate_data_config_one_line(corpus_file, tmp_path, key, value, message):
