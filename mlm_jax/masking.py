@@ -270,7 +270,8 @@ def mask_tokens(
         _check_open_unit("ratio", ratio)
 
     batch = tokens_BxL.shape[0]
-    typed = jax.dtypes.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key)
+    key = jnp.asarray(key)
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     if key.ndim == (0 if typed else 1):
         key = jax.random.split(key, batch)
     if key.shape[0] != batch:
