@@ -1,0 +1,111 @@
+"""Top-k fillers for each [MASK] in a sentence: the first thing to try with a trained model.
+
+python -m mlm_jax.fill_mask --workdir=/tmp/mlm_tiny "The [MASK] sat on the mat."
+python -m mlm_jax.fill_mask --hf_dir=path/to/bert --top_k=10 "Paris is the [MASK] of France."
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlm_jax import hf
+from mlm_jax.data.tokenizer import load_tokenizer
+from mlm_jax.model import BertMLM, ModelConfig
+
+MASK_TEXT = "[MASK]"
+
+
+def load_from_workdir(workdir: str):
+    """(ModelConfig, params, Tokenizer) of a training run's latest checkpoint."""
+    from mlm_jax.checkpoint import load_trained
+
+    params, config = load_trained(workdir)
+    tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
+    model_config = ModelConfig.from_config(
+        config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
+    )
+    return model_config, params, tokenizer
+
+
+def load_from_hf_dir(hf_dir: str):
+    """(ModelConfig, params, Tokenizer) of a Hugging Face BERT directory."""
+    tokenizer = load_tokenizer(_tokenizer_dir(hf_dir))
+    hf_config, tensors = hf.read_checkpoint(hf_dir)
+    model_config = ModelConfig(
+        **hf.model_overrides(hf_config), pad_vocab_multiple=1, pad_id=tokenizer.pad_id
+    )
+    params = hf.hf_to_params(tensors, model_config, where=hf_dir)
+    params.pop("pooler", None)
+    return model_config, params, tokenizer
+
+
+def _tokenizer_dir(hf_dir: str) -> str:
+    for folder in (hf_dir, os.path.join(hf_dir, "0_Transformer")):
+        if any(os.path.exists(os.path.join(folder, n)) for n in ("tokenizer.json", "vocab.txt")):
+            return folder
+    raise ValueError(f"{hf_dir}: no tokenizer.json or vocab.txt")
+
+
+def encode_with_masks(text: str, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """([CLS] ids [SEP] as int32 [L], positions of the [MASK] tokens int32 [K]).
+
+    The text is split on the literal [MASK] first, as Hugging Face tokenizers split on special
+    tokens before normalising, so every tokenizer sees [MASK] the same way.
+    """
+    pieces = text.split(MASK_TEXT)
+    if len(pieces) < 2:
+        raise ValueError(f"text {text!r}: contains no {MASK_TEXT}")
+    encoded = tokenizer.encode([p for p in pieces])
+    ids = [tokenizer.cls_id]
+    for i, (piece_ids, _) in enumerate(encoded):
+        if i:
+            ids.append(tokenizer.mask_id)
+        ids.extend(piece_ids)
+    ids.append(tokenizer.sep_id)
+    ids = np.asarray(ids, np.int32)
+    return ids, np.flatnonzero(ids == tokenizer.mask_id).astype(np.int32)
+
+
+def fill_mask(text: str, model_config: ModelConfig, params, tokenizer, top_k: int = 5):
+    """For each [MASK] in text, the top_k (token, probability) pairs, best first."""
+    tokens_L, positions_K = encode_with_masks(text, tokenizer)
+    params = params["params"] if set(params) == {"params"} else params
+    logits_1xKxV = BertMLM(model_config).apply(
+        {"params": params}, jnp.asarray(tokens_L[None]), jnp.asarray(positions_K[None])
+    )
+    probs_KxV = np.asarray(jax.nn.softmax(logits_1xKxV[0], axis=-1))
+    results = []
+    for probs_V in probs_KxV:
+        best = np.argsort(-probs_V, kind="stable")[:top_k]
+        results.append([(tokenizer.id_to_token(int(i)), float(probs_V[i])) for i in best])
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlm_jax.fill_mask", description=__doc__.split("\n")[0]
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="a training run's workdir (latest checkpoint)")
+    source.add_argument("--hf_dir", help="a Hugging Face BERT directory")
+    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("texts", nargs="+", help=f"sentences with {MASK_TEXT} in them")
+    args = parser.parse_args(argv)
+    if args.workdir:
+        model_config, params, tokenizer = load_from_workdir(args.workdir)
+    else:
+        model_config, params, tokenizer = load_from_hf_dir(args.hf_dir)
+    for text in args.texts:
+        print(text)
+        for k, fillers in enumerate(fill_mask(text, model_config, params, tokenizer, args.top_k)):
+            print(f"  {MASK_TEXT} #{k + 1}: " + "  ".join(f"{t} {p:.3f}" for t, p in fillers))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
