@@ -43,6 +43,17 @@ _CONFIG_KEYS = {
     "layer_norm_eps": "layer_norm_eps",
     "initializer_range": "initializer_range",
 }
+# What HF assumes when an older config.json leaves a key out.
+_HF_DEFAULTS = {
+    "type_vocab_size": 2,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "layer_norm_eps": 1e-12,
+    "initializer_range": 0.02,
+    "max_position_embeddings": 512,
+}
+
+
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
@@ -131,16 +142,6 @@ def model_overrides(hf_config: dict) -> dict[str, Any]:
     overrides = {ours: hf_config.get(hf, _HF_DEFAULTS.get(hf)) for ours, hf in _CONFIG_KEYS.items()}
     overrides["pre_ln"] = False
     return overrides
-
-
-_HF_DEFAULTS = {
-    "type_vocab_size": 2,
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-    "layer_norm_eps": 1e-12,
-    "initializer_range": 0.02,
-    "max_position_embeddings": 512,
-}
 
 
 # ----------------------------------------------------------------------------- HF -> ours

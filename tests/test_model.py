@@ -266,7 +266,7 @@ def test_classification_head_shapes_and_logical_names():
     config = tiny_config(scan_layers=False)
     tokens, _, _, _ = random_batch()
     model = BertForSequenceClassification(config, num_labels=3)
-    variables = model.init(jax.random.key(0), tokens)
+    variables = jax.jit(model.init)(jax.random.key(0), tokens)
     specs = nn.get_partition_spec(variables)["params"]
     assert tuple(specs["classifier"]["kernel"]) == ("embed", None)
     logits = jitted(model)(nn.unbox(variables), tokens)
