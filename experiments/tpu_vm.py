@@ -300,7 +300,10 @@ def make_runner(dry_run: bool, dry_run_state: str = "NOT_FOUND") -> Callable[...
                 return Result(1, "", "ERROR: NOT_FOUND (dry run)")
             return Result(0, dry_run_state + "\n")
         print(f"+ {shlex.join(cmd)}", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, text=True, capture_output=capture)
+        try:
+            proc = subprocess.run(cmd, cwd=REPO_ROOT, text=True, capture_output=capture)
+        except FileNotFoundError:
+            raise CommandFailed(f"{cmd[0]!r} not found on PATH (install the Cloud SDK)") from None
         if not capture and proc.returncode != 0:
             raise CommandFailed(f"exit status {proc.returncode}: {shlex.join(cmd)}")
         return Result(proc.returncode, proc.stdout or "", proc.stderr or "")
@@ -329,7 +332,10 @@ def _warn_if_dirty() -> None:
 def bring_up(tpu: Tpu, run, args, launch: Callable[[], None] | None) -> None:
     """Make the VM READY (creating or recreating it as needed), then launch if asked."""
     while True:
-        state = parse_state(run(describe_command(tpu), capture=True))
+        described = run(describe_command(tpu), capture=True)
+        state = parse_state(described)
+        if state == "UNKNOWN":  # gcloud itself failed (auth, network, project): say why, stop
+            raise CommandFailed(f"describe failed: {described.stderr.strip() or described.stdout}")
         action, _ = next_action(state, launched=False)
         if action != "wait":
             break
@@ -394,6 +400,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "--dry_run_state", default="NOT_FOUND", help="the VM state a dry run pretends to see"
     )
     args = p.parse_args(flags)
+    if "--dry_run" in run_argv:  # almost surely meant for this script: refuse to go live
+        p.error("--dry_run comes after `--`, so it belongs to the run command; put it before `--`")
     if args.command is not None and run_argv:
         p.error("give the run command either after -- or with --command, not both")
     if args.command is not None:

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -178,6 +179,9 @@ def test_logs_and_delete():
 
 def test_missing_run_command_or_accelerator_is_a_usage_error():
     assert dry_run(*UP, run=None).returncode == 2
+    late = [sys.executable, str(SCRIPT), *UP, "--", "python3", "x.py", "--dry_run"]
+    proc = subprocess.run(late, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "put it before `--`" in proc.stderr
     proc = dry_run("up", "--name=mlm", "--zone=z")
     assert proc.returncode == 2 and "--accelerator_type is required" in proc.stderr
 
@@ -325,3 +329,47 @@ def test_watch_loop_relaunches_after_each_preemption(monkeypatch):
     assert calls == ["delete", "create", "create", "create"]
     # launch after the recreate, after the retried create, and after REPAIRING -> READY
     assert launches == [2, 4, 4]
+
+
+def test_readme_dry_run_block_matches_the_script():
+    """README's Cloud TPU VMs section: its first `tpu_vm.py up` command, run with --dry_run,
+    prints exactly the fenced block that follows it."""
+    readme = REPO / "README.md"
+    text = readme.read_text() if readme.exists() else ""
+    if "## Cloud TPU VMs" not in text:
+        pytest.skip("README.md has no Cloud TPU VMs section yet")
+    section = text.split("## Cloud TPU VMs", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"^ +(python experiments/tpu_vm\.py up .*?)\n\n", section, re.M | re.S)
+    assert command, "no `python experiments/tpu_vm.py up ...` command in the section"
+    argv = shlex.split(command.group(1).replace("\\\n", " "))
+    block = re.search(r"```\n(.*?)```", section, re.S)
+    assert block, "no fenced dry-run block in the section"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), argv[2], "--dry_run", *argv[3:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == block.group(1)
+
+
+def test_bring_up_stops_on_a_failed_describe_and_waits_out_transitions(monkeypatch):
+    monkeypatch.setattr(tpu_vm.time, "sleep", lambda s: None)
+    tpu = tpu_vm.Tpu("mlm", "z", accelerator_type="v4-8")
+    args = argparse.Namespace(dry_run=False, poll_seconds=0)
+
+    def failing(cmd, capture=False):
+        return tpu_vm.Result(1, "", "ERROR: (gcloud) You do not currently have an active account")
+
+    with pytest.raises(tpu_vm.CommandFailed, match="active account"):
+        tpu_vm.bring_up(tpu, failing, args, launch=None)
+
+    answers = iter([tpu_vm.Result(0, "CREATING\n"), tpu_vm.Result(0, "READY\n")])
+    ran = []
+
+    def creating_then_ready(cmd, capture=False):
+        return next(answers) if capture else ran.append(cmd)
+
+    tpu_vm.bring_up(tpu, creating_then_ready, args, launch=lambda: ran.append("launch"))
+    assert ran == ["launch"]  # reused once READY: nothing created or deleted
