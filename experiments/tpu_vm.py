@@ -8,7 +8,7 @@ One command brings a slice up and starts a run on every worker:
 
 Steps (the first argument; `up` does create, copy, install and run in order):
   create   describe the VM; create it if absent, delete and recreate it if PREEMPTED/TERMINATED,
-           reuse it if READY.
+           reuse it if READY (`up` then starts the command again: stop an old run first).
   copy     `git archive HEAD` into a tarball (committed files only, so what runs is a commit),
            scp it to every worker and unpack it into ~/mlm_jax (replacing the old copy).
   install  make a Python 3.11 venv ~/mlm_jax_venv (the pins need >= 3.11; TPU VM images have
@@ -32,7 +32,7 @@ must be on GCS (gs://...): a worker's local disk does not survive, and with seve
 local path is not shared. A VM that passes through any other non-READY state (e.g. REPAIRING)
 and comes back READY gets the command started again, since its processes are gone.
 
---dry_run prints every command, one per line, exactly as it would run it (local commands run
+--dry_run (before `--`) prints every command, one per line, exactly as it would run it (local commands run
 from the repository root) and runs nothing. The VM state it would read is taken from
 --dry_run_state (default NOT_FOUND); with --watch it shows one poll and what follows it.
 """
