@@ -111,18 +111,45 @@ def _constrain(x, names):
     return nn.with_logical_constraint(x, names)
 
 
+class Dense(nn.Module):
+    """A dense layer over the trailing `axis` dims, in the compute dtype with float32 params.
+
+    The kernel is created at its full shape [*in, *out] with its logical names (flax's
+    DenseGeneral creates it flat and reshapes it, which breaks its sharding annotation once a
+    mesh is set).
+    """
+
+    config: ModelConfig
+    features: int | tuple[int, ...]
+    names: tuple[str | None, ...]  # logical names of the kernel's dims, inputs then outputs
+    axis: int | tuple[int, ...] = -1
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        features = self.features if isinstance(self.features, tuple) else (self.features,)
+        axes = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+        axes = tuple(a % x.ndim for a in axes)
+        in_shape = tuple(x.shape[a] for a in axes)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(_init(c), self.names),
+            in_shape + features,
+            jnp.float32,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), self.names[len(axes) :]),
+            features,
+            jnp.float32,
+        )
+        dtype = c.compute_dtype
+        y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), (axes, tuple(range(len(axes)))))
+        return y + bias.astype(dtype)
+
+
 def _dense(config: ModelConfig, features, names, axis=-1, name=None):
-    """DenseGeneral in the compute dtype with float32 params and logical names on both."""
-    out_names = names[-(len(features) if isinstance(features, tuple) else 1) :]
-    return nn.DenseGeneral(
-        features,
-        axis=axis,
-        dtype=config.compute_dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(_init(config), names),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), out_names),
-        name=name,
-    )
+    return Dense(config, features, tuple(names), axis, name=name)
 
 
 def _layer_norm(config: ModelConfig, name=None):
@@ -359,7 +386,12 @@ class MLMHead(nn.Module):
         )
 
     def __call__(self, h_BxKxE):
-        return self.norm(nn.gelu(self.transform(h_BxKxE), approximate=False))
+        # Pinning the transform's output to the batch sharding is not only a hint: without it
+        # XLA's SPMD partitioner (jax 0.10.2) computes wrong gradients for the transform and
+        # everything below it on a mesh with data, fsdp and tensor axes all > 1
+        # (tests/test_sharding.py catches it).
+        h_BxKxE = _constrain(self.transform(h_BxKxE), ("batch", "length", "embed"))
+        return self.norm(nn.gelu(h_BxKxE, approximate=False))
 
 
 def mlm_loss(logits_BxKxV, targets_BxK, weights_BxK):
