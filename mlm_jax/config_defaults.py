@@ -1,0 +1,114 @@
+"""Every config field with its default and meaning; experiment files in configs/ override a few.
+
+Keeping the defaults in one place means a new field is added once and every experiment file
+(configs/tiny.py, configs/bert.py, ...) stays a short list of what it changes.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # root of every random key in the run (init, masking, dropout, data order)
+
+    c.data = d = ml_collections.ConfigDict()
+    d.dataset = "python_docs"  # python_docs | text:<glob> | tfds:<name>[:<feature>]
+    d.data_dir = (
+        ""  # where TFDS datasets are built/read; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    )
+    d.tokenizer = ""  # vocab.txt or tokenizer.json; "" = train a WordPiece vocab on the train split
+    d.vocab_size = 8192  # size of the trained WordPiece vocabulary (ignored with data.tokenizer)
+    d.lowercase = True  # lowercase and strip accents when training a tokenizer
+    d.seq_len = 128  # tokens per packed row, [CLS] and [SEP] included
+    d.packing = "concat"  # concat: documents joined and cut into rows | pad: one document per row
+    d.text_unit = "paragraph"  # text:<glob> documents: paragraph | line | file
+    d.heldout_fraction = (
+        0.02  # text:<glob> and python_docs: fraction of documents held out for eval
+    )
+    d.prefetch = 2  # batches prepared ahead on background threads
+    d.num_workers = 0  # grain worker processes (0 = in-process)
+
+    c.masking = m = ml_collections.ConfigDict()
+    m.ratio = 0.15  # fraction of maskable tokens selected per row (start ratio of a schedule)
+    m.strategy = "uniform"  # uniform | whole_word | span
+    m.mask_prob = 0.8  # of the selected tokens: fraction replaced by [MASK]
+    m.random_prob = 0.1  # of the selected tokens: fraction replaced by a random ordinary token
+    m.max_predictions = (
+        0  # K, predictions per row; 0 = from the largest scheduled ratio and seq_len
+    )
+    m.schedule = "constant"  # constant | linear | cosine, from masking.ratio to masking.end_ratio
+    m.end_ratio = 0.15  # ratio reached at the last step by a linear/cosine schedule
+    m.span_p = 0.2  # span strategy: geometric parameter of the span length (in words)
+    m.span_max = 10  # span strategy: longest span, in words
+    m.static_epochs = (
+        0  # 0 = dynamic (fresh mask each step); N = an example keeps its mask N epochs
+    )
+    m.never_mask_ids = ()  # token ids never selected, besides [CLS] [SEP] [PAD] and other specials
+
+    c.model = mo = ml_collections.ConfigDict()
+    mo.num_layers = 4  # Transformer blocks
+    mo.hidden_size = 256  # width of the residual stream
+    mo.num_heads = 4  # attention heads (hidden_size must divide by it)
+    mo.intermediate_size = 1024  # width of the MLP inside each block
+    mo.vocab_size = 0  # 0 = take it from the tokenizer
+    mo.max_position_embeddings = 512  # longest sequence the position table holds
+    mo.type_vocab_size = 2  # token type (segment A/B) embeddings, as in BERT
+    mo.dropout_rate = 0.1  # dropout on embeddings, attention output and MLP output
+    mo.attention_dropout_rate = 0.1  # dropout on attention probabilities
+    mo.layer_norm_eps = 1e-12  # LayerNorm epsilon (BERT: 1e-12)
+    mo.initializer_range = 0.02  # stddev of the truncated-normal weight init
+    mo.pre_ln = False  # True = pre-LN blocks (not exportable to Hugging Face BERT)
+    mo.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    mo.attention = "xla"  # jax.nn.dot_product_attention implementation: xla | cudnn
+    mo.remat = "none"  # per-layer rematerialisation: none | full | dots (save matmul outputs)
+    mo.scan_layers = True  # stack layers with nn.scan (compile time flat in depth)
+    mo.pad_vocab_multiple = 128  # embedding rows padded to this multiple; padding never predicted
+    mo.attend_across_documents = False  # False = packed documents do not attend to each other
+    mo.init_from = ""  # Hugging Face BERT directory to start from ("" = random init)
+
+    c.train = t = ml_collections.ConfigDict()
+    t.num_steps = 3000  # optimizer steps
+    t.batch_size = 32  # global batch, in sequences
+    t.learning_rate = 1e-3  # peak learning rate
+    t.warmup_steps = 200  # linear warmup from 0 to the peak
+    t.lr_schedule = "linear"  # decay after warmup: linear | cosine | constant (to 0 at the end)
+    t.weight_decay = 0.01  # AdamW decoupled weight decay (not on LayerNorm or biases)
+    t.b1 = 0.9  # Adam beta1
+    t.b2 = 0.98  # Adam beta2
+    t.eps = 1e-6  # Adam epsilon
+    t.grad_clip = 1.0  # global gradient norm clip (0 = off)
+    t.microbatches = 1  # gradient accumulation: batch_size is split into this many microbatches
+    t.nan_policy = "stop"  # on a NaN/Inf loss or gradient: stop | skip (skip the update, count it)
+
+    c.log = lg = ml_collections.ConfigDict()
+    lg.every_steps = 50  # train metrics pulled to the host and written this often
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.every_steps = 500  # evaluate before step 1, then this often and at the end
+    e.mask_ratio = 0.15  # eval masking ratio, the same for every run so runs compare
+    e.num_batches = 8  # held-out batches per evaluation (fixed, the same every time)
+    e.strategy = "uniform"  # eval masking strategy, common to all runs
+    e.mask_prob = 0.8  # eval replacement split: [MASK] fraction
+    e.random_prob = 0.1  # eval replacement split: random-token fraction
+    e.batch_size = 32  # global eval batch, in sequences
+
+    c.checkpoint = ck = ml_collections.ConfigDict()
+    ck.every_steps = 500  # save this often (and at the end, and on SIGTERM)
+    ck.keep = 2  # checkpoints kept on disk
+
+    c.mesh = me = ml_collections.ConfigDict()
+    me.data = -1  # data-parallel axis size (-1 = all devices left over)
+    me.fsdp = 1  # parameter/optimizer sharding axis (ZeRO-3 style)
+    me.tensor = 1  # tensor-parallel axis (Megatron style)
+    # logical axis name -> mesh axes; the model names only logical axes
+    me.logical_axis_rules = (
+        ("batch", ("data", "fsdp")),
+        ("length", None),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("kv", None),
+        ("mlp", "tensor"),
+        ("vocab", "tensor"),
+        ("layers", None),
+    )
+    return c

@@ -1,0 +1,55 @@
+"""Entry point: `python -m mlm_jax.main --config=configs/tiny.py --workdir=DIR [--config.x=y]`.
+
+Parses flags, starts the distributed runtime when asked, and calls train_and_evaluate.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/<exp>.py[:arg]).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs off Cloud TPU."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (0-based).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _maybe_initialize_distributed() -> None:
+    """jax.distributed.initialize() when flags or the environment ask for several processes."""
+    import jax
+
+    if _COORDINATOR.value or _NUM_PROCESSES.value:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+        jax.distributed.initialize()  # Cloud TPU pod slice: discovered from the environment
+
+
+def main(argv) -> None:
+    del argv
+    from mlm_jax import train
+    from mlm_jax.config_checks import ConfigError
+
+    logging.set_verbosity(logging.INFO)
+    _maybe_initialize_distributed()
+    try:
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,78 @@
+"""The same train steps on 1 device and on several 8-device meshes give the same numbers.
+
+The single-device run is the oracle: sharding must change where the work happens, never
+the result. Each run is a subprocess so XLA_FLAGS can fake 8 CPU devices before JAX starts.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mlm_jax import sharding
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(**args):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env["PYTHONPATH"] = ROOT
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "sharded_worker.py"), json.dumps(args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _assert_close(a, b, rtol):
+    np.testing.assert_allclose(a["losses"], b["losses"], rtol=rtol)
+    assert a["params"].keys() == b["params"].keys()
+    for name in a["params"]:
+        x, y = np.asarray(a["params"][name]), np.asarray(b["params"][name])
+        scale = max(np.abs(x).max(), 1e-12)
+        assert np.abs(x - y).max() / scale <= rtol, name
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    return _run(mesh=[1, 1, 1])
+
+
+@pytest.mark.parametrize("mesh", [[8, 1, 1], [2, 2, 2], [1, 4, 2]])
+def test_sharded_steps_match_single_device(oracle, mesh):
+    _assert_close(_run(mesh=mesh), oracle, rtol=1e-5)
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    # Without dropout the microbatch split is the only difference: the mean loss gradient
+    # summed over microbatches equals the one of the whole batch.
+    whole = _run(mesh=[2, 1, 1], dropout=0.0)
+    split = _run(mesh=[2, 1, 1], dropout=0.0, microbatches=4)
+    _assert_close(split, whole, rtol=1e-5)
+
+
+class _Mesh(dict):
+    logical_axis_rules = ()
+
+
+@pytest.mark.parametrize(
+    "sizes, devices, expected",
+    [((-1, 1, 1), 8, (8, 1, 1)), ((2, -1, 2), 8, (2, 2, 2)), ((1, 4, 2), 8, (1, 4, 2))],
+)
+def test_mesh_shape_resolves_minus_one(sizes, devices, expected):
+    mesh = dict(zip(sharding.MESH_AXES, sizes))
+    assert sharding.mesh_shape(mesh, devices) == expected
+
+
+@pytest.mark.parametrize("sizes", [(3, 1, 1), (-1, 3, 1), (-1, -1, 1), (0, 1, 1)])
+def test_mesh_that_does_not_fit_the_devices_is_rejected(sizes):
+    mesh = dict(zip(sharding.MESH_AXES, sizes))
+    with pytest.raises(ValueError, match="config.mesh"):
+        sharding.mesh_shape(mesh, 8)
