@@ -19,6 +19,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -145,7 +147,7 @@ def load_trained(workdir: str, step: int | None = None):
         if _supports_partial_restore()
         else None,
     )
-    logging.info("loaded step %d of %s", step, workdir)
+    log.info("loaded step %d of %s", step, workdir)
     return restored["params"], config
 
 

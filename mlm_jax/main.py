@@ -5,6 +5,7 @@ Parses flags, starts the distributed runtime when asked, and calls train_and_eva
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
 
@@ -42,7 +43,8 @@ def main(argv) -> None:
     from mlm_jax import train
     from mlm_jax.config_checks import ConfigError
 
-    logging.set_verbosity(logging.INFO)
+    logging.set_verbosity(logging.WARNING)  # libraries: warnings only
+    pylogging.getLogger("mlm_jax").setLevel(pylogging.INFO)  # the run's own progress lines
     _maybe_initialize_distributed()
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

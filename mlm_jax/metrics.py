@@ -12,6 +12,8 @@ import math
 import os
 import time
 
+log = logging.getLogger(__name__)
+
 
 class MetricsWriter:
     """Appends `{"step": s, ...}` lines to workdir/metrics.jsonl and scalars to TensorBoard."""
@@ -92,4 +94,4 @@ def _duration(seconds: float) -> str:
 
 
 def log_line(text: str) -> None:
-    logging.info(text)
+    log.info(text)

@@ -33,6 +33,8 @@ from mlm_jax.config_checks import (
 )
 from mlm_jax.model import BertMLM, ModelConfig, mlm_loss
 
+log = logging.getLogger(__name__)
+
 # Independent random streams of a run, all folded from the seed.
 _INIT, _MASK, _DROPOUT, _EVAL = 1, 2, 3, 4
 
@@ -145,7 +147,7 @@ def train_step(state: TrainState, batch: dict, *, model, spec, tx, config) -> tu
 _SUM_KEYS = ("loss_sum", "correct_sum", "weight_sum")
 
 
-def eval_step(params, batch: dict, key, *, model, spec, ratio) -> dict:
+def eval_step(params, batch: dict, key, ratio, *, model, spec) -> dict:
     """Metric sums on one held-out batch, masked with a fixed key (the same in every run)."""
     keys = jax.random.split(key, batch["tokens"].shape[0])
     masked = masking.mask_tokens(
@@ -199,7 +201,7 @@ class _Preemption:
         return self
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint at the current step, then exiting")
+        log.warning("SIGTERM received: saving a checkpoint at the current step, then exiting")
         self.requested = True
 
     def __exit__(self, *exc):
@@ -281,7 +283,6 @@ class Trainer:
                 fn,
                 in_shardings=(self.state_sharding.params, self.batch_sharding, replicated, None),
                 out_shardings=replicated,
-                static_argnames=(),
             )
 
     def activate(self):
@@ -356,7 +357,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     unfinished = ckpt.unfinished_writes(workdir)
     start_step = manager.latest_step()
     if unfinished:
-        logging.warning(
+        log.warning(
             "ignoring unfinished checkpoint writes %s; resuming from the last complete one (%s)",
             unfinished,
             start_step,
@@ -365,7 +366,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     if start_step is not None:
         state, data_state = ckpt.restore(manager, start_step, trainer.abstract_state)
         train_iter.set_state(data_state)
-        logging.info("resumed from the checkpoint of step %d in %s", start_step, workdir)
+        log.info("resumed from the checkpoint of step %d in %s", start_step, workdir)
     else:
         state = trainer.new_state()
         if config.model.init_from:
@@ -391,7 +392,7 @@ def _load_pretrained(trainer: Trainer, state: TrainState, directory: str) -> Tra
     params = hf.load_pretrained_params(directory, trainer.model_config, template)
     params = jax.device_put(params, trainer.state_sharding.params)
     opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_sharding.opt_state)(params)
-    logging.info("initialised parameters from %s", directory)
+    log.info("initialised parameters from %s", directory)
     return state.replace(params=params, opt_state=opt_state)
 
 
@@ -469,7 +470,7 @@ def _loop(config, trainer, state, train_iter, eval_batches, manager, writer, sta
                 data_states = {s: v for s, v in data_states.items() if s >= step}
             if preemption.requested:
                 manager.wait_until_finished()
-                logging.warning("checkpoint of step %d written; exiting for preemption", step)
+                log.warning("checkpoint of step %d written; exiting for preemption", step)
                 raise SystemExit(0)
     return result
 

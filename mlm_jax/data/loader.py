@@ -25,6 +25,8 @@ import numpy as np
 from mlm_jax.data import corpora, packing, text_files
 from mlm_jax.data import tokenizer as tokenizer_lib
 
+log = logging.getLogger(__name__)
+
 BATCH_KEYS = ("tokens", "document_ids", "maskable", "word_starts", "example_ids", "epochs")
 MIN_SEQ_LEN = 8
 _NUM_BATCHES = 2**62  # "infinite": the train stream never ends
@@ -116,7 +118,7 @@ def get_tokenizer(config, workdir: str | None = None) -> tokenizer_lib.Tokenizer
     d = config.data
     run_copy = os.path.join(workdir, "tokenizer") if workdir else None
     if run_copy and os.path.isdir(run_copy):
-        logging.info("using the run's tokenizer %s", run_copy)
+        log.info("using the run's tokenizer %s", run_copy)
         return tokenizer_lib.load_tokenizer(run_copy)
     if d.tokenizer:
         tokenizer = tokenizer_lib.load_tokenizer(d.tokenizer)
@@ -137,7 +139,7 @@ def get_tokenizer(config, workdir: str | None = None) -> tokenizer_lib.Tokenizer
                     f"`python -m mlm_jax.data.tokenizer --dataset={d.dataset} --vocab_size={d.vocab_size} "
                     "--out=DIR` and set data.tokenizer=DIR"
                 )
-            logging.info("training a %d-token WordPiece vocabulary on %s", d.vocab_size, corpus.key)
+            log.info("training a %d-token WordPiece vocabulary on %s", d.vocab_size, corpus.key)
             trained = tokenizer_lib.train_wordpiece(
                 corpora.iter_training_texts(corpus.train),
                 vocab_size=d.vocab_size,
@@ -296,7 +298,7 @@ def make_eval_batches(config, tokenizer, *, process_index=None, process_count=No
     )
     wanted = config.eval.num_batches * global_batch
     if wanted > len(rows):
-        logging.warning(
+        log.warning(
             "eval asks for %d rows, the held-out split has %d: rows repeat", wanted, len(rows)
         )
     host_batches = _HostBatches(

@@ -25,6 +25,8 @@ import tempfile
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 PACKINGS = ("concat", "pad")
 _FORMAT_VERSION = 1  # bump when the on-disk layout changes
 
@@ -104,7 +106,7 @@ def tokenize_to_stream(
         try:
             os.rename(tmp, cache_dir)  # atomic: a concurrent writer may have won, both are equal
         except OSError:
-            logging.info("token cache %s written concurrently; using the existing one", cache_dir)
+            log.info("token cache %s written concurrently; using the existing one", cache_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _read_stream(cache_dir)

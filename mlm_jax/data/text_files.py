@@ -28,6 +28,8 @@ import tensorflow_datasets as tfds
 
 from mlm_jax.data.python_docs import heldout_by_hash
 
+log = logging.getLogger(__name__)
+
 TEXT_UNITS = ("paragraph", "line", "file")
 SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
 MAX_DOC_CHARS = 1 << 20  # longer documents (and lines) are cut into pieces of this many chars
@@ -94,7 +96,7 @@ def _jsonl_texts(path: str) -> Iterator[str]:
                 return
             line_number += 1
             if not line.endswith("\n") and len(line) >= MAX_JSONL_LINE_CHARS:
-                logging.warning(
+                log.warning(
                     "%s:%d: record longer than %d chars skipped", path, line_number, len(line)
                 )
                 while line and not line.endswith("\n"):  # drain the rest of the record
@@ -182,7 +184,7 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
                 for d in file_documents(path, cfg.text_unit)
             )
             if _replaced[0]:
-                logging.warning("%s: %d undecodable bytes replaced by U+FFFD", path, _replaced[0])
+                log.warning("%s: %d undecodable bytes replaced by U+FFFD", path, _replaced[0])
         if len(heldout) < 2:
             raise ValueError(
                 f"text files {cfg.files[0]}...: {len(heldout)} non-empty documents; need at least 2 "
