@@ -4,3 +4,11 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One TFDS data dir per test session: the built-in corpus and tokenizers build once."""
+    return str(tmp_path_factory.mktemp("tensorflow_datasets"))
