@@ -52,7 +52,7 @@ def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Sc
 
 
 def global_norm(tree) -> jax.Array:
-    return optax.global_norm(tree)
+    return optax.tree.norm(tree)
 
 
 def apply_updates(params, updates):
