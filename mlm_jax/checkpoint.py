@@ -16,12 +16,14 @@ import os
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's in-progress step folders end so
 
 
 class IteratorState:
@@ -42,6 +44,10 @@ class IteratorState:
 
     def start_prefetch(self) -> None:  # called by grain's handler after a restore
         pass
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, unwritable directory, ...)."""
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -68,11 +74,44 @@ def make_manager(workdir: str, config, *, read_only: bool = False) -> ocp.Checkp
 
 
 def unfinished_writes(workdir: str) -> list[str]:
-    """Names of checkpoint folders a killed process left half-written."""
+    """Names of checkpoint folders a killed process left half-written.
+
+    Orbax writes step N into `N.orbax-checkpoint-tmp...` and renames it when complete (on file
+    systems without atomic rename, a complete step holds commit_success.txt instead). Call this
+    before make_manager: the manager deletes such folders when it opens the directory.
+    """
     d = checkpoint_dir(workdir)
     if not d.exists():
         return []
-    return sorted(p.name for p in d.iterdir() if "tmp" in p.name)
+    found = []
+    for p in d.iterdir():
+        if TMP_SUFFIX in p.name:
+            found.append(p.name)
+        elif p.name.isdigit() and (p / "state").exists() and not _committed(p):
+            found.append(p.name)
+    return sorted(found)
+
+
+def _committed(step_dir: epath.Path) -> bool:
+    # Renamed folders are complete by construction; commit_success.txt marks the others.
+    return (step_dir / "_CHECKPOINT_METADATA").exists() or (
+        step_dir / "commit_success.txt"
+    ).exists()
+
+
+def check_writable(workdir: str) -> None:
+    """One ValueError line, before anything compiles, if the run could not save its work."""
+    for directory in (workdir, os.path.join(workdir, CHECKPOINT_DIR)):
+        probe = os.path.join(directory, f".write_probe_{os.getpid()}")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise ValueError(
+                f"workdir {workdir!r}: cannot write to {directory} ({e.strerror or e})"
+            ) from e
 
 
 def latest_step(workdir: str) -> int | None:
@@ -80,33 +119,67 @@ def latest_step(workdir: str) -> int | None:
     d = checkpoint_dir(workdir)
     if not d.exists():
         return None
-    steps = [int(p.name) for p in d.iterdir() if p.name.isdigit()]
+    steps = [int(p.name) for p in d.iterdir() if p.name.isdigit() and _committed(p)]
     return max(steps) if steps else None
 
 
 def save(manager, step: int, state, data_state: dict, config) -> None:
-    """Starts an asynchronous save of one step; returns once the arrays are copied."""
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(IteratorState(data_state)),
-            config=ocp.args.JsonSave(config.to_dict()),
-        ),
-        force=True,
+    """Starts an asynchronous save of one step; returns once the arrays are copied.
+
+    Waits for the previous save first (orbax does), so an error of that one surfaces here too.
+    """
+    try:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(IteratorState(data_state)),
+                config=ocp.args.JsonSave(config.to_dict()),
+            ),
+            force=True,
+        )
+    except Exception as e:
+        raise _write_error(manager, step, e) from e
+
+
+def wait_until_finished(manager) -> None:
+    """Blocks until every started save is on disk; a failed one becomes CheckpointWriteError."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:
+        raise _write_error(manager, None, e) from e
+
+
+def _write_error(manager, step, error: Exception) -> CheckpointWriteError:
+    what = "a checkpoint" if step is None else f"the checkpoint of step {step}"
+    detail = " ".join(str(error).split())[:300] or type(error).__name__
+    kept = manager.latest_step()
+    return CheckpointWriteError(
+        f"could not write {what} to {manager.directory} ({type(error).__name__}: {detail}); "
+        f"the last complete checkpoint is step {kept}"
     )
 
 
 def restore(manager, step: int, abstract_state) -> tuple:
-    """(state, data_state) of `step`, the state placed with the shardings of `abstract_state`."""
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(IteratorState()),
-        ),
-    )
-    return restored["state"], restored["data"].state
+    """(state, data_state) of `step`, the state placed with the shardings of `abstract_state`.
+
+    grain saves one iterator file per host, `process_<i>-of-<n>.json`. Every host saves the
+    same position (the index of the next *global* batch), so a run restored on another host
+    count reads host 0's file.
+    """
+    data_dir = epath.Path(manager.directory) / str(step) / "data"
+    own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if own.exists():
+        args["data"] = grain.checkpoint.CheckpointRestore(IteratorState())
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    if own.exists():
+        return restored["state"], restored["data"].state
+    saved = sorted(data_dir.glob("process_0-of-*.json"))
+    if not saved:
+        raise FileNotFoundError(f"{data_dir}: no data iterator state (process_0-of-N.json)")
+    log.info("data iterator position from %s (written by a run on another host count)", saved[0])
+    return restored["state"], json.loads(saved[0].read_text())
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
@@ -119,39 +192,35 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
 
 
 def load_trained(workdir: str, step: int | None = None):
-    """(params, config) of a run's latest (or given) checkpoint, as host arrays.
+    """(params, config) of a run's latest (or given) checkpoint: params as host numpy arrays.
 
-    For tools that use a trained model (export, fill-mask, fine-tuning); the optimizer state
-    is not read.
+    For tools that use a trained model (export, fill-mask, fine-tuning) on any machine: the
+    arrays are read into numpy whatever mesh or device count wrote them, and the optimizer
+    state is not read.
     """
-    step = latest_step(workdir) if step is None else step
-    if step is None:
-        raise ValueError(f"no checkpoint under {checkpoint_dir(workdir)}")
+    step = latest_step(workdir) if step is None else int(step)
     path = checkpoint_dir(workdir) / str(step)
-    with open(path / "config" / "metadata") as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    checkpointer = ocp.StandardCheckpointer()
-    metadata = checkpointer.metadata(path / "state")
-    tree = metadata.item_metadata if hasattr(metadata, "item_metadata") else metadata
-    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), dict(tree)["params"]
-    )
-    restored = checkpointer.restore(
-        path / "state",
-        args=ocp.args.PyTreeRestore(
-            item={"params": target},
-            restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), {"params": target}),
-            partial_restore=True,
+    if step is None or not (path / "state").exists():
+        raise FileNotFoundError(f"no complete checkpoint under {checkpoint_dir(workdir)}")
+    config_file = path / "config" / "metadata"
+    if config_file.exists():
+        config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    else:
+        config = saved_config(workdir)
+        if config is None:
+            raise FileNotFoundError(f"{path}: no config/ item and no {workdir}/config.json")
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(path / "state").item_metadata
+        params_meta = dict(tree)["params"]
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)
+        placeholders = jax.tree.map(lambda _: np.zeros((), np.float32), params_meta)
+        restored = checkpointer.restore(
+            path / "state",
+            args=ocp.args.PyTreeRestore(
+                item={"params": placeholders},
+                restore_args={"params": as_numpy},
+                partial_restore=True,
+            ),
         )
-        if _supports_partial_restore()
-        else None,
-    )
-    log.info("loaded step %d of %s", step, workdir)
+    log.info("loaded the parameters of step %d of %s", step, workdir)
     return restored["params"], config
-
-
-def _supports_partial_restore() -> bool:
-    import inspect
-
-    return "partial_restore" in inspect.signature(ocp.args.PyTreeRestore).parameters

@@ -25,10 +25,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _maybe_initialize_distributed() -> None:
-    """jax.distributed.initialize() when flags or the environment ask for several processes."""
+    """jax.distributed.initialize() when flags or the environment ask for several processes.
+
+    Must run before anything touches a JAX backend. On CPU, cross-process collectives use gloo
+    over TCP (JAX 0.10's default for jax_cpu_collectives_implementation, set explicitly so
+    another default cannot leave the CPU client without cross-process collectives). The call also
+    starts JAX's preemption service, which the loop uses to stop all hosts at one step.
+    """
     import jax
 
     if _COORDINATOR.value or _NUM_PROCESSES.value:
+        if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+            raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value,
             num_processes=_NUM_PROCESSES.value,
@@ -40,17 +49,21 @@ def _maybe_initialize_distributed() -> None:
 
 def main(argv) -> None:
     del argv
-    from mlm_jax import train
-    from mlm_jax.config_checks import ConfigError
-
     logging.set_verbosity(logging.WARNING)  # libraries: warnings only
     pylogging.getLogger("mlm_jax").setLevel(pylogging.INFO)  # the run's own progress lines
     _maybe_initialize_distributed()
+    from mlm_jax import checkpoint, loop, train
+    from mlm_jax.config_checks import ConfigError
+
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as e:
+    except ConfigError as e:  # bad config, flag or workdir: found before compiling
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (loop.NonFiniteError, checkpoint.CheckpointWriteError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    # loop.Preempted is a SystemExit with code 0: the checkpoint is written, resume later.
 
 
 if __name__ == "__main__":

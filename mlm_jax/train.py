@@ -1,4 +1,4 @@
-"""The train state, the sharded train and eval steps, and the loop that joins them.
+"""The train state and the sharded train and eval steps (the loop that runs them: loop.py).
 
 A step is one `jax.jit` over the device mesh: `(state, batch) -> (state, metrics)` with
 explicit shardings and the state donated. Randomness comes only from keys folded from the
@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import signal
-import time
 from typing import Any
 
 import flax
@@ -22,15 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mlm_jax import checkpoint as ckpt
 from mlm_jax import masking, optim, sharding
-from mlm_jax import metrics as metrics_lib
-from mlm_jax.config_checks import (
-    as_config_errors,
-    check_resume_compatible,
-    resolve_config,
-    validate_config,
-)
 from mlm_jax.model import BertMLM, ModelConfig, mlm_loss
 
 log = logging.getLogger(__name__)
@@ -186,29 +175,6 @@ def _same_masking(config) -> bool:
     )
 
 
-class _Preemption:
-    """Turns SIGTERM (a TPU VM preemption notice) into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, nothing to restore
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        log.warning("SIGTERM received: saving a checkpoint at the current step, then exiting")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 class Trainer:
     """Everything a run builds once: mesh, model, masking, optimizer and the jitted steps."""
 
@@ -339,150 +305,10 @@ class _MeshContext:
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-    """Trains (or resumes) the run described by `config` in `workdir`; returns final metrics."""
-    from mlm_jax.data import loader  # the input pipeline (grain, TFDS) only where data is read
+    """Trains (or resumes) the run described by `config` in `workdir`; returns final metrics.
 
-    with as_config_errors():  # nothing compiled, nothing written until these pass
-        validate_config(config)
-        check_resume_compatible(config, workdir)
-        loader.validate_data_config(config)
-        os.makedirs(workdir, exist_ok=True)
-        tokenizer = loader.get_tokenizer(config, workdir)
-        config = resolve_config(config, tokenizer)
-        check_resume_compatible(config, workdir)
-        trainer = Trainer(config, tokenizer)
-    is_writer = jax.process_index() == 0
+    The loop, checkpoints and fault handling live in mlm_jax/loop.py.
+    """
+    from mlm_jax import loop
 
-    manager = ckpt.make_manager(workdir, config)
-    unfinished = ckpt.unfinished_writes(workdir)
-    start_step = manager.latest_step()
-    if unfinished:
-        log.warning(
-            "ignoring unfinished checkpoint writes %s; resuming from the last complete one (%s)",
-            unfinished,
-            start_step,
-        )
-    train_iter = loader.make_train_iterator(config, tokenizer)
-    if start_step is not None:
-        state, data_state = ckpt.restore(manager, start_step, trainer.abstract_state)
-        train_iter.set_state(data_state)
-        log.info("resumed from the checkpoint of step %d in %s", start_step, workdir)
-    else:
-        state = trainer.new_state()
-        if config.model.init_from:
-            state = _load_pretrained(trainer, state, config.model.init_from)
-        start_step = 0
-    if is_writer:
-        _write_config(config, workdir)
-    writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)
-    writer.truncate_after(start_step)
-    eval_batches = loader.make_eval_batches(config, tokenizer)
-
-    result = _loop(config, trainer, state, train_iter, eval_batches, manager, writer, start_step)
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-    return result
-
-
-def _load_pretrained(trainer: Trainer, state: TrainState, directory: str) -> TrainState:
-    from mlm_jax import hf
-
-    template = jax.device_get(state.params)
-    params = hf.load_pretrained_params(directory, trainer.model_config, template)
-    params = jax.device_put(params, trainer.state_sharding.params)
-    opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_sharding.opt_state)(params)
-    log.info("initialised parameters from %s", directory)
-    return state.replace(params=params, opt_state=opt_state)
-
-
-def _write_config(config, workdir: str) -> None:
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _loop(config, trainer, state, train_iter, eval_batches, manager, writer, start_step):
-    num_steps = int(config.train.num_steps)
-    tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
-    log_every = max(int(config.log.every_steps), 1)
-    eval_every = int(config.eval.every_steps)
-    ckpt_every = int(config.checkpoint.every_steps)
-    progress = metrics_lib.Progress(num_steps, start_step)
-    result: dict[str, float] = {}
-
-    def run_eval(step):
-        scalars = trainer.evaluate(state.params, eval_batches, step)
-        writer.write(step, scalars)
-        metrics_lib.log_line(
-            f"eval at step {step}: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k.startswith("eval/"))
-        )
-        return scalars
-
-    if start_step == 0 and eval_every > 0:
-        result.update(run_eval(0))
-
-    data_states = {}  # step the batch is for -> iterator position after drawing it
-    pending = []  # device metrics of steps not yet pulled to the host
-    window_start = time.perf_counter()
-
-    def next_batch(for_step):
-        host = next(train_iter)
-        data_states[for_step] = train_iter.get_state()
-        return trainer.global_batch(host)
-
-    step = start_step
-    batch = next_batch(step) if step < num_steps else None
-    with _Preemption() as preemption, trainer.activate():
-        while step < num_steps:
-            state, step_metrics = trainer.train_step(state, batch)
-            step += 1
-            pending.append(step_metrics)
-            if step < num_steps:
-                batch = next_batch(step)  # host work overlaps the step running on device
-            last = step == num_steps
-            if step % log_every == 0 or last or preemption.requested:
-                pulled = jax.device_get(pending)
-                pending = []
-                _check_finite(config, pulled, state)
-                elapsed = time.perf_counter() - window_start
-                window_start = time.perf_counter()
-                scalars = {
-                    f"train/{k}": float(np.mean([m[k] for m in pulled]))
-                    for k in ("loss", "accuracy", "grad_norm", "mask_ratio")
-                }
-                scalars["train/learning_rate"] = float(trainer.lr_schedule(step - 1))
-                scalars["train/tokens_per_s"] = len(pulled) * tokens_per_step / max(elapsed, 1e-9)
-                scalars["train/skipped_updates"] = float(jax.device_get(state.skipped))
-                writer.write(step, scalars)
-                result.update(scalars)
-                metrics_lib.log_line(
-                    progress.line(step, scalars["train/loss"], scalars["train/tokens_per_s"])
-                )
-            if eval_every > 0 and (step % eval_every == 0 or last):
-                result.update(run_eval(step))
-            if (ckpt_every > 0 and step % ckpt_every == 0) or last or preemption.requested:
-                _check_finite(config, [], state)
-                ckpt.save(manager, step, state, data_states[step - 1], config)
-                data_states = {s: v for s, v in data_states.items() if s >= step}
-            if preemption.requested:
-                manager.wait_until_finished()
-                log.warning("checkpoint of step %d written; exiting for preemption", step)
-                raise SystemExit(0)
-    return result
-
-
-def _check_finite(config, pulled_metrics: list[dict], state: TrainState) -> None:
-    """With nan_policy=stop, a non-finite step ends the run before anything is saved."""
-    if config.train.nan_policy != "stop":
-        return
-    bad = int(jax.device_get(state.first_bad_step))
-    if bad >= 0:
-        raise FloatingPointError(
-            f"non-finite loss or gradient at step {bad}; the update was not applied and no "
-            "checkpoint was written after it (set config.train.nan_policy=skip to skip such "
-            "updates instead)"
-        )
+    return loop.train_and_evaluate(config, workdir)

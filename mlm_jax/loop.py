@@ -1,0 +1,275 @@
+"""The run: set up (or resume) a workdir, then step, log, evaluate and checkpoint until done.
+
+Faults end in a resumable state and lose nothing:
+- a killed process restarts from the last complete checkpoint; batches, masking and dropout
+  are functions of (seed, step) and the checkpointed data position, so the resumed steps are
+  the same steps, and metrics.jsonl is cut back to the restored step so no event repeats;
+- SIGTERM (preemption) saves the current step and exits with code 0 (`Preempted`); on several
+  hosts JAX's preemption sync point picks one step at which every host stops;
+- a half-written checkpoint is ignored (orbax renames a step's folder only when complete);
+- a NaN/Inf loss or gradient stops the run naming the step (train.nan_policy=stop) before any
+  checkpoint holds it, or skips that update and counts it (train.nan_policy=skip);
+- an unwritable workdir fails before compiling; a failed save names the path and exits, the
+  earlier checkpoints untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+from mlm_jax import checkpoint as ckpt
+from mlm_jax import metrics as metrics_lib
+from mlm_jax.config_checks import (
+    as_config_errors,
+    check_resume_compatible,
+    resolve_config,
+    validate_config,
+)
+from mlm_jax.train import Trainer, TrainState
+
+log = logging.getLogger(__name__)
+
+
+class Preempted(SystemExit):
+    """Raised after the preemption checkpoint is on disk: a clean exit (code 0) to resume."""
+
+    def __init__(self, step: int):
+        super().__init__(0)
+        self.step = step
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN/Inf loss or gradient with train.nan_policy=stop."""
+
+
+class StopSignal:
+    """SIGTERM as a flag the loop reads between steps.
+
+    One process: a Python handler sets the flag. Several processes: JAX's preemption service
+    (started by jax.distributed.initialize) catches SIGTERM on any host and
+    `reached_preemption_sync_point(step)` becomes true at the same step on all of them, so they
+    save the same checkpoint and none waits in a collective for a host that left.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        self._sync = jax.process_count() > 1 and _preemption_service_running()
+
+    def __enter__(self):
+        if self._sync:
+            return self
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, nothing to restore
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint at the current step, then exiting")
+        self.requested = True
+
+    def should_stop(self, step: int) -> bool:
+        """Called once per step by every host, with the same step numbers."""
+        if self._sync:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _preemption_service_running() -> bool:
+    from jax._src import distributed
+
+    return distributed.global_state.preemption_sync_manager is not None
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Trains (or resumes) the run described by `config` in `workdir`; returns final metrics."""
+    from mlm_jax.data import loader  # the input pipeline (grain, TFDS) only where data is read
+
+    with StopSignal() as stop:  # from here on, SIGTERM is a request, not a kill
+        with as_config_errors():  # nothing compiled, nothing written until these pass
+            validate_config(config)
+            check_resume_compatible(config, workdir)
+            loader.validate_data_config(config)
+            ckpt.check_writable(workdir)
+            tokenizer = loader.get_tokenizer(config, workdir)
+            config = resolve_config(config, tokenizer)
+            check_resume_compatible(config, workdir)
+            trainer = Trainer(config, tokenizer)
+        is_writer = jax.process_index() == 0
+
+        unfinished = ckpt.unfinished_writes(workdir)  # before the manager deletes them
+        manager = ckpt.make_manager(workdir, config)
+        writer = None
+        try:
+            start_step = manager.latest_step()
+            if unfinished:
+                log.warning(
+                    "found unfinished checkpoint writes %s (a process stopped while saving); %s",
+                    unfinished,
+                    f"resuming from step {start_step}, the last complete checkpoint"
+                    if start_step is not None
+                    else "no complete checkpoint: starting from step 0",
+                )
+            train_iter = loader.make_train_iterator(config, tokenizer)
+            if start_step is not None:
+                state, data_state = ckpt.restore(manager, start_step, trainer.abstract_state)
+                train_iter.set_state(data_state)
+                log.info("resumed from the checkpoint of step %d in %s", start_step, workdir)
+            else:
+                state = trainer.new_state()
+                if config.model.init_from:
+                    state = _load_pretrained(trainer, state, config.model.init_from)
+                start_step = 0
+            if is_writer:
+                _write_config(config, workdir)
+            writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)
+            writer.truncate_after(start_step)  # a resumed run recomputes later events exactly
+            eval_batches = loader.make_eval_batches(config, tokenizer)
+            result, preempted_at = _loop(
+                config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop
+            )
+            ckpt.wait_until_finished(manager)
+        finally:
+            _close(manager, writer)
+    if preempted_at is not None:
+        log.warning("checkpoint of step %d written; exiting for preemption", preempted_at)
+        raise Preempted(preempted_at)
+    return result
+
+
+def _close(manager, writer) -> None:
+    """Lets a save in flight finish (a good checkpoint stays whole) even when the run failed."""
+    try:
+        manager.wait_until_finished()
+        manager.close()
+    except Exception as e:  # the error that stopped the run is the one to report
+        log.error("closing the checkpoint manager: %s", " ".join(str(e).split())[:300])
+    if writer is not None:
+        writer.close()
+
+
+def _load_pretrained(trainer: Trainer, state: TrainState, directory: str) -> TrainState:
+    from mlm_jax import hf
+
+    template = jax.device_get(state.params)
+    params = hf.load_pretrained_params(directory, trainer.model_config, template)
+    params = jax.device_put(params, trainer.state_sharding.params)
+    opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_sharding.opt_state)(params)
+    log.info("initialised parameters from %s", directory)
+    return state.replace(params=params, opt_state=opt_state)
+
+
+def _write_config(config, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _loop(config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop):
+    """Steps from `start_step` to train.num_steps; returns (final metrics, preempted step)."""
+    num_steps = int(config.train.num_steps)
+    tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
+    log_every = max(int(config.log.every_steps), 1)
+    eval_every = int(config.eval.every_steps)
+    ckpt_every = int(config.checkpoint.every_steps)
+    progress = metrics_lib.Progress(num_steps, start_step)
+    result: dict[str, float] = {}
+
+    def run_eval(step):
+        scalars = trainer.evaluate(state.params, eval_batches, step)
+        writer.write(step, scalars)
+        metrics_lib.log_line(
+            f"eval at step {step}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k.startswith("eval/"))
+        )
+        return scalars
+
+    if start_step == 0 and eval_every > 0:
+        result.update(run_eval(0))
+
+    data_states = {}  # step the batch is for -> iterator position after drawing it
+    pending = []  # device metrics of steps not yet pulled to the host
+    skipped_so_far = int(jax.device_get(state.skipped))
+    window_start = time.perf_counter()
+
+    def next_batch(for_step):
+        host = next(train_iter)
+        data_states[for_step] = train_iter.get_state()
+        return trainer.global_batch(host)
+
+    step = start_step
+    batch = next_batch(step) if step < num_steps else None
+    with trainer.activate():
+        while step < num_steps:
+            state, step_metrics = trainer.train_step(state, batch)
+            step += 1
+            pending.append(step_metrics)
+            if step < num_steps:
+                batch = next_batch(step)  # host work overlaps the step running on device
+            last = step == num_steps
+            preempted = stop.should_stop(step)
+            if step % log_every == 0 or last or preempted:
+                pulled = jax.device_get(pending)
+                pending = []
+                _check_finite(config, state)
+                skipped = int(jax.device_get(state.skipped))
+                if skipped > skipped_so_far:
+                    log.warning(
+                        "skipped %d update(s) with a non-finite loss or gradient by step %d "
+                        "(%d in total; train.nan_policy=skip)",
+                        skipped - skipped_so_far,
+                        step,
+                        skipped,
+                    )
+                    skipped_so_far = skipped
+                elapsed = time.perf_counter() - window_start
+                window_start = time.perf_counter()
+                scalars = {
+                    f"train/{k}": float(np.mean([m[k] for m in pulled]))
+                    for k in ("loss", "accuracy", "grad_norm", "mask_ratio")
+                }
+                scalars["train/learning_rate"] = float(trainer.lr_schedule(step - 1))
+                scalars["train/tokens_per_s"] = len(pulled) * tokens_per_step / max(elapsed, 1e-9)
+                scalars["train/skipped_updates"] = float(skipped)
+                writer.write(step, scalars)
+                result.update(scalars)
+                metrics_lib.log_line(
+                    progress.line(step, scalars["train/loss"], scalars["train/tokens_per_s"])
+                )
+            if eval_every > 0 and (step % eval_every == 0 or last):
+                result.update(run_eval(step))
+            if (ckpt_every > 0 and step % ckpt_every == 0) or last or preempted:
+                _check_finite(config, state)  # never save a state past a bad step
+                ckpt.save(manager, step, state, data_states[step - 1], config)
+                data_states = {s: v for s, v in data_states.items() if s >= step}
+            if preempted:
+                return result, step
+    return result, None
+
+
+def _check_finite(config, state: TrainState) -> None:
+    """With nan_policy=stop, a non-finite step ends the run before anything is saved."""
+    if config.train.nan_policy != "stop":
+        return
+    bad = int(jax.device_get(state.first_bad_step))
+    if bad >= 0:
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {bad}; the update was not applied and no "
+            "checkpoint was written after it (set config.train.nan_policy=skip to skip such "
+            "updates instead)"
+        )
