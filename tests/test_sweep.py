@@ -1,0 +1,250 @@
+"""experiments/sweep.py: axes, skipping and resuming, failures, the report, and the command line."""
+
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+from mlm_jax.config_defaults import base_config
+from tests.configs import small_run_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "experiments"))
+
+import sweep  # noqa: E402
+
+
+def _flat(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def small_overrides(data_dir: str, num_steps: int) -> list[str]:
+    """`--config.x=y` flags that turn configs/tiny.py into tests/configs.py's small run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "configs", "tiny.py"))
+    tiny_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny_module)
+    tiny = dict(_flat(tiny_module.get_config().to_dict()))
+    small = dict(_flat(small_run_config(data_dir, num_steps=num_steps).to_dict()))
+    return [f"--config.{k}={sweep.format_value(v)}" for k, v in small.items() if tiny.get(k) != v]
+
+
+def _sweep_cli(*args, env_extra=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env.pop("XLA_FLAGS", None)
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "experiments", "sweep.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
+
+
+def _mtimes(directory: str) -> dict[str, float]:
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, directory)] = os.stat(path).st_mtime_ns
+    return out
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_path):
+    workdir = str(tmp_path / "sweep")
+    common = [
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        "--sweep=masking.ratio=0.15,0.4",
+        *small_overrides(data_dir, num_steps=20),
+    ]
+    first = _sweep_cli(*common, "--parallel=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = {r: os.path.join(workdir, f"masking.ratio={r}") for r in ("0.15", "0.4")}
+    for run in runs.values():
+        assert sorted(os.listdir(os.path.join(run, "checkpoints")))[-1] == "20"
+        assert os.path.exists(os.path.join(run, "sweep.log"))  # ran as a subprocess
+
+    # Rerunning a finished sweep trains nothing: no file of either run changes.
+    before = {r: _mtimes(d) for r, d in runs.items()}
+    again = _sweep_cli(*common)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 of 2 runs to train" in again.stderr
+    assert again.stderr.count("skipping finished run") == 2
+    for r, d in runs.items():
+        assert _mtimes(d) == before[r], r
+
+    # An interrupted run (its last checkpoint and marker gone) is the only one trained again.
+    import shutil
+
+    shutil.rmtree(os.path.join(runs["0.4"], "checkpoints", "20"))
+    os.remove(os.path.join(runs["0.4"], sweep.DONE_MARKER))
+    resumed = _sweep_cli(*common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "1 of 2 runs to train" in resumed.stderr
+    assert "resumed from the checkpoint of step 10" in resumed.stderr
+    assert _mtimes(runs["0.15"]) == before["0.15"]
+    assert os.path.isdir(os.path.join(runs["0.4"], "checkpoints", "20"))
+
+    # --report regenerates everything from the workdirs alone.
+    for name in os.listdir(workdir):
+        if name.startswith("results.") or name.endswith(".png"):
+            os.remove(os.path.join(workdir, name))
+    report = _sweep_cli(f"--workdir={workdir}", "--report")
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = {row["masking.ratio"]: row for row in _read_csv(os.path.join(workdir, "results.csv"))}
+    assert set(rows) == {"0.15", "0.4"}
+    for row in rows.values():
+        assert row["status"] == "done" and row["step"] == "20"
+        for key in ("eval_loss", "eval_accuracy", "own_loss", "own_accuracy"):
+            assert math.isfinite(float(row[key])), (key, row)
+        assert int(row["tokens_seen"]) == 20 * 8 * 64  # steps x batch x seq_len
+    # 0.15 trains at the eval masking, so both columns are the same numbers; 0.4 does not.
+    assert rows["0.15"]["own_loss"] == rows["0.15"]["eval_loss"]
+    events = [json.loads(x) for x in open(os.path.join(runs["0.4"], "metrics.jsonl"))]
+    last_own = [e for e in events if "eval_own/loss" in e][-1]
+    assert float(rows["0.4"]["own_loss"]) == pytest.approx(last_own["eval_own/loss"], rel=1e-5)
+    markdown = open(os.path.join(workdir, "results.md")).read()
+    assert "| 0.15 |" in markdown and "| 0.4 |" in markdown
+    for png in ("metric_vs_masking.ratio.png", "eval_curves.png"):
+        image = matplotlib.image.imread(os.path.join(workdir, png))
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def _fake_trainer(fail_ratio):
+    """Stands in for train_and_evaluate: writes what a finished run leaves, or raises."""
+
+    def train(config, run_dir):
+        if float(config.masking.ratio) == fail_ratio:
+            raise RuntimeError("boom: out of memory at step 3")
+        os.makedirs(os.path.join(run_dir, "checkpoints", str(config.train.num_steps)))
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            f.write(config.to_json())
+        loss = 5.0 + config.masking.ratio + 0.1 * config.seed  # known per-run numbers
+        with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+            for step in (0, config.train.num_steps):
+                f.write(json.dumps({"step": step, "eval/loss": loss, "eval/accuracy": 0.5}) + "\n")
+
+    return train
+
+
+def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "_train_in_process", _fake_trainer(fail_ratio=0.3))
+    config = small_run_config(str(tmp_path / "unused"), num_steps=7)
+    workdir = str(tmp_path / "sweep")
+    sweep.run_sweep(config, workdir, ["masking.ratio=0.3,0.5", "seed=0,1,2"], base_args=[])
+    rows = _read_csv(os.path.join(workdir, "results.csv"))
+    assert len(rows) == 6
+    by_status = {}
+    for row in rows:
+        by_status.setdefault(row["status"], []).append(row)
+    assert {r["masking.ratio"] for r in by_status["failed"]} == {"0.3"}
+    assert all("RuntimeError: boom" in r["reason"] for r in by_status["failed"])
+    assert len(by_status["done"]) == 3
+    # results.md: mean and sample standard deviation over the three seeds.
+    losses = [5.5, 5.6, 5.7]
+    line = [x for x in open(os.path.join(workdir, "results.md")) if x.startswith("| 0.5 |")][0]
+    expected = f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}"
+    assert expected in line, line
+    assert "masking.ratio=0.3,seed=0: failed" in open(os.path.join(workdir, "results.md")).read()
+
+
+def test_launch_print_gives_one_main_command_per_run(tmp_path, capsys):
+    config = base_config()
+    workdir = str(tmp_path / "sweep")
+    base = ["--config=configs/tiny.py", "--config.train.num_steps=5"]
+    sweep.run_sweep(
+        config,
+        workdir,
+        ["masking.mask_prob/masking.random_prob=0.8/0.1,1.0/0.0", "seed=3"],
+        base_args=base,
+        launch="print",
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line, (mask, rand) in zip(lines, [("0.8", "0.1"), ("1.0", "0.0")]):
+        assert line.startswith("python -m mlm_jax.main --config=configs/tiny.py ")
+        assert "--config.train.num_steps=5" in line
+        name = f"masking.mask_prob={mask},masking.random_prob={rand},seed=3"
+        assert f"--workdir={os.path.join(workdir, name)}" in line
+        assert f"--config.masking.mask_prob={mask} --config.masking.random_prob={rand}" in line
+    assert not any(os.path.isdir(os.path.join(workdir, d)) for d in os.listdir(workdir))
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("masking.ratoi=0.1,0.2", "'masking.ratoi' is not in the config"),
+        ("masking=0.1", "is a section"),
+        ("masking.ratio=", "empty value list"),
+        ("masking.ratio=0.1,abc", "expected float"),
+        ("train.num_steps=10,2.5", "expected int"),
+        ("model.pre_ln=maybe", "expected a bool"),
+        ("masking.never_mask_ids=1", "only bool, int, float and str"),
+        ("masking.ratio", "expected KEY=V1,V2"),
+        ("masking.mask_prob/masking.random_prob=0.8", "has 1 parts for 2 keys"),
+    ],
+)
+def test_bad_sweep_inputs_are_one_line(spec, fragment):
+    with pytest.raises(sweep.SweepError) as info:
+        sweep.parse_axes([spec], base_config())
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_values_take_the_type_of_the_config_field():
+    axes = sweep.parse_axes(
+        ["masking.ratio=1,0.5", "seed=2", "model.pre_ln=true", "masking.strategy=span"],
+        base_config(),
+    )
+    values = [points for _, points in axes]
+    assert values == [[(1.0,), (0.5,)], [(2,)], [(True,)], [("span",)]]
+    assert isinstance(values[0][0][0], float)
+    names = [sweep.run_name(s) for s in sweep.expand(axes)]
+    assert names[0] == "masking.ratio=1.0,seed=2,model.pre_ln=true,masking.strategy=span"
+    assert sweep.run_name({"data.dataset": "text:/a b/*.txt"}) == "data.dataset=text__a_b__.txt"
+
+
+def test_bad_sweep_on_the_command_line_stops_before_any_run(tmp_path):
+    workdir = tmp_path / "sweep"
+    result = _sweep_cli(
+        "--config=configs/tiny.py", f"--workdir={workdir}", "--sweep=masking.ratoi=1"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --sweep key 'masking.ratoi': 'masking.ratoi' is not in the config"
+    )
+    assert not workdir.exists()
+
+
+def test_parallel_slots_divide_the_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in sweep._device_envs(2)] == ["0,1", "2,3"]
+    with pytest.raises(sweep.SweepError):
+        sweep._device_envs(5)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(sweep, "_visible_gpus", lambda: [])
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_foo")
+    envs = sweep._device_envs(4)
+    assert all("--xla_force_host_platform_device_count=2" in e["XLA_FLAGS"] for e in envs)
+    assert all(
+        e["XLA_FLAGS"].count("device_count") == 1 and "--xla_foo" in e["XLA_FLAGS"] for e in envs
+    )
