@@ -1,0 +1,85 @@
+"""A trained checkpoint leaves through the CLIs a user runs and means the same in transformers:
+`python -m mlm_jax.hf export` gives BertForMaskedLM logits equal to ours, and
+`python -m mlm_jax.fill_mask --workdir` ranks the same top-5 as transformers' fill-mask pipeline."""
+
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlm_jax import fill_mask
+from mlm_jax.train import train_and_evaluate
+from tests.configs import small_run_config
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SENTENCES = [
+    "Return the [MASK] of the list.",
+    "The [MASK] statement raises an exception.",
+    "If the file does not exist, [MASK] is raised.",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("trained") / "run")
+    train_and_evaluate(small_run_config(data_dir, num_steps=40), workdir)
+    out_dir = str(tmp_path_factory.mktemp("exported") / "hf")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlm_jax.hf",
+            "export",
+            f"--workdir={workdir}",
+            f"--out_dir={out_dir}",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return workdir, out_dir
+
+
+def test_exported_trained_checkpoint_gives_our_logits(trained):
+    workdir, out_dir = trained
+    model_config, params, tokenizer = fill_mask.load_from_workdir(workdir)
+    hf_model = transformers.BertForMaskedLM.from_pretrained(out_dir).eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out_dir)
+    from mlm_jax.model import BertMLM
+
+    for text in SENTENCES:
+        ids = hf_tokenizer(text)["input_ids"]
+        ours_ids, _ = fill_mask.encode_with_masks(text, tokenizer)
+        assert list(np.asarray(ours_ids).ravel()) == ids
+        positions = jnp.arange(len(ids))[None]
+        ours = BertMLM(model_config).apply(
+            {"params": params}, jnp.asarray([ids]), positions, deterministic=True
+        )
+        with torch.no_grad():
+            theirs = hf_model(torch.tensor([ids])).logits.numpy()
+        np.testing.assert_allclose(np.asarray(ours)[0], theirs[0], atol=1e-4)
+
+
+def test_fill_mask_cli_ranks_like_the_transformers_pipeline(trained):
+    workdir, out_dir = trained
+    pipe = transformers.pipeline("fill-mask", model=out_dir, top_k=5, device="cpu")
+    for text in SENTENCES:
+        out = subprocess.run(
+            [sys.executable, "-m", "mlm_jax.fill_mask", f"--workdir={workdir}", text],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        theirs = [r["token_str"].replace(" ", "") for r in pipe(text)]
+        for token in theirs:
+            assert token in out, (text, theirs, out)
+        model_config, params, tokenizer = fill_mask.load_from_workdir(workdir)
+        mine = fill_mask.fill_mask(text, model_config, params, tokenizer, top_k=5)[0]
+        assert [t for t, _ in mine] == [r["token_str"] for r in pipe(text)]
