@@ -163,6 +163,44 @@ def _layer_norm(config: ModelConfig, name=None):
     )
 
 
+_DROPOUT_LEVELS = 1 << 16  # dropout draws 16-bit uniforms: the rate is rounded to 1/65536
+
+
+def dropout_keep_mask(key, shape: tuple[int, ...], rate: float):
+    """Boolean keep mask with P(keep) = 1 - round(rate * 2^16) / 2^16, and that probability.
+
+    Why not jax.random.bernoulli: it spends a 32-bit draw per element, and on CPU the random
+    bits of BERT's dropout (~40M per step at base size, batch 8) cost ~15% of the train step.
+    One 32-bit draw here serves two elements through its 16-bit halves, halving that cost; the
+    rate moves by at most 8e-6 and the scaling uses the rounded probability, so the expected
+    output still equals the input exactly.
+    """
+    threshold = round(rate * _DROPOUT_LEVELS)
+    keep_prob = 1.0 - threshold / _DROPOUT_LEVELS
+    if shape and shape[-1] % 2 == 0:
+        words = jax.random.bits(key, shape[:-1] + (shape[-1] // 2,), jnp.uint32)
+        halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(shape)
+    else:
+        halves = jax.random.bits(key, shape, jnp.uint16)
+    return halves >= jnp.uint16(min(threshold, _DROPOUT_LEVELS - 1)), keep_prob
+
+
+class Dropout(nn.Module):
+    """Inverted dropout drawing from the "dropout" RNG stream, with the cheap mask above."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool):
+        threshold = round(self.rate * _DROPOUT_LEVELS)
+        if deterministic or threshold == 0:
+            return x
+        if threshold >= _DROPOUT_LEVELS:
+            return jnp.zeros_like(x)
+        keep, keep_prob = dropout_keep_mask(self.make_rng("dropout"), x.shape, self.rate)
+        return jnp.where(keep, x * jnp.asarray(1.0 / keep_prob, x.dtype), jnp.zeros_like(x))
+
+
 def attention_mask(tokens_BxL, document_ids_BxL, *, pad_id: int, attend_across_documents: bool):
     """Boolean [B,1,L,L] (query, key) mask.
 
@@ -208,7 +246,7 @@ class Embeddings(nn.Module):
             jnp.float32,
         )
         self.norm = _layer_norm(c)
-        self.dropout = nn.Dropout(c.dropout_rate)
+        self.dropout = Dropout(c.dropout_rate)
 
     def __call__(self, tokens_BxL, token_types_BxL=None, *, deterministic: bool):
         c = self.config
@@ -243,7 +281,7 @@ class Block(nn.Module):
     def __call__(self, x_BxLxE, mask_Bx1xLxL):
         c = self.config
         n, d = c.num_heads, c.head_dim
-        dropout = nn.Dropout(c.dropout_rate)
+        dropout = Dropout(c.dropout_rate)
 
         h_BxLxE = _layer_norm(c, "attention_norm")(x_BxLxE) if c.pre_ln else x_BxLxE
         qkv_BxLx3xNxD = _dense(c, (3, n, d), ("embed", None, "heads", "kv"), name="qkv")(h_BxLxE)
@@ -282,7 +320,7 @@ class Block(nn.Module):
         ) / jnp.sqrt(jnp.float32(c.head_dim))
         scores_BxNxLxL = jnp.where(mask_Bx1xLxL, scores_BxNxLxL, jnp.finfo(jnp.float32).min)
         probs_BxNxLxL = jax.nn.softmax(scores_BxNxLxL, axis=-1).astype(c.compute_dtype)
-        probs_BxNxLxL = nn.Dropout(c.attention_dropout_rate)(probs_BxNxLxL, deterministic=False)
+        probs_BxNxLxL = Dropout(c.attention_dropout_rate)(probs_BxNxLxL, deterministic=False)
         return jnp.einsum("bnqk,bknd->bqnd", probs_BxNxLxL, v_BxLxNxD)
 
 
@@ -429,6 +467,6 @@ class BertForSequenceClassification(nn.Module):
         pooled_BxE = jnp.tanh(
             _dense(c, c.hidden_size, ("embed", "mlp"), name="pooler")(x_BxLxE[:, 0])
         )
-        pooled_BxE = nn.Dropout(c.dropout_rate)(pooled_BxE, deterministic=deterministic)
+        pooled_BxE = Dropout(c.dropout_rate)(pooled_BxE, deterministic=deterministic)
         logits_BxC = _dense(c, self.num_labels, ("embed", None), name="classifier")(pooled_BxE)
         return logits_BxC.astype(jnp.float32)

@@ -1,0 +1,414 @@
+"""Train-step throughput and MFU, measured side by side with the matmul peak of the same devices.
+
+    python experiments/benchmark.py --config=configs/bert.py:base \\
+        --config.model.dtype=float32 --config.train.batch_size=8
+    python experiments/benchmark.py --config=configs/bert.py:large --compile_scaling
+
+Runs the real jitted train step (mlm_jax.train.Trainer: masking, forward, backward, AdamW,
+donated state) on synthetic token ids of the config's vocabulary (config.model.vocab_size, or
+data.vocab_size when that is 0; no corpus, no tokenizer). Compile and --warmup steps are
+excluded; the step time is the median of --steps timed steps, each blocked until ready.
+
+Model FLOPs per token (the FLOPs the objective needs; a multiply-add is 2 FLOPs, backward is
+twice the forward, so a weight matmul costs 6 x its parameters per row it sees):
+
+    6 * layers * (4 E^2 + 2 E M)              encoder projections (qkv, out, mlp in/out)
+  + 12 * layers * L * E                       attention scores Q K^T and the weighted sum P V
+  + 6 * (E^2 + E V) * K / L                   MLM head (transform + tied decoder over the real
+                                              vocabulary V), only at the K prediction slots
+                                              per row of L tokens
+
+Embedding lookups, biases, LayerNorm, GELU, softmax and the optimizer are not counted (as in
+the usual 6N convention); padding rows of the embedding table (Vp - V) are not counted either.
+
+The peak is measured in the same run: the median of [N, N] @ [N, N] matmuls in the compute
+dtype, one per device of the mesh at once, timed between the train steps (so both see the same
+load on a shared machine). MFU = achieved model FLOP/s / that peak
+(and, on GPU/TPU, also / the datasheet peak of the detected device for bfloat16).
+
+The 2-core CPU this was written on is shared: MFU is a ratio of two numbers measured in the
+same run, so it is far steadier under load than tokens/s. Repeat with --repeats to see spread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mlm_jax import masking  # noqa: E402
+from mlm_jax.config_checks import as_config_errors, resolve_config, validate_config  # noqa: E402
+from mlm_jax.train import Trainer, stream_key  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/<exp>.py[:arg]).", lock_config=True
+)
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps (the median is reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compilation.")
+_PEAK_SIZE = flags.DEFINE_integer(
+    "peak_size", 0, "N of the N x N peak matmul; 0 = 4096 on CPU, 8192 on GPU/TPU."
+)
+_PEAK_RUNS = flags.DEFINE_integer(
+    "peak_runs", 2, "Timed peak matmuls after each timed step (the median of all is used)."
+)
+_COMPILE_SCALING = flags.DEFINE_bool(
+    "compile_scaling",
+    False,
+    "Only compile the train step at the config's depth and at 2 layers and print both times "
+    "(with model.scan_layers they should be about equal).",
+)
+_DATA_BATCHES = flags.DEFINE_integer(
+    "data_batches",
+    0,
+    "If > 0, also run experiments/bench_data.py (configs/tiny.py, python_docs) for this many "
+    "batches and report the loader's tokens/s (builds the corpus: ~1 min on 2 cores).",
+)
+
+# Synthetic vocabulary: ids 0..4 are the specials, everything above an ordinary token.
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+
+# bfloat16 dense datasheet peaks, FLOP/s, matched by substring of device_kind (first match).
+DATASHEET_BF16 = (
+    ("H200", 989e12),
+    ("H100", 989e12),  # SXM; PCIe parts are lower (756e12)
+    ("A100", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v6 lite", 918e12),  # v6e (Trillium)
+    ("TPU v6e", 918e12),
+)
+
+
+def vocab_size_of(config) -> int:
+    return int(config.model.vocab_size) or int(config.data.vocab_size)
+
+
+def synthetic_vocab(vocab_size: int):
+    """What Trainer needs from a tokenizer, without one."""
+    if vocab_size <= MASK + 1:
+        raise ValueError(f"vocab_size={vocab_size}: expected > {MASK + 1} (ids 0..4 are specials)")
+    return types.SimpleNamespace(
+        pad_id=PAD,
+        unk_id=UNK,
+        cls_id=CLS,
+        sep_id=SEP,
+        mask_id=MASK,
+        vocab_size=vocab_size,
+        special_ids=(PAD, UNK, CLS, SEP, MASK),
+    )
+
+
+def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict:
+    """Full rows of one document each: [CLS] random ordinary ids [SEP], 75% word starts."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(MASK + 1, vocab_size, (batch_size, seq_len)).astype(np.int32)
+    tokens[:, 0] = CLS
+    tokens[:, -1] = SEP
+    return {
+        "tokens": tokens,
+        "document_ids": np.ones((batch_size, seq_len), np.int32),
+        "maskable": tokens > MASK,
+        "word_starts": rng.random((batch_size, seq_len)) < 0.75,
+        "example_ids": np.arange(batch_size, dtype=np.int32),
+        "epochs": np.zeros(batch_size, np.int32),
+    }
+
+
+def flops_per_token(model_config, seq_len: int, max_predictions: int) -> dict[str, float]:
+    """Model FLOPs per input token, by part (see the module docstring for the formula)."""
+    n, e, m = model_config.num_layers, model_config.hidden_size, model_config.intermediate_size
+    v = model_config.vocab_size
+    parts = {
+        "encoder_matmuls": 6.0 * n * (4 * e * e + 2 * e * m),
+        "attention": 12.0 * n * seq_len * e,
+        "mlm_head": 6.0 * (e * e + e * v) * max_predictions / seq_len,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def median_seconds(fn, runs: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_matmul(devices, dtype, size: int):
+    """A jitted [size,size] @ [size,size] per device, all devices at once, and its FLOPs."""
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+    shape = (len(devices), size, size)
+    a = jax.device_put(jnp.full(shape, 0.5, dtype), sharded)
+    b = jax.device_put(jnp.full(shape, 0.25, dtype), sharded)
+    matmul = jax.jit(lambda x, y: jnp.einsum("dij,djk->dik", x, y), out_shardings=sharded)
+    jax.block_until_ready(matmul(a, b))  # compile
+    return (lambda: matmul(a, b)), 2.0 * len(devices) * size**3
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def datasheet_peak(device_kind: str, dtype_name: str) -> float | None:
+    if dtype_name != "bfloat16":
+        return None
+    for key, peak in DATASHEET_BF16:
+        if key.lower() in device_kind.lower():
+            return peak
+    return None
+
+
+def memory_report(devices) -> dict:
+    """Peak device memory where the backend reports it, else this process's host max RSS."""
+    stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        peak = max(d.memory_stats()["peak_bytes_in_use"] for d in devices)
+        return {"peak_memory_gib": peak / 2**30, "peak_memory_kind": "device peak_bytes_in_use"}
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"peak_memory_gib": rss_kib / 2**20, "peak_memory_kind": "host max RSS (process)"}
+
+
+def make_trainer(config) -> Trainer:
+    """The run's Trainer with model.vocab_size resolved from the synthetic vocabulary."""
+    vocab = synthetic_vocab(vocab_size_of(config))
+    with as_config_errors():
+        validate_config(config)
+    return Trainer(resolve_config(config, vocab), vocab)
+
+
+def compile_seconds(config) -> float:
+    """Lower + compile the train step from abstract shapes only (no parameters allocated)."""
+    trainer = make_trainer(config)
+    shape = (int(config.train.batch_size), int(config.data.seq_len))
+    batch = synthetic_batch(*shape, vocab_size_of(config))
+    abstract_batch = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
+        for k, v in batch.items()
+    }
+    with trainer.activate():
+        start = time.perf_counter()
+        trainer.train_step.lower(trainer.abstract_state, abstract_batch).compile()
+    return time.perf_counter() - start
+
+
+def run_compile_scaling(config) -> dict:
+    deep = int(config.model.num_layers)
+    seconds = {deep: compile_seconds(config)}
+    shallow = config.copy_and_resolve_references()
+    shallow.model.num_layers = 2
+    seconds[2] = compile_seconds(shallow)
+    return {
+        "bench": "compile_scaling",
+        "scan_layers": bool(config.model.scan_layers),
+        "compile_s": {f"{k}_layers": round(v, 2) for k, v in sorted(seconds.items())},
+        "ratio_deep_over_2": round(seconds[deep] / seconds[2], 3),
+    }
+
+
+def masking_seconds(trainer, batch, runs: int) -> float:
+    """mask_tokens alone on the step's batch, exactly as train_step calls it."""
+    config = trainer.config
+
+    @jax.jit
+    def mask(batch, step):
+        keys = masking.masking_keys(
+            stream_key(config.seed, 2),
+            step,
+            batch["example_ids"],
+            batch["epochs"],
+            config.masking.static_epochs,
+        )
+        ratio = masking.ratio_at_step(step, config.masking, config.train.num_steps)
+        return masking.mask_tokens(
+            keys,
+            batch["tokens"],
+            batch["maskable"],
+            batch["word_starts"],
+            ratio=ratio,
+            spec=trainer.spec,
+        )
+
+    return median_seconds(lambda: mask(batch, jnp.int32(0)), runs)
+
+
+def loader_tokens_per_s(batches: int) -> float | None:
+    """Runs experiments/bench_data.py and reads its steady-state loader tokens/s."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_data.py")
+    out = subprocess.run(
+        [sys.executable, script, f"--batches={batches}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("loader:"):
+            return float(line.split("=")[1].split("tokens/s")[0].replace(",", ""))
+    return None
+
+
+def run_benchmark(config) -> dict:
+    vocab_size = vocab_size_of(config)
+    trainer = make_trainer(config)
+    devices = list(trainer.mesh.devices.flat)
+    batch_size, seq_len = int(config.train.batch_size), int(config.data.seq_len)
+    host_batch = synthetic_batch(batch_size, seq_len, vocab_size)
+    batch = trainer.global_batch(host_batch)
+    state = trainer.new_state()
+
+    platform = devices[0].platform
+    size = _PEAK_SIZE.value or (4096 if platform == "cpu" else 8192)
+    peak_fn, peak_flops = peak_matmul(devices, trainer.model_config.compute_dtype, size)
+    with trainer.activate():
+        start = time.perf_counter()
+        step_fn = trainer.train_step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - start
+        for _ in range(_WARMUP.value):
+            state, metrics = step_fn(state, batch)
+        jax.block_until_ready(state)
+        # Steps and peak matmuls alternate so both see the same load on a shared machine.
+        times, peak_times = [], [timed(peak_fn)]
+        for _ in range(_STEPS.value):
+            start = time.perf_counter()
+            state, metrics = step_fn(state, batch)
+            jax.block_until_ready((state, metrics))
+            times.append(time.perf_counter() - start)
+            peak_times += [timed(peak_fn) for _ in range(_PEAK_RUNS.value)]
+        loss = float(metrics["loss"])
+        mask_s = masking_seconds(trainer, batch, runs=5)
+
+    step_s = statistics.median(times)
+    tokens = batch_size * seq_len
+    flops = flops_per_token(trainer.model_config, seq_len, trainer.spec.max_predictions)
+    achieved = flops["total"] * tokens / step_s
+    peak = peak_flops / statistics.median(peak_times)
+    sheet = datasheet_peak(devices[0].device_kind, config.model.dtype)
+    sheet = sheet * len(devices) if sheet else None
+
+    result = {
+        "bench": "train_step",
+        "device": f"{len(devices)} x {devices[0].device_kind} ({platform})",
+        "dtype": config.model.dtype,
+        "layers": trainer.model_config.num_layers,
+        "hidden": trainer.model_config.hidden_size,
+        "vocab": vocab_size,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "max_predictions": trainer.spec.max_predictions,
+        "dropout": config.model.dropout_rate,
+        "attention_dropout": config.model.attention_dropout_rate,
+        "remat": config.model.remat,
+        "scan_layers": bool(config.model.scan_layers),
+        "steps": _STEPS.value,
+        "step_s": step_s,
+        "step_s_min": min(times),
+        "step_s_max": max(times),
+        "tokens_per_s": tokens / step_s,
+        "flops_per_token": flops["total"],
+        "flops_per_token_parts": {k: v for k, v in flops.items() if k != "total"},
+        "achieved_tflops": achieved / 1e12,
+        "peak_matmul_tflops": peak / 1e12,
+        "peak_matmul_size": size,
+        "mfu": achieved / peak,
+        "datasheet_tflops": sheet / 1e12 if sheet else None,
+        "mfu_datasheet": achieved / sheet if sheet else None,
+        "compile_s": compile_s,
+        "mask_s": mask_s,
+        "mask_over_step": mask_s / step_s,
+        "loss": loss,
+    }
+    result.update(memory_report(devices))
+    if _DATA_BATCHES.value > 0:
+        loader = loader_tokens_per_s(_DATA_BATCHES.value)
+        result["loader_tokens_per_s"] = loader
+        result["loader_s_per_step"] = tokens / loader if loader else None
+    return result
+
+
+def print_table(result: dict) -> None:
+    if result["bench"] == "compile_scaling":
+        for k, v in result["compile_s"].items():
+            print(f"  compile {k:<12} {v:8.2f} s")
+        return
+    rows = [
+        ("device", result["device"]),
+        (
+            "shape",
+            f"{result['layers']} layers x {result['hidden']}, "
+            f"batch {result['batch_size']} x seq {result['seq_len']}, {result['dtype']}",
+        ),
+        ("tokens/s", f"{result['tokens_per_s']:,.0f}"),
+        ("step time", f"{result['step_s'] * 1e3:,.1f} ms (median of {result['steps']})"),
+        ("model FLOPs/token", f"{result['flops_per_token'] / 1e6:,.1f} M"),
+        ("achieved", f"{result['achieved_tflops']:.3f} TFLOP/s"),
+        (
+            "matmul peak",
+            f"{result['peak_matmul_tflops']:.3f} TFLOP/s "
+            f"({result['peak_matmul_size']}^2 matmul, between the steps)",
+        ),
+        ("MFU", f"{100 * result['mfu']:.1f} % of measured peak"),
+    ]
+    if result["mfu_datasheet"] is not None:
+        rows.append(
+            (
+                "MFU (datasheet)",
+                f"{100 * result['mfu_datasheet']:.1f} % of "
+                f"{result['datasheet_tflops']:.0f} TFLOP/s",
+            )
+        )
+    rows += [
+        ("peak memory", f"{result['peak_memory_gib']:.2f} GiB ({result['peak_memory_kind']})"),
+        ("compile", f"{result['compile_s']:.1f} s"),
+        (
+            "masking alone",
+            f"{result['mask_s'] * 1e3:.2f} ms ({100 * result['mask_over_step']:.2f} % of the step)",
+        ),
+    ]
+    if "loader_tokens_per_s" in result:
+        rows.append(
+            (
+                "loader",
+                f"{result['loader_tokens_per_s']:,.0f} tokens/s "
+                f"({result['loader_s_per_step'] * 1e3:.2f} ms per step's batch)",
+            )
+        )
+    for name, value in rows:
+        print(f"  {name:<18} {value}")
+
+
+def main(argv) -> None:
+    del argv
+    config = _CONFIG.value
+    if _COMPILE_SCALING.value:
+        result = run_compile_scaling(config)
+    else:
+        result = run_benchmark(config)
+    print(json.dumps(result), flush=True)
+    print_table(result)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

@@ -1,0 +1,96 @@
+"""experiments/benchmark.py: runs end to end on a tiny shape and prints one well-formed JSON line.
+
+No timing assertions (the CPU is shared); the numbers checked are the ones fixed by arithmetic:
+the FLOPs formula against a count by hand, and the relations between the printed fields.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "benchmark.py")
+TINY = [
+    "--config=" + os.path.join(ROOT, "configs", "tiny.py"),
+    "--config.model.num_layers=2",
+    "--config.model.hidden_size=32",
+    "--config.model.num_heads=2",
+    "--config.model.intermediate_size=64",
+    "--config.data.vocab_size=300",
+    "--config.data.seq_len=32",
+    "--config.train.batch_size=4",
+]
+
+
+def _run(*args):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run(
+        [sys.executable, SCRIPT, *TINY, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, done.stdout
+    return json.loads(lines[0]), done.stdout
+
+
+def test_train_step_line_has_the_fields_and_consistent_numbers():
+    result, stdout = _run("--steps=2", "--warmup=1", "--peak_size=256", "--peak_runs=1")
+    assert result["bench"] == "train_step"
+    for key in (
+        "tokens_per_s",
+        "step_s",
+        "flops_per_token",
+        "achieved_tflops",
+        "peak_matmul_tflops",
+        "mfu",
+        "compile_s",
+        "mask_s",
+        "peak_memory_gib",
+        "peak_memory_kind",
+    ):
+        assert key in result, key
+    assert (result["layers"], result["hidden"], result["vocab"]) == (2, 32, 300)
+    tokens = 4 * 32
+    assert result["tokens_per_s"] == pytest.approx(tokens / result["step_s"], rel=1e-9)
+    achieved = result["flops_per_token"] * tokens / result["step_s"]
+    assert result["achieved_tflops"] * 1e12 == pytest.approx(achieved, rel=1e-9)
+    assert result["mfu"] == pytest.approx(
+        result["achieved_tflops"] / result["peak_matmul_tflops"], rel=1e-9
+    )
+    # Hand count: E=32, M=64, 2 layers, L=32, V=300, K=max_predictions.
+    k = result["max_predictions"]
+    expected = (
+        6 * 2 * (4 * 32 * 32 + 2 * 32 * 64) + 12 * 2 * 32 * 32 + 6 * (32 * 32 + 32 * 300) * k / 32
+    )
+    assert result["flops_per_token"] == pytest.approx(expected, rel=1e-12)
+    assert 0 < k <= 32
+    assert result["peak_memory_kind"] == "host max RSS (process)"  # CPU: no device stats
+    assert result["mfu_datasheet"] is None  # float32 on CPU: no datasheet entry
+    assert result["loss"] == result["loss"]  # a number, not NaN
+    assert "MFU" in stdout and "tokens/s" in stdout  # the table follows the JSON line
+
+
+def test_compile_scaling_reports_both_depths():
+    result, _ = _run("--compile_scaling", "--config.model.num_layers=4")
+    assert result["bench"] == "compile_scaling"
+    assert set(result["compile_s"]) == {"2_layers", "4_layers"}
+    assert all(v > 0 for v in result["compile_s"].values())
+
+
+def test_unknown_override_fails():
+    done = subprocess.run(
+        [sys.executable, SCRIPT, *TINY, "--config.model.no_such_key=1"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "no_such_key" in done.stderr
