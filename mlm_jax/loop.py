@@ -164,7 +164,8 @@ def _close(manager, writer) -> None:
 def _load_pretrained(trainer: Trainer, state: TrainState, directory: str) -> TrainState:
     from mlm_jax import hf
 
-    template = jax.device_get(state.params)
+    # Shapes only: with parameters sharded across hosts no process holds them all.
+    template = trainer.abstract_state.params
     params = hf.load_pretrained_params(directory, trainer.model_config, template)
     params = jax.device_put(params, trainer.state_sharding.params)
     opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_sharding.opt_state)(params)

@@ -28,11 +28,21 @@ class MetricsWriter:
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
-        """Drops events past `step`: a resumed run recomputes them exactly, so none are lost."""
+        """Drops events past `step`: a resumed run recomputes them exactly, so none are lost.
+
+        A last line cut short by a killed process is dropped too.
+        """
         if not self.enabled or not os.path.exists(self.path):
             return
+        kept = []
         with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if event["step"] <= step:
+                    kept.append(json.dumps(event) + "\n")
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(kept)
