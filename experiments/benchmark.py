@@ -383,7 +383,7 @@ def print_table(result: dict) -> None:
         ("compile", f"{result['compile_s']:.1f} s"),
         (
             "masking alone",
-            f"{result['mask_s'] * 1e3:.2f} ms ({100 * result['mask_over_step']:.2f} % of the step)",
+            f"{result['mask_s'] * 1e3:.2f} ms ({100 * result['mask_over_step']:.3g} % of the step)",
         ),
     ]
     if "loader_tokens_per_s" in result:
