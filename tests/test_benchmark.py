@@ -1,7 +1,8 @@
 """experiments/benchmark.py: runs end to end on a tiny shape and prints one well-formed JSON line.
 
 No timing assertions (the CPU is shared); the numbers checked are the ones fixed by arithmetic:
-the FLOPs formula against a count by hand, and the relations between the printed fields.
+the FLOPs formula against a count by hand, the relations between the printed fields, and the
+fast dropout mask against binomial statistics.
 """
 
 import json
@@ -94,3 +95,27 @@ def test_unknown_override_fails():
     )
     assert done.returncode != 0
     assert "no_such_key" in done.stderr
+
+
+def test_fast_dropout_mask_has_the_rate_and_independent_halves():
+    """model.dropout_keep_mask (the speed change: two 16-bit draws per 32-bit word) against
+    binomial statistics: keep rate 1 - p, and the two halves of one word independent."""
+    import jax
+    import numpy as np
+
+    from mlm_jax.model import dropout_keep_mask
+
+    n_rows, width = 1000, 1024  # 1,024,000 draws; binomial sd of the keep rate ~3e-4
+    keep, keep_prob = dropout_keep_mask(jax.random.key(0), (n_rows, width), 0.1)
+    keep = np.asarray(keep)
+    assert keep_prob == pytest.approx(0.9, abs=1e-5)
+    sd = (0.9 * 0.1 / keep.size) ** 0.5
+    assert abs(keep.mean() - 0.9) < 5 * sd
+    pairs = keep.reshape(n_rows, width // 2, 2)  # the two halves of each 32-bit word
+    both = (pairs[..., 0] & pairs[..., 1]).mean()
+    sd_pair = (0.81 * 0.19 / pairs[..., 0].size) ** 0.5
+    assert abs(both - 0.81) < 5 * sd_pair
+    rows_agree = (keep[0] == keep[1]).mean()  # different rows are not copies of each other
+    assert rows_agree < 0.95
+    odd, _ = dropout_keep_mask(jax.random.key(1), (999, 7), 0.1)  # odd last dim: other path
+    assert abs(np.asarray(odd).mean() - 0.9) < 5 * (0.09 / odd.size) ** 0.5
