@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import optax
 
-_DECAYED = ("kernel", "embedding")  # parameter leaf names that get weight decay
 
 
 def learning_rate_schedule(train_config) -> optax.Schedule:
@@ -28,9 +27,12 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
 
 def decay_mask(params):
     """True for matrices and embeddings; False for LayerNorm scales and every bias."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) in _DECAYED, params
-    )
+
+    def decayed(path, _):
+        name = str(getattr(path[-1], "key", ""))
+        return name == "kernel" or name.endswith("embeddings")
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Schedule]:
