@@ -88,7 +88,8 @@ def main() -> None:
     parser.add_argument("--pretrained", required=True, help="a finished run directory")
     parser.add_argument("--out", required=True, help="where the task and results go")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--learning_rate", type=float, default=2e-4)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--max_len", type=int, default=64, help="tokens per sentence")
     parser.add_argument("--num_train", type=int, default=2000)
     parser.add_argument("--num_dev", type=int, default=500)
     args = parser.parse_args()
@@ -111,6 +112,7 @@ def main() -> None:
             init=init,
             epochs=args.epochs,
             learning_rate=args.learning_rate,
+            max_len=args.max_len,
         )
     summary = {
         "task": task,

@@ -77,17 +77,16 @@ def _write_tsv(path, rows):
 
 
 def test_finetune_learns_a_keyword_task_and_records_dev_accuracy(run_dir, tmp_path):
-    """Label = which of two words opens the text; the rest is shared filler. Learnable fast."""
+    """Label = which of two disjoint word sets the texts are drawn from: learnable in seconds."""
     rng = np.random.default_rng(0)
-    filler = "the value of a file is returned by this function when the module is used".split()
+    words = {"yes": "return value file function".split(), "no": "class module object type".split()}
 
     def rows(n):
         out = []
         for i in range(n):
             label = ["yes", "no"][i % 2]
-            first = {"yes": "return", "no": "class"}[label]
-            words = list(rng.choice(filler, size=8))
-            out.append((label, " ".join([first, *words]), " ".join(rng.choice(filler, size=4))))
+            pick = words[label]
+            out.append((label, " ".join(rng.choice(pick, 8)), " ".join(rng.choice(pick, 4))))
         return out
 
     train_rows, dev_rows = rows(96), rows(40)
@@ -98,7 +97,7 @@ def test_finetune_learns_a_keyword_task_and_records_dev_accuracy(run_dir, tmp_pa
     task = f"tsv:{tmp_path / 'train.tsv'},{tmp_path / 'dev.tsv'}"
     out = str(tmp_path / "out")
     result = finetune.finetune(
-        run_dir, task, out, init="random", epochs=4, batch_size=16, learning_rate=2e-3, max_len=32
+        run_dir, task, out, init="random", epochs=4, batch_size=16, learning_rate=1e-3, max_len=32
     )
     labels = [r[0] for r in dev_rows]
     assert result["dev/majority_accuracy"] == pytest.approx(labels.count("yes") / len(labels))

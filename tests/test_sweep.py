@@ -74,13 +74,15 @@ def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_p
         "--config=configs/tiny.py",
         f"--workdir={workdir}",
         "--sweep=masking.ratio=0.15,0.4",
-        *small_overrides(data_dir, num_steps=20),
+        *small_overrides(data_dir, num_steps=10),
+        "--config.checkpoint.every_steps=5",
+        "--config.eval.every_steps=5",
     ]
     first = _sweep_cli(*common, "--parallel=2")
     assert first.returncode == 0, first.stderr[-3000:]
     runs = {r: os.path.join(workdir, f"masking.ratio={r}") for r in ("0.15", "0.4")}
     for run in runs.values():
-        assert sorted(os.listdir(os.path.join(run, "checkpoints")))[-1] == "20"
+        assert sorted(os.listdir(os.path.join(run, "checkpoints")), key=int)[-1] == "10"
         assert os.path.exists(os.path.join(run, "sweep.log"))  # ran as a subprocess
 
     # Rerunning a finished sweep trains nothing: no file of either run changes.
@@ -95,14 +97,14 @@ def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_p
     # An interrupted run (its last checkpoint and marker gone) is the only one trained again.
     import shutil
 
-    shutil.rmtree(os.path.join(runs["0.4"], "checkpoints", "20"))
+    shutil.rmtree(os.path.join(runs["0.4"], "checkpoints", "10"))
     os.remove(os.path.join(runs["0.4"], sweep.DONE_MARKER))
     resumed = _sweep_cli(*common)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "1 of 2 runs to train" in resumed.stderr
-    assert "resumed from the checkpoint of step 10" in resumed.stderr
+    assert "resumed from the checkpoint of step 5" in resumed.stderr
     assert _mtimes(runs["0.15"]) == before["0.15"]
-    assert os.path.isdir(os.path.join(runs["0.4"], "checkpoints", "20"))
+    assert os.path.isdir(os.path.join(runs["0.4"], "checkpoints", "10"))
 
     # --report regenerates everything from the workdirs alone.
     for name in os.listdir(workdir):
@@ -113,10 +115,10 @@ def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_p
     rows = {row["masking.ratio"]: row for row in _read_csv(os.path.join(workdir, "results.csv"))}
     assert set(rows) == {"0.15", "0.4"}
     for row in rows.values():
-        assert row["status"] == "done" and row["step"] == "20"
+        assert row["status"] == "done" and row["step"] == "10"
         for key in ("eval_loss", "eval_accuracy", "own_loss", "own_accuracy"):
             assert math.isfinite(float(row[key])), (key, row)
-        assert int(row["tokens_seen"]) == 20 * 8 * 64  # steps x batch x seq_len
+        assert int(row["tokens_seen"]) == 10 * 8 * 64  # steps x batch x seq_len
     # 0.15 trains at the eval masking, so both columns are the same numbers; 0.4 does not.
     assert rows["0.15"]["own_loss"] == rows["0.15"]["eval_loss"]
     events = [json.loads(x) for x in open(os.path.join(runs["0.4"], "metrics.jsonl"))]
