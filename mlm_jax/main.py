@@ -52,7 +52,11 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # libraries: warnings only
     pylogging.getLogger("mlm_jax").setLevel(pylogging.INFO)  # the run's own progress lines
     _maybe_initialize_distributed()
+    import tensorflow_datasets as tfds
+
     from mlm_jax import checkpoint, loop, train
+
+    tfds.display_progress_bar(False)  # the first-use corpus build is seconds; no bars in logs
     from mlm_jax.config_checks import ConfigError
 
     try:
