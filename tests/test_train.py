@@ -134,39 +134,25 @@ def test_workdir_of_another_config_is_refused_and_left_intact(data_dir, tmp_path
     assert after == before
 
 
-def test_main_rejects_an_unknown_override_in_one_line(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlm_jax.main",
-            "--config=configs/tiny.py",
-            f"--workdir={tmp_path / 'run'}",
-            "--config.masking.ratoi=0.4",
-        ],
+def _main(workdir, override):
+    return subprocess.run(
+        [sys.executable, "-m", "mlm_jax.main", "--config=configs/tiny.py"]
+        + [f"--workdir={workdir}", override],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
+
+
+def test_main_rejects_an_unknown_override_in_one_line(tmp_path):
+    out = _main(tmp_path / "run", "--config.masking.ratoi=0.4")
     assert out.returncode != 0
     assert "ratoi" in out.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_main_reports_a_bad_value_in_one_line(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlm_jax.main",
-            "--config=configs/tiny.py",
-            f"--workdir={tmp_path / 'run'}",
-            "--config.mesh.data=3",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    out = _main(tmp_path / "run", "--config.mesh.data=3")
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "config.mesh" in errors[0], out.stderr[-2000:]
