@@ -6,7 +6,6 @@ import jax
 import optax
 
 
-
 def learning_rate_schedule(train_config) -> optax.Schedule:
     """Linear warmup to the peak, then linear or cosine decay to 0 at the last step (or flat)."""
     peak = float(train_config.learning_rate)
