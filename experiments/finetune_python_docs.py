@@ -58,9 +58,33 @@ def examples(word_lists: list[list[str]], count: int, seed: int) -> list[tuple[s
     return out
 
 
+def same_document_pairs(docs: list[str], count: int, seed: int) -> list[tuple[str, str, str]]:
+    """`count` (label, a, b): half two sentences of one document, half of two documents."""
+    rng = np.random.default_rng(seed)
+    per_doc = [[" ".join(w) for w in sentences([d])] for d in docs]
+    rich = [s for s in per_doc if len(s) >= 2]
+    out = []
+    for i in range(count):
+        if i % 2 == 0:
+            doc = rich[rng.integers(len(rich))]
+            a, b = rng.choice(len(doc), 2, replace=False)
+            out.append(("same", doc[a], doc[b]))
+        else:
+            d1, d2 = rng.choice(len(rich), 2, replace=False)
+            out.append(
+                (
+                    "different",
+                    rich[d1][rng.integers(len(rich[d1]))],
+                    rich[d2][rng.integers(len(rich[d2]))],
+                )
+            )
+    return out
+
+
 def build_task(
     task_dir: str,
     *,
+    kind: str = "order",
     heldout_fraction: float = 0.05,
     num_train: int = 2000,
     num_dev: int = 500,
@@ -73,10 +97,17 @@ def build_task(
     os.makedirs(task_dir, exist_ok=True)
     paths = []
     for name, split_docs, count in (("train", train_docs, num_train), ("dev", dev_docs, num_dev)):
+        path = os.path.join(task_dir, f"{name}.tsv")
+        if kind == "same_doc":
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(
+                    "\t".join(row) + "\n" for row in same_document_pairs(split_docs, count, seed)
+                )
+            paths.append(path)
+            continue
         pool = sentences(split_docs)
         if len(pool) < count:
             count = len(pool) - len(pool) % 2
-        path = os.path.join(task_dir, f"{name}.tsv")
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(f"{label}\t{text}\n" for label, text in examples(pool, count, seed))
         paths.append(path)
@@ -87,6 +118,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrained", required=True, help="a finished run directory")
     parser.add_argument("--out", required=True, help="where the task and results go")
+    parser.add_argument(
+        "--task",
+        choices=("order", "same_doc"),
+        default="order",
+        help="order: real vs word-shuffled sentence; same_doc: are two sentences from one document",
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--max_len", type=int, default=64, help="tokens per sentence")
@@ -101,7 +138,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("mlm_jax").setLevel(logging.INFO)
     task = build_task(
-        os.path.join(args.out, "task"), num_train=args.num_train, num_dev=args.num_dev
+        os.path.join(args.out, "task"),
+        kind=args.task,
+        num_train=args.num_train,
+        num_dev=args.num_dev,
     )
     results = {}
     for init in ("pretrained", "random"):

@@ -240,6 +240,30 @@ def _init_params(model, config, encoder, seq_len: int, seed: int):
 # ----------------------------------------------------------------------------- training
 
 
+def make_optimizer(
+    learning_rate: float, total_steps: int, warmup_fraction: float, weight_decay: float
+) -> optax.GradientTransformation:
+    """BERT's fine-tuning AdamW: linear warmup and decay, clipping, and weight decay on matrices
+    and embeddings only (as in pretraining, mlm_jax.optim.decay_mask): decaying LayerNorm scales
+    toward 0 and biases is not what the pretrained weights were trained with."""
+    from mlm_jax.optim import decay_mask
+
+    warmup = max(1, int(warmup_fraction * total_steps))
+    schedule = optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, learning_rate, warmup),
+            optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup, 1)),
+        ],
+        [warmup],
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(
+            schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=weight_decay, mask=decay_mask
+        ),
+    )
+
+
 def _batches(data: dict, batch_size: int, order: np.ndarray):
     """Fixed-shape batches (one compile); the last is padded with weight-0 rows."""
     for start in range(0, len(order), batch_size):
@@ -286,19 +310,7 @@ def finetune(
     params = _init_params(model, config, encoder, max_len, seed)
 
     steps_per_epoch = math.ceil(len(train_data["labels"]) / batch_size)
-    total = steps_per_epoch * epochs
-    warmup = max(1, int(warmup_fraction * total))
-    schedule = optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, learning_rate, warmup),
-            optax.linear_schedule(learning_rate, 0.0, max(total - warmup, 1)),
-        ],
-        [warmup],
-    )
-    tx = optax.chain(
-        optax.clip_by_global_norm(1.0),
-        optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=weight_decay),
-    )
+    tx = make_optimizer(learning_rate, steps_per_epoch * epochs, warmup_fraction, weight_decay)
     opt_state = tx.init(params)
 
     def loss_fn(params, batch, weights_B, key, deterministic):

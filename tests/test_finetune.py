@@ -120,3 +120,27 @@ def test_bad_tasks_get_one_clear_line(tmp_path):
         finetune.load_task("csv:a,b")
     with pytest.raises(ValueError, match=r"tfds build glue/sst2"):
         finetune.load_task("tfds:glue/sst2", data_dir=str(tmp_path / "no_tfds"))
+
+
+def test_weight_decay_spares_layernorm_and_biases():
+    """Decoupled weight decay (AdamW: p -= lr * wd * p) on matrices and embeddings only, as in
+    BERT and our pretraining; with zero gradients that decay is the whole update."""
+    lr, wd = 0.1, 0.5
+    tx = finetune.make_optimizer(lr, total_steps=2, warmup_fraction=0.0, weight_decay=wd)
+    ones = np.ones(3, np.float32)
+    params = {
+        "encoder": {
+            "embeddings": {"word_embeddings": ones, "norm": {"scale": ones, "bias": ones}},
+            "layers": {"qkv": {"kernel": ones, "bias": ones}},
+        }
+    }
+    zeros = jax.tree.map(np.zeros_like, params)
+    state = tx.init(params)
+    for _ in range(2):  # step 0 has learning rate 0 (warmup), step 1 the peak
+        updates, state = tx.update(zeros, state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+    embeddings, qkv = params["encoder"]["embeddings"], params["encoder"]["layers"]["qkv"]
+    np.testing.assert_allclose(embeddings["word_embeddings"], 1 - lr * wd, rtol=1e-6)
+    np.testing.assert_allclose(qkv["kernel"], 1 - lr * wd, rtol=1e-6)
+    for kept in (embeddings["norm"]["scale"], embeddings["norm"]["bias"], qkv["bias"]):
+        np.testing.assert_array_equal(kept, ones)
