@@ -137,7 +137,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 _write_config(config, workdir)
             writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)
             writer.truncate_after(start_step)  # a resumed run recomputes later events exactly
-            eval_batches = loader.make_eval_batches(config, tokenizer)
+            eval_batches = [  # on device once, reused by every evaluation
+                trainer.global_batch(b) for b in loader.make_eval_batches(config, tokenizer)
+            ]
             result, preempted_at = _loop(
                 config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop
             )

@@ -41,9 +41,12 @@ def stream_key(seed: int, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), stream)
 
 
+_SUM_KEYS = ("loss_sum", "correct_sum", "weight_sum")  # sums combine exactly across pieces
+
+
 def _sum_metrics(logits, targets, weights):
     _, m = mlm_loss(logits, targets, weights)
-    return {k: m[k] for k in ("loss_sum", "correct_sum", "weight_sum")}
+    return {k: m[k] for k in _SUM_KEYS}
 
 
 def train_step(state: TrainState, batch: dict, *, model, spec, tx, config) -> tuple:
@@ -131,9 +134,6 @@ def train_step(state: TrainState, batch: dict, *, model, spec, tx, config) -> tu
         "finite": finite,
     }
     return new_state, metrics
-
-
-_SUM_KEYS = ("loss_sum", "correct_sum", "weight_sum")
 
 
 def eval_step(params, batch: dict, key, ratio, *, model, spec) -> dict:
@@ -262,7 +262,10 @@ class Trainer:
         return sharding.host_to_global(host_batch, self.batch_sharding)
 
     def evaluate(self, params, eval_batches: list[dict], step) -> dict[str, float]:
-        """Loss, accuracy and perplexity over masked positions of the held-out batches."""
+        """Loss, accuracy and perplexity over masked positions of the held-out batches.
+
+        eval_batches are global batches (`global_batch`), placed once for the whole run.
+        """
         out = {}
         for name, eval_fn in self.eval_steps.items():
             if name == "eval":
@@ -274,12 +277,13 @@ class Trainer:
             base = stream_key(self.config.seed, _EVAL)
             totals = {k: 0.0 for k in _SUM_KEYS}
             with self.activate():
-                for i, batch in enumerate(eval_batches):
-                    sums = eval_fn(
-                        params, self.global_batch(batch), jax.random.fold_in(base, i), ratio
-                    )
-                    for k, v in jax.device_get(sums).items():
-                        totals[k] += float(v)
+                sums = [
+                    eval_fn(params, batch, jax.random.fold_in(base, i), ratio)
+                    for i, batch in enumerate(eval_batches)
+                ]
+            for batch_sums in jax.device_get(sums):  # one host sync per evaluation
+                for k, v in batch_sums.items():
+                    totals[k] += float(v)
             n = max(totals["weight_sum"], 1.0)
             loss = totals["loss_sum"] / n
             out[f"{name}/loss"] = loss
