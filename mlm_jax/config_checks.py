@@ -127,11 +127,12 @@ def _flatten(d, prefix=""):
         if isinstance(v, dict):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+            out[f"{prefix}{k}"] = v
     return out
 
 
 def _normalise(v):
+    """Tuples (a config) and lists (its JSON copy) compare equal."""
     if isinstance(v, (list, tuple)):
         return [_normalise(x) for x in v]
     return v

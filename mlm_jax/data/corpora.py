@@ -137,25 +137,19 @@ def load_corpus(data_config) -> Corpus:
     """Builds the dataset if needed and returns its train / held-out document sources."""
     kind, name, feature = parse_dataset(data_config.dataset)
     directory = data_dir(data_config)
-    if kind == "python_docs":
-        config = python_docs.config_for(data_config.heldout_fraction)
-        builder = python_docs.PythonDocs(
-            config=config, data_dir=directory, file_format="array_record"
-        )
+    if kind in ("python_docs", "text"):  # built by a project builder into the data dir
+        if kind == "python_docs":
+            config = python_docs.config_for(data_config.heldout_fraction)
+            builder_cls, prefix = python_docs.PythonDocs, "python_docs"
+        else:
+            config = text_files.config_for(
+                name, data_config.text_unit, data_config.heldout_fraction
+            )
+            builder_cls, prefix = text_files.TextFiles, "text_files"
+        builder = builder_cls(config=config, data_dir=directory, file_format="array_record")
         splits = _build(builder)
         corpus = Corpus(
-            f"python_docs-{config.name}",
-            DocumentSource(splits["train"], "text"),
-            DocumentSource(splits["validation"], "text"),
-        )
-    elif kind == "text":
-        config = text_files.config_for(name, data_config.text_unit, data_config.heldout_fraction)
-        builder = text_files.TextFiles(
-            config=config, data_dir=directory, file_format="array_record"
-        )
-        splits = _build(builder)
-        corpus = Corpus(
-            f"text_files-{config.name}",
+            f"{prefix}-{config.name}",
             DocumentSource(splits["train"], "text"),
             DocumentSource(splits["validation"], "text"),
         )
