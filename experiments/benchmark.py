@@ -21,9 +21,10 @@ twice the forward, so a weight matmul costs 6 x its parameters per row it sees):
 Embedding lookups, biases, LayerNorm, GELU, softmax and the optimizer are not counted (as in
 the usual 6N convention); padding rows of the embedding table (Vp - V) are not counted either.
 
-The peak is measured in the same run: the median of [N, N] @ [N, N] matmuls in the compute
-dtype, one per device of the mesh at once, timed between the train steps (so both see the same
-load on a shared machine). MFU = achieved model FLOP/s / that peak
+The peak is measured in the same run: the median over bursts of [N, N] @ [N, N] matmuls of
+random operands in the compute dtype, one per device of the mesh at once, dispatched back to back
+with one sync per burst (so launch and sync latency stay out of it), timed between the train
+steps (so both see the same load on a shared machine). MFU = achieved model FLOP/s / that peak
 (and, on GPU/TPU, also / the datasheet peak of the detected device for bfloat16).
 
 The 2-core CPU this was written on is shared: MFU is a ratio of two numbers measured in the
@@ -62,7 +63,19 @@ _PEAK_SIZE = flags.DEFINE_integer(
     "peak_size", 0, "N of the N x N peak matmul; 0 = 4096 on CPU, 8192 on GPU/TPU."
 )
 _PEAK_RUNS = flags.DEFINE_integer(
-    "peak_runs", 2, "Timed peak matmuls after each timed step (the median of all is used)."
+    "peak_runs", 2, "Timed peak bursts after each timed step (the median of all is used)."
+)
+_PEAK_BURST = flags.DEFINE_integer(
+    "peak_burst",
+    0,
+    "Matmuls dispatched back to back per timed peak burst, one sync at the end; 0 = 1 on CPU, "
+    "10 on GPU/TPU (one 8192^2 matmul there takes ~1.4 ms, too short to time alone).",
+)
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir",
+    "",
+    "If set, trace 2 more steps after the timed ones with jax.profiler into this folder: "
+    "a Perfetto trace (*.trace.json.gz, ui.perfetto.dev) and an xplane for TensorBoard.",
 )
 _COMPILE_SCALING = flags.DEFINE_bool(
     "compile_scaling",
@@ -154,16 +167,19 @@ def median_seconds(fn, runs: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def peak_matmul(devices, dtype, size: int):
-    """A jitted [size,size] @ [size,size] per device, all devices at once, and its FLOPs."""
+def peak_matmul(devices, dtype, size: int, burst: int):
+    """`burst` jitted [size,size] @ [size,size] per device, all devices at once, and their FLOPs."""
     mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
     sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
     shape = (len(devices), size, size)
-    a = jax.device_put(jnp.full(shape, 0.5, dtype), sharded)
-    b = jax.device_put(jnp.full(shape, 0.25, dtype), sharded)
+    # Random operands: constant ones let the chip draw less power and clock higher (seen ~13%
+    # faster on zeros on an H200), which would overstate the peak.
+    key_a, key_b = jax.random.split(jax.random.key(0))
+    make = jax.jit(lambda key: jax.random.normal(key, shape, dtype), out_shardings=sharded)
+    a, b = make(key_a), make(key_b)
     matmul = jax.jit(lambda x, y: jnp.einsum("dij,djk->dik", x, y), out_shardings=sharded)
     jax.block_until_ready(matmul(a, b))  # compile
-    return (lambda: matmul(a, b)), 2.0 * len(devices) * size**3
+    return (lambda: [matmul(a, b) for _ in range(burst)]), 2.0 * burst * len(devices) * size**3
 
 
 def timed(fn) -> float:
@@ -280,7 +296,8 @@ def run_benchmark(config) -> dict:
 
     platform = devices[0].platform
     size = _PEAK_SIZE.value or (4096 if platform == "cpu" else 8192)
-    peak_fn, peak_flops = peak_matmul(devices, trainer.model_config.compute_dtype, size)
+    burst = _PEAK_BURST.value or (1 if platform == "cpu" else 10)
+    peak_fn, peak_flops = peak_matmul(devices, trainer.model_config.compute_dtype, size, burst)
     with trainer.activate():
         start = time.perf_counter()
         step_fn = trainer.train_step.lower(state, batch).compile()
@@ -297,6 +314,11 @@ def run_benchmark(config) -> dict:
             times.append(time.perf_counter() - start)
             peak_times += [timed(peak_fn) for _ in range(_PEAK_RUNS.value)]
         loss = float(metrics["loss"])
+        if _PROFILE_DIR.value:
+            with jax.profiler.trace(_PROFILE_DIR.value, create_perfetto_trace=True):
+                for _ in range(2):
+                    state, metrics = step_fn(state, batch)
+                jax.block_until_ready((state, metrics))
         mask_s = masking_seconds(trainer, batch, runs=5)
 
     step_s = statistics.median(times)
@@ -331,6 +353,7 @@ def run_benchmark(config) -> dict:
         "achieved_tflops": achieved / 1e12,
         "peak_matmul_tflops": peak / 1e12,
         "peak_matmul_size": size,
+        "peak_matmul_burst": burst,
         "mfu": achieved / peak,
         "datasheet_tflops": sheet / 1e12 if sheet else None,
         "mfu_datasheet": achieved / sheet if sheet else None,
@@ -366,7 +389,8 @@ def print_table(result: dict) -> None:
         (
             "matmul peak",
             f"{result['peak_matmul_tflops']:.3f} TFLOP/s "
-            f"({result['peak_matmul_size']}^2 matmul, between the steps)",
+            f"({result['peak_matmul_burst']} x {result['peak_matmul_size']}^2 matmuls per timing, "
+            "between the steps)",
         ),
         ("MFU", f"{100 * result['mfu']:.1f} % of measured peak"),
     ]
