@@ -1,0 +1,131 @@
+"""The GPU-only paths (cuDNN attention, bfloat16 compute) against float32 XLA oracles.
+
+Skipped where JAX has no GPU (CI). On a GPU machine:
+
+    JAX_PLATFORMS=cuda,cpu python -m pytest tests/test_gpu.py
+
+(conftest.py defaults JAX_PLATFORMS to cpu, so name cuda explicitly.)
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlm_jax.model import attention_mask, mlm_loss
+from mlm_jax.train import Trainer
+from tests import sharded_worker
+
+pytestmark = pytest.mark.skipif(
+    not any(d.platform == "gpu" for d in jax.devices()), reason="needs a GPU"
+)
+
+
+def relative_error(x, reference):
+    x, reference = np.asarray(x, np.float64), np.asarray(reference, np.float64)
+    return np.linalg.norm(x - reference) / np.linalg.norm(reference)
+
+
+def attention_inputs(seed, batch=4, length=128, heads=16, head_dim=64):
+    """Random q, k, v and a cotangent, plus a packed-rows mask: two documents and padding."""
+    rng = np.random.default_rng(seed)
+    q, k, v, cotangent = (
+        rng.standard_normal((batch, length, heads, head_dim)).astype(np.float32) for _ in range(4)
+    )
+    document_ids = np.zeros((batch, length), np.int32)
+    for row in range(batch):
+        end = rng.integers(length // 2, length + 1)
+        cut = rng.integers(1, end)
+        document_ids[row, :cut], document_ids[row, cut:end] = 1, 2
+    mask = attention_mask(None, jnp.asarray(document_ids), pad_id=0, attend_across_documents=False)
+    return (q, k, v), cotangent, mask
+
+
+def attention_and_grads(implementation, dtype, qkv, cotangent, mask):
+    def attend(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+    with jax.default_matmul_precision("highest"):
+        args = [jnp.asarray(t, dtype) for t in qkv]
+        out, vjp = jax.vjp(attend, *args)
+        grads = vjp(jnp.asarray(cotangent, dtype))
+    return jax.device_get((out, *grads))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cudnn_attention_matches_float32_xla(seed):
+    """Output and q/k/v gradients of the fused cuDNN kernel, bf16, vs float32 XLA."""
+    qkv, cotangent, mask = attention_inputs(seed)
+    reference = attention_and_grads("xla", jnp.float32, qkv, cotangent, mask)
+    for implementation in ("cudnn", "xla"):
+        got = attention_and_grads(implementation, jnp.bfloat16, qkv, cotangent, mask)
+        for name, x, ref in zip(("out", "dq", "dk", "dv"), got, reference):
+            assert np.isfinite(np.asarray(x, np.float32)).all(), (implementation, name)
+            error = relative_error(x, ref)
+            # bf16 operands: ~3 significant digits in, so 1e-3..1e-2 relative error out.
+            assert error < 2e-2, (implementation, name, error)
+
+
+def train_losses(devices, num_steps=3, **model):
+    """Losses of a few train steps of the small sharding-oracle model, without dropout."""
+    config = sharded_worker.small_config((1, 1, 1), dropout=0.0)
+    config.model.update(model)
+    trainer = Trainer(config, sharded_worker.VOCAB, devices=devices)
+    state = trainer.new_state()
+    losses = []
+    with trainer.activate():
+        for step in range(num_steps):
+            batch = trainer.global_batch(sharded_worker.synthetic_batch(step))
+            state, metrics = trainer.train_step(state, batch)
+            losses.append(float(metrics["loss"]))
+    return np.array(losses)
+
+
+def loss_and_grads(devices, **model):
+    """MLM loss and parameter gradients of the small model on one fixed packed batch."""
+    config = sharded_worker.small_config((1, 1, 1), dropout=0.0)
+    config.model.update(model)
+    trainer = Trainer(config, sharded_worker.VOCAB, devices=devices)
+    params = trainer.new_state().params
+    batch = sharded_worker.synthetic_batch(0)
+    rng = np.random.default_rng(0)
+    positions = np.sort(rng.permuted(np.tile(np.arange(32), (16, 1)), axis=1)[:, :5], axis=1)
+    targets = np.take_along_axis(batch["tokens"], positions, axis=1)
+
+    def loss(params):
+        logits = trainer.model.apply(
+            {"params": params},
+            batch["tokens"],
+            positions,
+            document_ids_BxL=batch["document_ids"],
+        )
+        return mlm_loss(logits, targets, np.ones_like(targets))[0]
+
+    with trainer.activate():
+        value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    return float(value), np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
+
+
+def test_gpu_gradients_match_a_cpu_float32_run():
+    gpu, cpu = jax.devices("gpu")[:1], jax.devices("cpu")[:1]
+    oracle_loss, oracle_grads = loss_and_grads(cpu)
+    with jax.default_matmul_precision("highest"):
+        loss, grads = loss_and_grads(gpu)
+    assert abs(loss / oracle_loss - 1) < 1e-5
+    assert relative_error(grads, oracle_grads) < 1e-4
+    for attention in ("xla", "cudnn"):
+        loss, grads = loss_and_grads(gpu, dtype="bfloat16", attention=attention)
+        assert abs(loss / oracle_loss - 1) < 5e-3, attention
+        assert relative_error(grads, oracle_grads) < 3e-2, attention
+
+
+def test_gpu_train_steps_match_a_cpu_float32_run():
+    """The whole step (masking, forward, backward, AdamW) on the GPU vs the CPU as oracle."""
+    gpu, cpu = jax.devices("gpu")[:1], jax.devices("cpu")[:1]
+    oracle = train_losses(cpu)
+    with jax.default_matmul_precision("highest"):
+        float32 = train_losses(gpu)
+    np.testing.assert_allclose(float32, oracle, rtol=1e-4)
+    for attention in ("xla", "cudnn"):
+        bfloat16 = train_losses(gpu, dtype="bfloat16", attention=attention)
+        np.testing.assert_allclose(bfloat16, oracle, rtol=5e-3, err_msg=attention)
