@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The GPU checks and the README's GPU speed rows, in one call on a GPU machine.
+#
+#   experiments/gpu_benchmarks.sh OUTDIR [BUDGET_SECONDS [ROW ...]]
+#
+# Runs, in order: the headline row (BERT-large, bf16, cuDNN attention); the GPU-only tests
+# (tests/test_gpu.py: cuDNN and bf16 against float32 oracles); the README's other GPU rows;
+# ablations (remat, dropout, attention path); and `profile`, the headline row traced with
+# jax.profiler and summarised by experiments/profile_summary.py. Naming ROWs (`tests` and
+# `profile` count as rows) runs only those. No new run starts once BUDGET_SECONDS (default 330)
+# have passed, so the whole call fits a short lease. Writes OUTDIR/log.txt (everything
+# printed), OUTDIR/results.jsonl (one benchmark JSON line per row, tagged with the row's name
+# and arguments) and, for `profile`, OUTDIR/profile/.
+set -u
+out=${1:?usage: experiments/gpu_benchmarks.sh OUTDIR [BUDGET_SECONDS]}
+budget=${2:-330}
+rows=" ${*:3} "
+mkdir -p "$out" && touch "$out/results.jsonl"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3 JAX_PLATFORMS=${JAX_PLATFORMS:-cuda,cpu}
+exec > >(tee -a "$out/log.txt") 2>&1
+cd "$(dirname "$0")/.."
+
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,driver_version --format=csv
+python3 - <<'EOF'
+import sys, jax, flax, optax, ml_collections, grain
+print("python", sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__,
+      "optax", optax.__version__, "devices", jax.devices())
+EOF
+
+bench() {  # NAME ARGS...: one benchmark.py run; its JSON line goes to results.jsonl
+  local name=$1
+  shift
+  if ! wanted "$name"; then
+    return
+  elif ((SECONDS > budget)); then
+    echo "== $name: not started ($SECONDS s > budget $budget s)"
+    return
+  fi
+  echo "== $name ($SECONDS s): $*"
+  timeout 150 python3 experiments/benchmark.py "$@" | tee "/tmp/bench_$name.txt"
+  grep '^{' "/tmp/bench_$name.txt" | python3 -c '
+import json, sys
+name, args = sys.argv[1], sys.argv[2:]
+for line in sys.stdin:
+    print(json.dumps({"name": name, "args": args, **json.loads(line)}))
+' "$name" "$@" >>"$out/results.jsonl"
+}
+
+wanted() { [[ $rows == "  " || $rows == *" $1 "* ]]; }
+
+large=(--config=configs/bert.py:large --config.model.attention=cudnn)
+large+=(--config.model.attention_dropout_rate=0)
+base=(--config=configs/bert.py:base --config.model.attention=cudnn)
+base+=(--config.model.attention_dropout_rate=0)
+bench large_cudnn "${large[@]}"
+if wanted tests; then
+  echo "== tests/test_gpu.py ($SECONDS s)"
+  timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+fi
+bench base_cudnn "${base[@]}"
+bench tiny --config=configs/tiny.py --config.model.dtype=bfloat16
+bench large_cudnn_batch512 "${large[@]}" --config.train.batch_size=512
+bench base_cudnn_batch512 "${base[@]}" --config.model.remat=dots --config.train.batch_size=512
+bench large_cudnn_noremat "${large[@]}" --config.model.remat=none
+bench large_xla_dropout --config=configs/bert.py:large
+bench large_cudnn_nodropout "${large[@]}" --config.model.remat=none --config.model.dropout_rate=0
+if wanted profile && ((SECONDS <= budget)); then
+  bench profile "${large[@]}" --profile_dir="$out/profile"
+  python3 experiments/profile_summary.py "$out/profile"
+fi
+echo "== done ($SECONDS s)"
+python3 - "$out/results.jsonl" <<'EOF'
+import json, sys
+print(f"{'row':<24}{'tokens/s':>12}{'step ms':>10}{'TFLOP/s':>9}{'peak':>7}{'MFU':>7}{'GiB':>7}")
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(f"{r['name']:<24}{r['tokens_per_s']:>12,.0f}{r['step_s'] * 1e3:>10.1f}"
+          f"{r['achieved_tflops']:>9.1f}{r['peak_matmul_tflops']:>7.0f}"
+          f"{100 * r['mfu']:>6.1f}%{r['peak_memory_gib']:>7.1f}")
+EOF
