@@ -5,6 +5,7 @@ the FLOPs formula against a count by hand, the relations between the printed fie
 fast dropout mask against binomial statistics.
 """
 
+import gzip
 import json
 import os
 import subprocess
@@ -119,3 +120,41 @@ def test_fast_dropout_mask_has_the_rate_and_independent_halves():
     assert rows_agree < 0.95
     odd, _ = dropout_keep_mask(jax.random.key(1), (999, 7), 0.1)  # odd last dim: other path
     assert abs(np.asarray(odd).mean() - 0.9) < 5 * (0.09 / odd.size) ** 0.5
+
+
+def test_profile_summary_splits_device_time_by_kind(tmp_path):
+    """A hand-made trace: two steps of known kernels on a device, plus host events it skips."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import profile_summary
+
+    meta = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/host:CPU"}},
+    ]
+    kernels = [  # (name, microseconds) per step
+        ("nvjet_sm90_tst_128x160_64x5_2x1_v_bz_NNT", 600),
+        ("gemm_fusion_dot_13", 200),
+        ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 100),
+        ("memcpy128", 50),
+        ("loop_xor_fusion_1", 30),
+        ("loop_multiply_fusion", 20),
+    ]
+    events, ts = list(meta), 0
+    for _ in range(2):
+        for name, dur in kernels:
+            events.append({"ph": "X", "pid": 1, "tid": 2, "ts": ts, "dur": dur, "name": name})
+            events.append({"ph": "X", "pid": 7, "tid": 3, "ts": ts, "dur": 999, "name": "host"})
+            ts += dur
+    path = tmp_path / "perfetto_trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+
+    table = profile_summary.summarize(profile_summary.device_kernels(str(path)), 2, top=3)
+    rows = {line[:26].strip(): line[26:].split() for line in table.splitlines()[3:8]}
+    assert rows["matmul"] == ["0.80", "80.0%"]
+    assert rows["attention (cuDNN)"] == ["0.10", "10.0%"]
+    assert rows["copies"] == ["0.05", "5.0%"]
+    assert rows["random bits (threefry)"] == ["0.03", "3.0%"]
+    assert rows["other XLA fusions"] == ["0.02", "2.0%"]
+    assert table.startswith("2 step(s) traced: 1.0 ms of kernels per step")
+    assert profile_summary.find_trace(str(tmp_path)) == str(path)
