@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     mo.pre_ln = False  # True = pre-LN blocks (not exportable to Hugging Face BERT)
     mo.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     mo.attention = "xla"  # jax.nn.dot_product_attention implementation: xla | cudnn
+    mo.gelu = "exact"  # activation: exact (erf, BERT's) | tanh (approximation, HF's gelu_new)
     mo.remat = "none"  # per-layer rematerialisation: none | full | dots (save matmul outputs)
     mo.scan_layers = True  # stack layers with nn.scan (compile time flat in depth)
     mo.pad_vocab_multiple = 128  # embedding rows padded to this multiple; padding never predicted

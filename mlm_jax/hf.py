@@ -125,12 +125,23 @@ def read_checkpoint(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
     return hf_config, tensors
 
 
+# HF hidden_act -> our model.gelu (gelu_new and gelu_pytorch_tanh are the same tanh formula).
+_HF_ACTIVATIONS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+
+def gelu_of(hf_config: dict) -> str:
+    """Our model.gelu for the checkpoint's hidden_act."""
+    act = hf_config.get("hidden_act", "gelu")
+    if act not in _HF_ACTIVATIONS:
+        raise ValueError(
+            f"config.json hidden_act={act!r}: expected one of {sorted(_HF_ACTIVATIONS)}"
+        )
+    return _HF_ACTIVATIONS[act]
+
+
 def model_overrides(hf_config: dict) -> dict[str, Any]:
     """config.model keys that make our encoder the checkpoint's architecture."""
-    if hf_config.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(
-            f"config.json hidden_act={hf_config['hidden_act']!r}: only 'gelu' (erf) is supported"
-        )
+    gelu = gelu_of(hf_config)
     if hf_config.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(
             f"config.json position_embedding_type={hf_config['position_embedding_type']!r}: "
@@ -141,6 +152,7 @@ def model_overrides(hf_config: dict) -> dict[str, Any]:
         raise ValueError(f"config.json: missing {missing}")
     overrides = {ours: hf_config.get(hf, _HF_DEFAULTS.get(hf)) for ours, hf in _CONFIG_KEYS.items()}
     overrides["pre_ln"] = False
+    overrides["gelu"] = gelu
     return overrides
 
 
@@ -309,7 +321,13 @@ def load_pretrained_params(directory: str, model_config: ModelConfig, params_tem
     template = nn.unbox(params_template)
     wrapped = set(template) == {"params"}
     template = template["params"] if wrapped else template
-    _, tensors = read_checkpoint(directory)
+    hf_config, tensors = read_checkpoint(directory)
+    if gelu_of(hf_config) != model_config.gelu:
+        raise ValueError(
+            f"{directory}: config.json hidden_act={hf_config.get('hidden_act', 'gelu')!r} is the "
+            f"{gelu_of(hf_config)} GELU, but config.model.gelu={model_config.gelu!r}: "
+            f"set --config.model.gelu={gelu_of(hf_config)}"
+        )
     t = _Tensors(tensors, str(directory))
     loaded = hf_to_params(tensors, model_config, where=str(directory))
     if not t.has("cls.predictions.transform.") and "mlm_head" in template:
@@ -402,7 +420,7 @@ def hf_config_dict(config: ModelConfig) -> dict:
         "architectures": ["BertForMaskedLM"],
         "model_type": "bert",
         **hf,
-        "hidden_act": "gelu",
+        "hidden_act": "gelu" if config.gelu == "exact" else "gelu_new",
         "position_embedding_type": "absolute",
         "pad_token_id": config.pad_id,
         "tie_word_embeddings": True,

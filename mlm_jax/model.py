@@ -55,6 +55,7 @@ class ModelConfig:
     pre_ln: bool = False
     dtype: str = "float32"
     attention: str = "xla"
+    gelu: str = "exact"
     remat: str = "none"
     scan_layers: bool = True
     pad_vocab_multiple: int = 128
@@ -68,6 +69,7 @@ class ModelConfig:
             (self.vocab_size > 0, "vocab_size", "> 0 (resolve 0 from the tokenizer)"),
             (self.dtype in _DTYPES, "dtype", f"one of {sorted(_DTYPES)}"),
             (self.attention in ("xla", "cudnn"), "attention", "xla or cudnn"),
+            (self.gelu in ("exact", "tanh"), "gelu", "exact or tanh"),
             (self.remat in ("none", "full", "dots"), "remat", "none, full or dots"),
             (self.pad_vocab_multiple >= 1, "pad_vocab_multiple", ">= 1"),
             (self.num_layers >= 1, "num_layers", ">= 1"),
@@ -109,6 +111,11 @@ def _init(config: ModelConfig):
 
 def _constrain(x, names):
     return nn.with_logical_constraint(x, names)
+
+
+def _gelu(config: ModelConfig, x):
+    """BERT's exact (erf) GELU, or its tanh approximation (HF's gelu_new) when configured."""
+    return nn.gelu(x, approximate=config.gelu == "tanh")
 
 
 class Dense(nn.Module):
@@ -299,7 +306,7 @@ class Block(nn.Module):
 
         h_BxLxE = _layer_norm(c, "mlp_norm")(x_BxLxE) if c.pre_ln else x_BxLxE
         h_BxLxM = _dense(c, c.intermediate_size, ("embed", "mlp"), name="mlp_in")(h_BxLxE)
-        h_BxLxM = _constrain(nn.gelu(h_BxLxM, approximate=False), ("batch", "length", "mlp"))
+        h_BxLxM = _constrain(_gelu(c, h_BxLxM), ("batch", "length", "mlp"))
         h_BxLxE = _dense(c, c.hidden_size, ("mlp", "embed"), name="mlp_out")(h_BxLxM)
         x_BxLxE = x_BxLxE + dropout(h_BxLxE, deterministic=self.deterministic)
         if not c.pre_ln:
@@ -429,7 +436,7 @@ class MLMHead(nn.Module):
         # everything below it on a mesh with data, fsdp and tensor axes all > 1
         # (tests/test_sharding.py catches it).
         h_BxKxE = _constrain(self.transform(h_BxKxE), ("batch", "length", "embed"))
-        return self.norm(nn.gelu(h_BxKxE, approximate=False))
+        return self.norm(_gelu(self.config, h_BxKxE))
 
 
 def mlm_loss(logits_BxKxV, targets_BxK, weights_BxK):

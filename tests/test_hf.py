@@ -1,5 +1,6 @@
 """Hugging Face import/export against transformers itself (PyTorch, CPU, float32)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -190,8 +191,8 @@ def write_vocab(directory, size=90):
     return path
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_export_round_trip_matches_transformers_logits_and_fill_mask(tmp_path, scan_layers):
+@pytest.mark.parametrize("scan_layers, gelu", [(True, "exact"), (False, "exact"), (True, "tanh")])
+def test_export_round_trip_matches_transformers_logits_and_fill_mask(tmp_path, scan_layers, gelu):
     config = ModelConfig(
         num_layers=2,
         hidden_size=32,
@@ -201,6 +202,7 @@ def test_export_round_trip_matches_transformers_logits_and_fill_mask(tmp_path, s
         max_position_embeddings=64,
         initializer_range=0.3,  # big enough that the top fillers are not near-ties
         scan_layers=scan_layers,
+        gelu=gelu,
     )
     tokens, real = tiny_batch()
     params = nn.unbox(jax.jit(BertMLM(config).init)(jax.random.key(3), tokens, tokens[:, :2]))[
@@ -212,8 +214,17 @@ def test_export_round_trip_matches_transformers_logits_and_fill_mask(tmp_path, s
     hf.export_hf(params, config, tokenizer, out_dir)
 
     exported = transformers.BertForMaskedLM.from_pretrained(out_dir).eval()
+    assert exported.config.hidden_act == {"exact": "gelu", "tanh": "gelu_new"}[gelu]
     ours = our_logits(params, config, tokens)
-    np.testing.assert_allclose(ours[real], hf_logits(exported, tokens, real)[real], atol=1e-4)
+    theirs = hf_logits(exported, tokens, real)
+    np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4)
+    # The two GELUs differ by far more than that tolerance, so the match above tells them apart;
+    # and a checkpoint of one cannot initialise a model configured with the other.
+    other = {"exact": "tanh", "tanh": "exact"}[gelu]
+    other_config = dataclasses.replace(config, gelu=other)
+    assert np.abs(our_logits(params, other_config, tokens)[real] - theirs[real]).max() > 1e-3
+    with pytest.raises(ValueError, match=f"set --config.model.gelu={gelu}"):
+        hf.load_pretrained_params(out_dir, other_config, params)
 
     # The same directory through our fill_mask and transformers' pipeline.
     text = "w3 w17 [MASK] w40 w2 w9"
@@ -261,3 +272,10 @@ def test_export_copies_tokenizer_files_from_a_directory(tmp_path):
     hf.export_hf(params, config, str(tmp_path), str(tmp_path / "out"))
     assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors", "vocab.txt"]
     shutil.rmtree(tmp_path / "out")
+
+
+def test_unknown_activation_names_the_key_and_the_choices():
+    with pytest.raises(ValueError, match=r"hidden_act='relu': expected one of \['gelu', "):
+        hf.model_overrides({"hidden_act": "relu"})
+    assert hf.gelu_of({"hidden_act": "gelu_pytorch_tanh"}) == "tanh"
+    assert hf.gelu_of({}) == "exact"  # HF's default
