@@ -341,6 +341,8 @@ def run_benchmark(config) -> dict:
         "max_predictions": trainer.spec.max_predictions,
         "dropout": config.model.dropout_rate,
         "attention_dropout": config.model.attention_dropout_rate,
+        "attention": config.model.attention,
+        "gelu": config.model.gelu,
         "remat": config.model.remat,
         "scan_layers": bool(config.model.scan_layers),
         "steps": _STEPS.value,

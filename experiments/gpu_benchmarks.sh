@@ -4,8 +4,9 @@
 #   experiments/gpu_benchmarks.sh OUTDIR [BUDGET_SECONDS [ROW ...]]
 #
 # Runs, in order: the headline row (BERT-large, bf16, cuDNN attention); the GPU-only tests
-# (tests/test_gpu.py: cuDNN and bf16 against float32 oracles); the README's other GPU rows;
-# ablations (remat, dropout, attention path); and `profile`, the headline row traced with
+# (tests/test_gpu.py: cuDNN and bf16 against float32 oracles); candidate speed-ups for it
+# (unrolled layers, tanh GELU); the README's other GPU rows; ablations (remat, dropout,
+# attention path); and `profile`, the headline row traced with
 # jax.profiler and summarised by experiments/profile_summary.py. Naming ROWs (`tests` and
 # `profile` count as rows) runs only those. No new run starts once BUDGET_SECONDS (default 330)
 # have passed, so the whole call fits a short lease. Writes OUTDIR/log.txt (everything
@@ -57,6 +58,11 @@ if wanted tests; then
   echo "== tests/test_gpu.py ($SECONDS s)"
   timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 fi
+# Candidates for the missing BERT-large speed (README, Speed), measured against large_cudnn.
+bench large_cudnn_unrolled "${large[@]}" --config.model.scan_layers=false
+bench large_cudnn_gelu_tanh "${large[@]}" --config.model.gelu=tanh
+bench large_cudnn_unrolled_gelu_tanh "${large[@]}" --config.model.scan_layers=false \
+  --config.model.gelu=tanh
 bench base_cudnn "${base[@]}"
 bench tiny --config=configs/tiny.py --config.model.dtype=bfloat16
 bench large_cudnn_batch512 "${large[@]}" --config.train.batch_size=512
