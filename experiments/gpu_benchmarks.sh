@@ -11,7 +11,9 @@
 # `profile` count as rows) runs only those. No new run starts once BUDGET_SECONDS (default 330)
 # have passed, so the whole call fits a short lease. Writes OUTDIR/log.txt (everything
 # printed), OUTDIR/results.jsonl (one benchmark JSON line per row, tagged with the row's name
-# and arguments) and, for `profile`, OUTDIR/profile/.
+# and arguments) and, for `profile`, OUTDIR/profile_trace.json.gz and
+# OUTDIR/train_step_after_optimizations.txt (the full trace and XLA dump stay in OUTDIR/profile
+# and OUTDIR/hlo).
 set -u
 out=${1:?usage: experiments/gpu_benchmarks.sh OUTDIR [BUDGET_SECONDS]}
 budget=${2:-330}
@@ -71,8 +73,17 @@ bench large_cudnn_noremat "${large[@]}" --config.model.remat=none
 bench large_xla_dropout --config=configs/bert.py:large
 bench large_cudnn_nodropout "${large[@]}" --config.model.remat=none --config.model.dropout_rate=0
 if wanted profile && ((SECONDS <= budget)); then
-  bench profile "${large[@]}" --profile_dir="$out/profile"
+  # The optimized HLO names the fusions the trace lists (which ops each one holds).
+  dump="--xla_dump_to=$out/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=jit_train_step"
+  (
+    export XLA_FLAGS="${XLA_FLAGS:-} $dump"
+    bench profile "${large[@]}" --profile_dir="$out/profile"
+  )
   python3 experiments/profile_summary.py "$out/profile"
+  # Flat copies of the two files worth keeping (the folders above nest deeply).
+  find "$out/profile" -name perfetto_trace.json.gz -exec cp {} "$out/profile_trace.json.gz" \;
+  find "$out/hlo" -name '*jit_train_step*after_optimizations.txt' \
+    -exec cp {} "$out/train_step_after_optimizations.txt" \;
 fi
 echo "== done ($SECONDS s)"
 python3 - "$out/results.jsonl" <<'EOF'
