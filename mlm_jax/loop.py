@@ -135,8 +135,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 start_step = 0
             if is_writer:
                 _write_config(config, workdir)
-            writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)
-            writer.truncate_after(start_step)  # a resumed run recomputes later events exactly
+            # A resumed run recomputes later events exactly: the writer drops/hides them.
+            writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer, start_step=start_step)
             eval_batches = [  # on device once, reused by every evaluation
                 trainer.global_batch(b) for b in loader.make_eval_batches(config, tokenizer)
             ]

@@ -16,16 +16,22 @@ log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-    """Appends `{"step": s, ...}` lines to workdir/metrics.jsonl and scalars to TensorBoard."""
+    """Appends `{"step": s, ...}` lines to workdir/metrics.jsonl and scalars to TensorBoard.
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
+    start_step > 0 (a resumed run): events past it are dropped from metrics.jsonl and hidden in
+    TensorBoard (its purge marker), since the run recomputes them exactly.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.truncate_after(start_step)
+            purge_step = start_step + 1 if start_step > 0 else None
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge_step)
 
     def truncate_after(self, step: int) -> None:
         """Drops events past `step`: a resumed run recomputes them exactly, so none are lost.

@@ -1,6 +1,10 @@
-"""metrics.jsonl after a resume: events past the restored step go, a torn last line too."""
+"""After a resume: metrics.jsonl loses events past the restored step (and a torn last line),
+TensorBoard is told to hide them."""
 
+import glob
 import json
+import struct
+import time
 
 from mlm_jax import metrics
 
@@ -16,3 +20,42 @@ def test_truncate_after_keeps_earlier_events_and_drops_a_torn_line(tmp_path):
     assert [e["step"] for e in events] == [5, 10]
     assert events[1]["train/loss"] == json.loads(json.dumps(0.1))
     writer.close()
+
+
+def read_tensorboard_events(path):
+    """Event protos of one TFRecord events file (length, crc, data, crc per record)."""
+    from tensorboardX.proto import event_pb2
+
+    with open(path, "rb") as f:
+        data = f.read()
+    events, i = [], 0
+    while i < len(data):
+        (length,) = struct.unpack("<Q", data[i : i + 8])
+        event = event_pb2.Event()
+        event.ParseFromString(data[i + 12 : i + 12 + length])
+        events.append(event)
+        i += 12 + length + 4
+    return events
+
+
+def test_resumed_writer_hides_recomputed_steps_in_tensorboard(tmp_path):
+    first = metrics.MetricsWriter(str(tmp_path))
+    for step in (5, 10, 15):
+        first.write(step, {"train/loss": 1.0})
+    first.close()
+    time.sleep(1.1)  # events files are named by the second they were opened in
+
+    resumed = metrics.MetricsWriter(str(tmp_path), start_step=10)
+    resumed.write(15, {"train/loss": 2.0})
+    resumed.close()
+
+    files = sorted(glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*")))
+    assert len(files) == 2
+    starts = [
+        e.step
+        for e in read_tensorboard_events(files[1])
+        if e.HasField("session_log") and e.session_log.status == e.session_log.START
+    ]
+    # TensorBoard drops earlier events at steps >= a SessionLog.START's step: 15, not 10.
+    assert starts == [11]
+    assert [e["step"] for e in metrics.read_metrics(str(tmp_path))] == [5, 10, 15]
