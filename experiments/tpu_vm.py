@@ -8,9 +8,11 @@ One command brings a slice up and starts a run on every worker:
 
 Steps (the first argument; `up` does create, copy, install and run in order):
   create   describe the VM; create it if absent, delete and recreate it if PREEMPTED/TERMINATED,
-           reuse it if READY (`up` then starts the command again: stop an old run first).
+           reuse it if READY.
   copy     `git archive HEAD` into a tarball (committed files only, so what runs is a commit),
            scp it to every worker and unpack it into ~/mlm_jax (replacing the old copy).
+           Refused on a worker where a run this script started is still alive, as is `run`:
+           `up` on a READY VM never replaces the code under a live run or starts a second one.
   install  make a Python 3.11 venv ~/mlm_jax_venv (the pins need >= 3.11; TPU VM images have
            3.10, so python3.11 comes from the deadsnakes PPA) and pip install requirements.txt
            plus jax[tpu] at the jax version pinned there. `run` activates that venv, so the
@@ -19,6 +21,8 @@ Steps (the first argument; `up` does create, copy, install and run in order):
            sweeps) on all workers at once, detached with nohup; each worker appends its output
            to its own ~/mlm_jax_logs/run.log.
   logs     tail ~/mlm_jax_logs/run.log on every worker (--follow to keep following).
+  stop     send SIGTERM to the run on every worker (its whole process group): mlm_jax.main
+           saves a checkpoint and exits, as after a preemption notice.
   delete   delete the VM.
 
 Why the same command on every worker is right: on Cloud TPU, jax.distributed.initialize()
@@ -53,12 +57,20 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 REMOTE_CODE_DIR = "~/mlm_jax"
 REMOTE_TARBALL = "mlm_jax_code.tar.gz"  # relative to the worker's home directory
 REMOTE_LOG = "~/mlm_jax_logs/run.log"
+REMOTE_PID = "~/mlm_jax_logs/run.pid"  # process (group) id of the run `run` started last
 REMOTE_VENV = "~/mlm_jax_venv"
 # The pinned jax/flax/numpy need Python >= 3.11; TPU VM images (Ubuntu 22.04) ship 3.10.
 PYTHON = "python3.11"
 LIBTPU_RELEASES = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 GONE_STATES = ("PREEMPTED", "TERMINATED")
-STEPS = ("up", "create", "copy", "install", "run", "logs", "delete")
+STEPS = ("up", "create", "copy", "install", "run", "logs", "stop", "delete")
+# Worker shell: true while the run this script started last is alive there.
+_RUN_ALIVE = f'[ -f {REMOTE_PID} ] && kill -0 "$(cat {REMOTE_PID})" 2>/dev/null'
+# Worker shell: exits 3 with one line if that run is alive, so nothing replaces or doubles it.
+_REFUSE_IF_RUNNING = (
+    f'if {_RUN_ALIVE}; then echo "$(hostname): a run started by tpu_vm.py is still going '
+    f'(pid $(cat {REMOTE_PID})); stop it first (the stop step)" >&2; exit 3; fi'
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +147,7 @@ def copy_commands(tpu: Tpu) -> list[list[str]]:
     """Ship the committed tree: archive HEAD, scp it to every worker, unpack it fresh."""
     local_tarball = f"/tmp/{tpu.name}_code.tar.gz"
     unpack = (
-        f"rm -rf {REMOTE_CODE_DIR} && mkdir -p {REMOTE_CODE_DIR} && "
+        f"{_REFUSE_IF_RUNNING} && rm -rf {REMOTE_CODE_DIR} && mkdir -p {REMOTE_CODE_DIR} && "
         f"tar -xzf ~/{REMOTE_TARBALL} -C {REMOTE_CODE_DIR}"
     )
     return [
@@ -176,12 +188,25 @@ def run_command(tpu: Tpu, run_argv: Sequence[str]) -> list[str]:
     """Start run_argv on every worker, detached so ssh returns at once.
 
     Only the braced command goes to the background (a bare `a && b &` would background the
-    whole list in a subshell that keeps ssh's output open); nohup survives the hang-up.
+    whole list in a subshell that keeps ssh's output open); nohup survives the hang-up, and
+    setsid gives the run its own process group, whose id goes to REMOTE_PID for `stop`.
     """
     log_dir = REMOTE_LOG.rsplit("/", 1)[0]
     remote = (
-        f"mkdir -p {log_dir} && cd {REMOTE_CODE_DIR} && . {REMOTE_VENV}/bin/activate && "
-        f"{{ nohup {shlex.join(run_argv)} >> {REMOTE_LOG} 2>&1 < /dev/null & }}"
+        f"mkdir -p {log_dir} && {_REFUSE_IF_RUNNING} && cd {REMOTE_CODE_DIR} && "
+        f". {REMOTE_VENV}/bin/activate && "
+        f"{{ setsid nohup {shlex.join(run_argv)} >> {REMOTE_LOG} 2>&1 < /dev/null & "
+        f"echo $! > {REMOTE_PID}; }}"
+    )
+    return ssh_command(tpu, remote)
+
+
+def stop_command(tpu: Tpu) -> list[str]:
+    """SIGTERM to the run's process group on every worker (a no-op where none is alive)."""
+    remote = (
+        f'if {_RUN_ALIVE}; then kill -TERM -- -"$(cat {REMOTE_PID})" && '
+        f'echo "$(hostname): sent SIGTERM to the run (pid $(cat {REMOTE_PID}))"; '
+        f'else echo "$(hostname): no run started by tpu_vm.py is going"; fi'
     )
     return ssh_command(tpu, remote)
 
@@ -454,6 +479,8 @@ def main(argv: Sequence[str]) -> int:
             run(run_command(tpu, run_argv))
         elif args.step == "logs":
             run(logs_command(tpu, args.lines, args.follow, args.worker))
+        elif args.step == "stop":
+            run(stop_command(tpu))
         elif args.step == "delete":
             run(delete_command(tpu))
     except CommandFailed as e:

@@ -39,15 +39,32 @@ SCP = (
     "gcloud compute tpus tpu-vm scp /tmp/mlm_code.tar.gz mlm:mlm_jax_code.tar.gz "
     "--zone=us-central2-b --worker=all"
 )
+PID = "~/mlm_jax_logs/run.pid"
+ALIVE = f'[ -f {PID} ] && kill -0 "$(cat {PID})" 2>/dev/null'
+REFUSE = (  # a worker where the last run is still alive refuses copy and run
+    f'if {ALIVE}; then echo "$(hostname): a run started by tpu_vm.py is still going '
+    f'(pid $(cat {PID})); stop it first (the stop step)" >&2; exit 3; fi'
+)
 UNPACK = (
     "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command "
-    "'rm -rf ~/mlm_jax && mkdir -p ~/mlm_jax && tar -xzf ~/mlm_jax_code.tar.gz -C ~/mlm_jax'"
+    + shlex.quote(
+        f"{REFUSE} && rm -rf ~/mlm_jax && mkdir -p ~/mlm_jax && "
+        "tar -xzf ~/mlm_jax_code.tar.gz -C ~/mlm_jax"
+    )
 )
-LAUNCH_TAIL = (
-    "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command "
-    "'mkdir -p ~/mlm_jax_logs && cd ~/mlm_jax && . ~/mlm_jax_venv/bin/activate && { nohup "
-    + RUN
-    + " >> ~/mlm_jax_logs/run.log 2>&1 < /dev/null & }'"
+LAUNCH_TAIL = "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command " + (
+    shlex.quote(
+        f"mkdir -p ~/mlm_jax_logs && {REFUSE} && cd ~/mlm_jax && "
+        f". ~/mlm_jax_venv/bin/activate && {{ setsid nohup {RUN} >> ~/mlm_jax_logs/run.log "
+        f"2>&1 < /dev/null & echo $! > {PID}; }}"
+    )
+)
+STOP = "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command " + (
+    shlex.quote(
+        f'if {ALIVE}; then kill -TERM -- -"$(cat {PID})" && '
+        f'echo "$(hostname): sent SIGTERM to the run (pid $(cat {PID}))"; '
+        'else echo "$(hostname): no run started by tpu_vm.py is going"; fi'
+    )
 )
 
 
@@ -167,12 +184,14 @@ def test_local_workdir_warning(flags, warned):
     assert ("WARNING: workdir '/tmp/run' is not on GCS" in proc.stderr) == warned
 
 
-def test_logs_and_delete():
+def test_logs_stop_and_delete():
     proc = dry_run("logs", "--name=mlm", "--zone=us-central2-b", "--lines=20", "--follow", run=None)
     assert proc.stdout.splitlines() == [
         "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command "
         "'tail -n 20 -F ~/mlm_jax_logs/run.log | sed -u \"s/^/$(hostname) /\"'"
     ]
+    proc = dry_run("stop", "--name=mlm", "--zone=us-central2-b", run=None)
+    assert proc.stdout.splitlines() == [STOP]
     proc = dry_run("delete", "--name=mlm", "--zone=us-central2-b", run=None)
     assert proc.stdout.splitlines() == [DELETE]
 
@@ -238,11 +257,20 @@ def test_worker_shell_unpacks_and_runs_detached_with_the_exact_argv(tmp_path):
     subprocess.run(["bash", "-c", _remote(lines[3])], env=env, check=True)  # unpack
     assert (home / "mlm_jax" / "marker.txt").read_text() == "code"
 
-    try:
+    def worker(line, check=True):
         # Returns only if nothing still holds its output open: the run is detached.
-        subprocess.run(
-            ["bash", "-c", _remote(lines[-1])], env=env, check=True, capture_output=True, timeout=60
+        return subprocess.run(
+            ["bash", "-c", _remote(line)],
+            env=env,
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
+
+    stop = dry_run("stop", "--name=mlm", "--zone=us-central2-b", run=None).stdout.strip()
+    try:
+        worker(lines[-1])
         log = home / "mlm_jax_logs" / "run.log"
         for _ in range(1200):  # the run is detached: wait for it to write its line
             if log.exists() and log.read_text().endswith("\n"):
@@ -250,6 +278,26 @@ def test_worker_shell_unpacks_and_runs_detached_with_the_exact_argv(tmp_path):
             time.sleep(0.05)
         expected = [str(home / "mlm_jax"), "active", *run_argv[3:]]
         assert json.loads(log.read_text()) == expected
+
+        # While it runs, a second `up` neither replaces its code nor starts another copy.
+        for line in (lines[3], lines[-1]):
+            again = worker(line, check=False)
+            assert again.returncode == 3, again
+            assert "a run started by tpu_vm.py is still going" in again.stderr
+        assert (home / "mlm_jax" / "marker.txt").exists()
+        assert len(log.read_text().splitlines()) == 1
+
+        # `stop` ends it (SIGTERM to its process group), after which a run starts again.
+        assert "sent SIGTERM" in worker(stop).stdout
+        pid = int((home / "mlm_jax_logs" / "run.pid").read_text())
+        for _ in range(200):
+            if subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"run {pid} still alive after stop")
+        assert "no run started by tpu_vm.py is going" in worker(stop).stdout
+        worker(lines[-1])
     finally:
         release.touch()
 
