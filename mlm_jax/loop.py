@@ -108,7 +108,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             config = resolve_config(config, tokenizer)
             check_resume_compatible(config, workdir)
             trainer = Trainer(config, tokenizer)
-            if config.model.init_from:
+            if config.model.init_from and ckpt.latest_step(workdir) is None:  # a resume skips it
                 from mlm_jax import hf
 
                 hf.check_init_from(config.model.init_from, trainer.model_config)
