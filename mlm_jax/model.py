@@ -263,7 +263,11 @@ class Embeddings(nn.Module):
                 f"sequence length {length}: longer than "
                 f"config.model.max_position_embeddings={c.max_position_embeddings}"
             )
-        x_BxLxE = jnp.take(self.word_embeddings, tokens_BxL, axis=0)
+        # The table gathered whole along `embed` first: a lookup into a table split on the
+        # hidden dimension yields activations split on it too, and moving those to the batch
+        # split made XLA's SPMD partitioner replicate the whole [B,L,E] activation.
+        table_VxE = _constrain(self.word_embeddings, ("vocab", None))
+        x_BxLxE = jnp.take(table_VxE, tokens_BxL, axis=0)
         x_BxLxE = x_BxLxE + self.position_embeddings[None, :length]
         if token_types_BxL is None:
             x_BxLxE = x_BxLxE + self.token_type_embeddings[0]
