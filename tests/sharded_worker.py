@@ -61,10 +61,16 @@ def synthetic_batch(step, batch=16, length=32):
     }
 
 
-def run(mesh, num_steps=3, **kw):
+def small_trainer(mesh, devices=None, model=None, **kw):
+    """Trainer of small_config on the first devices (or `devices`), config.model updated."""
     config = small_config(mesh, **kw)
-    n = int(np.prod(mesh))
-    trainer = Trainer(config, VOCAB, devices=jax.devices()[:n])
+    config.model.update(model or {})
+    devices = devices if devices is not None else jax.devices()[: int(np.prod(mesh))]
+    return Trainer(config, VOCAB, devices=devices)
+
+
+def run(mesh, num_steps=3, **kw):
+    trainer = small_trainer(mesh, **kw)
     state = trainer.new_state()
     losses = []
     with trainer.activate():

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from mlm_jax.model import attention_mask, mlm_loss
-from mlm_jax.train import Trainer
 from tests import sharded_worker
 
 pytestmark = pytest.mark.skipif(
@@ -66,26 +65,15 @@ def test_cudnn_attention_matches_float32_xla(seed):
             assert error < 2e-2, (implementation, name, error)
 
 
-def train_losses(devices, num_steps=3, **model):
-    """Losses of a few train steps of the small sharding-oracle model, without dropout."""
-    config = sharded_worker.small_config((1, 1, 1), dropout=0.0)
-    config.model.update(model)
-    trainer = Trainer(config, sharded_worker.VOCAB, devices=devices)
-    state = trainer.new_state()
-    losses = []
-    with trainer.activate():
-        for step in range(num_steps):
-            batch = trainer.global_batch(sharded_worker.synthetic_batch(step))
-            state, metrics = trainer.train_step(state, batch)
-            losses.append(float(metrics["loss"]))
-    return np.array(losses)
+def train_losses(devices, **model):
+    """Losses of 3 train steps of the small sharding-oracle model, without dropout."""
+    run = sharded_worker.run((1, 1, 1), devices=devices, model=model, dropout=0.0)
+    return np.array(run["losses"])
 
 
 def loss_and_grads(devices, **model):
     """MLM loss and parameter gradients of the small model on one fixed packed batch."""
-    config = sharded_worker.small_config((1, 1, 1), dropout=0.0)
-    config.model.update(model)
-    trainer = Trainer(config, sharded_worker.VOCAB, devices=devices)
+    trainer = sharded_worker.small_trainer((1, 1, 1), devices, model, dropout=0.0)
     params = trainer.new_state().params
     batch = sharded_worker.synthetic_batch(0)
     rng = np.random.default_rng(0)
