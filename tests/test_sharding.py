@@ -17,9 +17,15 @@ from mlm_jax import sharding
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _eight_cpu_devices_env(**extra):
+    """Environment of a subprocess whose JAX sees 8 CPU devices and imports this checkout."""
+    return dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=ROOT, **extra
+    )
+
+
 def _run(**args):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env["PYTHONPATH"] = ROOT
+    env = _eight_cpu_devices_env()
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tests", "sharded_worker.py"), json.dumps(args)],
         env=env,
@@ -82,9 +88,8 @@ def test_train_step_compiles_without_replicating_whole_tensors_on_a_3_axis_mesh(
     """XLA's SPMD partitioner warns when the only reshard it finds replicates a whole tensor
     (the global [B,L,E] activations on every device, at pod scale out of memory). The embedding
     lookup into a table split on `embed` did that on data x fsdp x tensor meshes."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env["PYTHONPATH"] = ROOT
-    env["TF_CPP_MIN_LOG_LEVEL"] = "0"  # conftest quiets XLA's warnings; this one must show
+    # conftest quiets XLA's warnings; this one must show.
+    env = _eight_cpu_devices_env(TF_CPP_MIN_LOG_LEVEL="0")
     small = ["--config.model.num_layers=2", "--config.train.batch_size=8"]
     small += ["--config.data.seq_len=32", "--config.mesh.data=2", "--config.mesh.fsdp=2"]
     out = subprocess.run(
