@@ -75,7 +75,8 @@ _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir",
     "",
     "If set, trace 2 more steps after the timed ones with jax.profiler into this folder: "
-    "a Perfetto trace (*.trace.json.gz, ui.perfetto.dev) and an xplane for TensorBoard.",
+    "a Perfetto trace (perfetto_trace.json.gz, for ui.perfetto.dev and "
+    "experiments/profile_summary.py) and an xplane for TensorBoard.",
 )
 _COMPILE_SCALING = flags.DEFINE_bool(
     "compile_scaling",

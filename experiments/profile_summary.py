@@ -64,11 +64,13 @@ def device_kernels(trace_path: str) -> list[dict]:
 
 
 def summarize(kernels: list[dict], steps: int, top: int) -> str:
-    per_kind, per_name, calls = collections.Counter(), collections.Counter(), collections.Counter()
+    per_name, calls = collections.Counter(), collections.Counter()
     for e in kernels:
-        per_kind[kind_of(e["name"])] += e["dur"]
         per_name[e["name"]] += e["dur"]
         calls[e["name"]] += 1
+    per_kind = collections.Counter()
+    for name, t in per_name.items():
+        per_kind[kind_of(name)] += t
     busy = sum(per_kind.values())
     span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
     ms = 1e3 * steps  # trace times are microseconds
