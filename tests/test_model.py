@@ -3,14 +3,25 @@
 Agreement with Hugging Face BERT on real weights is in test_hf.py.
 """
 
+import contextlib
+import io
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import erf, log_softmax
+from jax.ad_checkpoint import print_saved_residuals
+from scipy.special import erf, log_softmax, ndtr
 
-from mlm_jax.model import BertEncoder, BertForSequenceClassification, BertMLM, ModelConfig, mlm_loss
+from mlm_jax.model import (
+    BertEncoder,
+    BertForSequenceClassification,
+    BertMLM,
+    ModelConfig,
+    _gelu,
+    mlm_loss,
+)
 
 LOGICAL_NAMES = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers"}
 
@@ -193,6 +204,55 @@ def test_scan_and_remat_variants_compute_the_same_function_and_gradients():
     for loss, grad in results[1:]:
         np.testing.assert_allclose(loss, results[0][0], rtol=1e-5)
         np.testing.assert_allclose(grad, results[0][1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("gelu", ["exact", "tanh"])
+def test_gelu_and_its_derivative_match_float64_references_in_float32_and_bfloat16(gelu):
+    x = np.linspace(-12.0, 12.0, 4801).astype(np.float32)
+    x64 = x.astype(np.float64)
+    if gelu == "exact":  # x Phi(x), its derivative Phi(x) + x phi(x)
+        cdf, dcdf = ndtr(x64), np.exp(-0.5 * x64**2) / np.sqrt(2.0 * np.pi)
+    else:  # x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
+        u = np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64**3)
+        cdf = 0.5 * (1.0 + np.tanh(u))
+        dcdf = 0.5 / np.cosh(u) ** 2 * np.sqrt(2.0 / np.pi) * (1.0 + 3 * 0.044715 * x64**2)
+    config = tiny_config(gelu=gelu)
+    value, grad = jax.vmap(jax.value_and_grad(lambda v: _gelu(config, v)))(jnp.asarray(x))
+    np.testing.assert_allclose(value, x64 * cdf, rtol=1e-6, atol=1e-6)
+    # atol: in the far negative tail 1 - tanh(u)^2 cancels in float32 (the slope, ~1e-6, is 0)
+    np.testing.assert_allclose(grad, cdf + x64 * dcdf, rtol=1e-5, atol=1e-5)
+    # bfloat16 in: computed in float32, so only the final rounding to bfloat16 (2^-8) differs.
+    rounded = np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
+    got = _gelu(config, jnp.asarray(rounded, jnp.bfloat16))
+    expected = _gelu(config, jnp.asarray(rounded))
+    np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=2**-8, atol=1e-30)
+
+
+def test_backward_keeps_mlp_activations_in_the_compute_dtype_as_the_remat_policy_says():
+    tokens, positions, targets, weights = random_batch()
+
+    def saved_mlp_activations(remat, dtype="float32"):
+        config = tiny_config(scan_layers=False, remat=remat, dtype=dtype)
+        model = BertMLM(config)
+        params = init_params(model, config, tokens, positions)
+
+        def loss_fn(p):
+            return mlm_loss(model.apply({"params": p}, tokens, positions), targets, weights)[0]
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            print_saved_residuals(loss_fn, params)
+        shape = "[{},{},{}] ".format(*tokens.shape, config.intermediate_size)  # [B,L,M]
+        return sorted(
+            line.split(" from ")[0].replace(shape, " ")
+            for line in out.getvalue().splitlines()
+            if shape in line
+        )
+
+    # dots keeps mlp_in's matmul output and recomputes bias and GELU from it in the backward.
+    assert saved_mlp_activations("dots") == ["f32 output of dot_general"] * 2
+    # No remat: the GELU's output and its slope, in bfloat16 (its float32 internals stay inside).
+    assert saved_mlp_activations("none", "bfloat16") == ["bf16 output of convert_element_type"] * 4
 
 
 def test_attention_dropout_path_matches_fused_attention_when_dropout_is_negligible():
