@@ -27,6 +27,7 @@ RESUMABLE_CHANGES = (
     "data.num_workers",
     "data.data_dir",
     "model.remat",
+    "model.fused_qkv",
     "model.attention",
     "model.init_from",
 )

@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
     mo.gelu = "exact"  # activation: exact (erf, BERT's) | tanh (approximation, HF's gelu_new)
     mo.remat = "none"  # per-layer rematerialisation: none | full | dots (save matmul outputs)
     mo.scan_layers = True  # stack layers with nn.scan (compile time flat in depth)
+    mo.fused_qkv = True  # q, k, v from one [E, 3E] matmul (False: three matmuls, same weights)
     mo.pad_vocab_multiple = 128  # embedding rows padded to this multiple; padding never predicted
     mo.attend_across_documents = False  # False = packed documents do not attend to each other
     mo.init_from = ""  # Hugging Face BERT directory to start from ("" = random init)

@@ -60,6 +60,7 @@ class ModelConfig:
     gelu: str = "exact"
     remat: str = "none"
     scan_layers: bool = True
+    fused_qkv: bool = True
     pad_vocab_multiple: int = 128
     attend_across_documents: bool = False
     init_from: str = ""
@@ -169,6 +170,10 @@ class Dense(nn.Module):
     features: int | tuple[int, ...]
     names: tuple[str | None, ...]  # logical names of the kernel's dims, inputs then outputs
     axis: int | tuple[int, ...] = -1
+    # True: one matmul per index of the first output dim, returned as a tuple (same kernel);
+    # slicing one fused output instead costs a copy per slice where a custom call (cuDNN
+    # attention) consumes it.
+    separate: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -190,12 +195,16 @@ class Dense(nn.Module):
             jnp.float32,
         )
         dtype = c.compute_dtype
-        y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), (axes, tuple(range(len(axes)))))
-        return y + bias.astype(dtype)
+        x, kernel, bias = x.astype(dtype), kernel.astype(dtype), bias.astype(dtype)
+        contract = (axes, tuple(range(len(axes))))
+        if not self.separate:
+            return jnp.tensordot(x, kernel, contract) + bias
+        kernels = (jnp.take(kernel, i, axis=len(axes)) for i in range(features[0]))
+        return tuple(jnp.tensordot(x, k, contract) + b for k, b in zip(kernels, bias))
 
 
-def _dense(config: ModelConfig, features, names, axis=-1, name=None):
-    return Dense(config, features, tuple(names), axis, name=name)
+def _dense(config: ModelConfig, features, names, axis=-1, name=None, separate=False):
+    return Dense(config, features, tuple(names), axis, separate, name=name)
 
 
 def _layer_norm(config: ModelConfig, name=None):
@@ -334,9 +343,13 @@ class Block(nn.Module):
         dropout = Dropout(c.dropout_rate)
 
         h_BxLxE = _layer_norm(c, "attention_norm")(x_BxLxE) if c.pre_ln else x_BxLxE
-        qkv_BxLx3xNxD = _dense(c, (3, n, d), ("embed", None, "heads", "kv"), name="qkv")(h_BxLxE)
-        qkv_BxLx3xNxD = _constrain(qkv_BxLx3xNxD, ("batch", "length", None, "heads", "kv"))
-        q, k, v = (qkv_BxLx3xNxD[:, :, i] for i in range(3))
+        qkv = _dense(
+            c, (3, n, d), ("embed", None, "heads", "kv"), name="qkv", separate=not c.fused_qkv
+        )(h_BxLxE)
+        if c.fused_qkv:  # one [E, 3E] matmul, then q, k, v sliced out of its output
+            qkv_BxLx3xNxD = _constrain(qkv, ("batch", "length", None, "heads", "kv"))
+            qkv = tuple(qkv_BxLx3xNxD[:, :, i] for i in range(3))
+        q, k, v = (_constrain(t_BxLxNxD, ("batch", "length", "heads", "kv")) for t_BxLxNxD in qkv)
         attn_BxLxNxD = self._attention(q, k, v, mask_Bx1xLxL)
         attn_BxLxNxD = _constrain(attn_BxLxNxD, ("batch", "length", "heads", "kv"))
         out_BxLxE = _dense(

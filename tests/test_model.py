@@ -181,8 +181,10 @@ def test_scan_and_remat_variants_compute_the_same_function_and_gradients():
     tokens, positions, targets, weights = random_batch()
     stacked = None
     results = []
-    for scan_layers, remat in [(True, "none"), (True, "dots"), (False, "full")]:
-        config = tiny_config(scan_layers=scan_layers, remat=remat)
+    variants = [(True, "none", True), (True, "dots", True), (False, "full", True)]
+    variants += [(True, "dots", False), (False, "none", False)]  # q, k, v as three matmuls
+    for scan_layers, remat, fused_qkv in variants:
+        config = tiny_config(scan_layers=scan_layers, remat=remat, fused_qkv=fused_qkv)
         model = BertMLM(config)
         params = init_params(model, config, tokens, positions)
         if stacked is None:
