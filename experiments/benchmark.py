@@ -208,17 +208,17 @@ def memory_report(devices) -> dict:
     return {"peak_memory_gib": rss_kib / 2**20, "peak_memory_kind": "host max RSS (process)"}
 
 
-def make_trainer(config) -> Trainer:
+def make_trainer(config, devices=None) -> Trainer:
     """The run's Trainer with model.vocab_size resolved from the synthetic vocabulary."""
     vocab = synthetic_vocab(vocab_size_of(config))
     with as_config_errors():
         validate_config(config)
-    return Trainer(resolve_config(config, vocab), vocab)
+    return Trainer(resolve_config(config, vocab), vocab, devices=devices)
 
 
-def compile_seconds(config) -> float:
-    """Lower + compile the train step from abstract shapes only (no parameters allocated)."""
-    trainer = make_trainer(config)
+def compile_train_step(config, devices=None, compiler_options=None):
+    """The Trainer and its train step compiled from abstract shapes (no parameters allocated)."""
+    trainer = make_trainer(config, devices)
     shape = (int(config.train.batch_size), int(config.data.seq_len))
     batch = synthetic_batch(*shape, vocab_size_of(config))
     abstract_batch = {
@@ -226,8 +226,13 @@ def compile_seconds(config) -> float:
         for k, v in batch.items()
     }
     with trainer.activate():
-        start = time.perf_counter()
-        trainer.train_step.lower(trainer.abstract_state, abstract_batch).compile()
+        lowered = trainer.train_step.lower(trainer.abstract_state, abstract_batch)
+        return trainer, lowered.compile(compiler_options=compiler_options)
+
+
+def compile_seconds(config) -> float:
+    start = time.perf_counter()
+    compile_train_step(config)
     return time.perf_counter() - start
 
 

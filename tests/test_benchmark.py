@@ -158,3 +158,33 @@ def test_profile_summary_splits_device_time_by_kind(tmp_path):
     assert rows["other XLA fusions"] == ["0.02", "2.0%"]
     assert table.startswith("2 step(s) traced: 1.0 ms of kernels per step")
     assert profile_summary.find_trace(str(tmp_path)) == str(path)
+
+
+def test_gpu_estimate_counts_loop_trips_and_reads_one_slice_of_a_stack(tmp_path):
+    """The roofline's bookkeeping, on a CPU-compiled scan (no GPU compiler needed for this)."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import gpu_estimate
+
+    def ten_steps(carry_NxN, stack_10xNxN):
+        return jax.lax.scan(lambda c, s: (c * 2.0 + s, None), carry_NxN, stack_10xNxN)[0]
+
+    n = 1024
+    hlo = jax.jit(ten_steps).lower(jnp.ones((n, n)), jnp.ones((10, n, n))).compile().as_text()
+    by_kind, kernels = gpu_estimate.estimate(hlo)
+    step = max(k for k in kernels if k[1] == 10 and k[2] == "other fusions")
+    # Per trip: read the carry and one [N,N] slice of the stack (not all ten), write the carry.
+    moved = (step[0] / 10 - gpu_estimate.LAUNCH_S) * gpu_estimate.HBM_BYTES
+    assert moved == pytest.approx(3 * 4 * n * n, rel=0.01)
+    assert sum(by_kind.values()) == pytest.approx(sum(k[0] for k in kernels))
+
+    dump = tmp_path / "step.txt"
+    dump.write_text(hlo)
+    script = os.path.join(ROOT, "experiments", "gpu_estimate.py")
+    done = subprocess.run(
+        [sys.executable, script, f"--hlo={dump}"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("estimated H100 step ")
