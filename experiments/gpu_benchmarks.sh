@@ -3,13 +3,14 @@
 #
 #   experiments/gpu_benchmarks.sh OUTDIR [BUDGET_SECONDS [ROW ...]]
 #
-# Runs, in order: the headline row (BERT-large, bf16, cuDNN attention); the GPU-only tests
-# (tests/test_gpu.py: cuDNN and bf16 against float32 oracles); candidate speed-ups for it
-# (unrolled layers, tanh GELU); the README's other GPU rows; ablations (remat, dropout,
-# attention path); and `profile`, the headline row traced with
-# jax.profiler and summarised by experiments/profile_summary.py. Naming ROWs (`tests` and
-# `profile` count as rows) runs only those. No new run starts once BUDGET_SECONDS (default 330)
-# have passed, so the whole call fits a short lease. Writes OUTDIR/log.txt (everything
+# Runs, in order: the headline row (BERT-large, bf16, cuDNN attention, unrolled layers, no
+# remat) and configs/bert.py:large as it is (scanned layers, remat=dots); the GPU-only tests
+# (tests/test_gpu.py: cuDNN and bf16 against float32 oracles); the other candidates of the
+# README's H100 estimates; the README's other GPU rows; ablations (dropout, attention path); and
+# `profile`, the headline row traced with jax.profiler and summarised by
+# experiments/profile_summary.py. Naming ROWs (`tests` and `profile` count as rows) runs only
+# those. No new run starts once BUDGET_SECONDS (default 330) have passed, so the whole call fits
+# a short lease; unrolled rows compile for about a minute. Writes OUTDIR/log.txt (everything
 # printed), OUTDIR/results.jsonl (one benchmark JSON line per row, tagged with the row's name
 # and arguments) and, for `profile`, OUTDIR/profile_trace.json.gz and
 # OUTDIR/train_step_after_optimizations.txt (the full trace and XLA dump stay in OUTDIR/profile
@@ -40,7 +41,7 @@ bench() {  # NAME ARGS...: one benchmark.py run; its JSON line goes to results.j
     return
   fi
   echo "== $name ($SECONDS s): $*"
-  timeout 150 python3 experiments/benchmark.py "$@" | tee "/tmp/bench_$name.txt"
+  timeout 300 python3 experiments/benchmark.py "$@" | tee "/tmp/bench_$name.txt"
   grep '^{' "/tmp/bench_$name.txt" | python3 -c '
 import json, sys
 name, args = sys.argv[1], sys.argv[2:]
@@ -53,37 +54,43 @@ wanted() { [[ $rows == "  " || $rows == *" $1 "* ]]; }
 
 large=(--config=configs/bert.py:large --config.model.attention=cudnn)
 large+=(--config.model.attention_dropout_rate=0)
+# Unrolled layers without remat: predicted fastest on an H100 (README, Speed), if it fits.
+fast=(--config.model.scan_layers=false --config.model.remat=none)
 base=(--config=configs/bert.py:base --config.model.attention=cudnn)
 base+=(--config.model.attention_dropout_rate=0)
+bench large_cudnn_fast "${large[@]}" "${fast[@]}"
 bench large_cudnn "${large[@]}"
 if wanted tests; then
   echo "== tests/test_gpu.py ($SECONDS s)"
   timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 fi
-# Candidates for the missing BERT-large speed (README, Speed), measured against large_cudnn.
+# The other candidates of the README's estimates, against large_cudnn_fast and large_cudnn.
+bench large_cudnn_fast_qkv3 "${large[@]}" "${fast[@]}" --config.model.fused_qkv=false
 bench large_cudnn_unrolled "${large[@]}" --config.model.scan_layers=false
-bench large_cudnn_gelu_tanh "${large[@]}" --config.model.gelu=tanh
-bench large_cudnn_unrolled_gelu_tanh "${large[@]}" --config.model.scan_layers=false \
-  --config.model.gelu=tanh
+bench large_cudnn_noremat "${large[@]}" --config.model.remat=none
+bench large_cudnn_fast_gelu_tanh "${large[@]}" "${fast[@]}" --config.model.gelu=tanh
 bench base_cudnn "${base[@]}"
+bench base_cudnn_fast "${base[@]}" "${fast[@]}"
 bench tiny --config=configs/tiny.py --config.model.dtype=bfloat16
+bench large_cudnn_fast_batch512 "${large[@]}" "${fast[@]}" --config.train.batch_size=512
 bench large_cudnn_batch512 "${large[@]}" --config.train.batch_size=512
 bench base_cudnn_batch512 "${base[@]}" --config.model.remat=dots --config.train.batch_size=512
-bench large_cudnn_noremat "${large[@]}" --config.model.remat=none
 bench large_xla_dropout --config=configs/bert.py:large
-bench large_cudnn_nodropout "${large[@]}" --config.model.remat=none --config.model.dropout_rate=0
+bench large_cudnn_nodropout "${large[@]}" "${fast[@]}" --config.model.dropout_rate=0
 if wanted profile && ((SECONDS <= budget)); then
   # The optimized HLO names the fusions the trace lists (which ops each one holds).
   dump="--xla_dump_to=$out/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=jit_train_step"
   (
     export XLA_FLAGS="${XLA_FLAGS:-} $dump"
-    bench profile "${large[@]}" --profile_dir="$out/profile"
+    bench profile "${large[@]}" "${fast[@]}" --profile_dir="$out/profile"
   )
   python3 experiments/profile_summary.py "$out/profile"
   # Flat copies of the two files worth keeping (the folders above nest deeply).
   find "$out/profile" -name perfetto_trace.json.gz -exec cp {} "$out/profile_trace.json.gz" \;
   find "$out/hlo" -name '*jit_train_step*after_optimizations.txt' \
     -exec cp {} "$out/train_step_after_optimizations.txt" \;
+  # The roofline estimate of the same HLO, to check it against the trace just summarised.
+  python3 experiments/gpu_estimate.py --hlo="$out/train_step_after_optimizations.txt" --top=20
 fi
 echo "== done ($SECONDS s)"
 python3 - "$out/results.jsonl" <<'EOF'
