@@ -152,12 +152,14 @@ def _fusion_work(computations, name: str, operand_types: list[str]):
         if param["op"] != "parameter" or param["index"] >= len(operand_types):
             continue
         uses = users[param_name]
-        if uses and all(
-            u["op"] == "dynamic-slice" and u["operands"][0] == param_name for u in uses
-        ):
+
+        def only(op, uses=uses, param_name=param_name):  # every use indexes into this param
+            return uses and all(u["op"] == op and u["operands"][0] == param_name for u in uses)
+
+        if only("dynamic-slice"):
             moved += sum(nbytes(u["type"]) for u in uses)  # reads one slice of a stack
-        elif not (uses and all(u["op"] == "dynamic-update-slice" for u in uses)):
-            moved += nbytes(operand_types[param["index"]])  # (updated in place: not read)
+        elif not only("dynamic-update-slice"):  # (a buffer updated in place is not read)
+            moved += nbytes(operand_types[param["index"]])
     root = next(inst for inst in body.values() if inst["root"])
     outputs = [body[o] for o in root["operands"]] if root["op"] == "tuple" else [root]
     for out in outputs:
