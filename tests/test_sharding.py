@@ -56,6 +56,11 @@ def test_sharded_steps_match_single_device(oracle, mesh):
     _assert_close(_run(mesh=mesh), oracle, rtol=1e-5)
 
 
+def test_q_k_v_as_three_matmuls_on_a_3_axis_mesh_match_the_fused_single_device_run(oracle):
+    # model.fused_qkv changes how q, k, v are computed (and sharded), not the function.
+    _assert_close(_run(mesh=[2, 2, 2], model={"fused_qkv": False}), oracle, rtol=1e-5)
+
+
 def test_gradient_accumulation_matches_one_big_batch():
     # Without dropout the microbatch split is the only difference: the mean loss gradient
     # summed over microbatches equals the one of the whole batch.
