@@ -203,7 +203,7 @@ def kernel_seconds(computations, inst, scope):
             contracting = [int(d) for d in config["dot_dimension_numbers"]["lhs_contracting_dimensions"]]  # fmt: skip
             flops = _dot_flops(inst, scope, contracting)
             return "matmuls", flops / GEMM_FLOPS + LAUNCH_S
-        if "fmha" in target:  # q is [B, L, N, D] in some layout; FLOPs of QK^T and PV
+        if "fmha" in target:  # q is [B, L, N, D] (JAX passes BTNH); FLOPs of QK^T and PV
             b, length, n, d = [int(x) for x in _SHAPE.search(operand_types[0]).group(2).split(",")]
             flops = 4.0 * b * n * length * length * d
             if "Backward" in target:
