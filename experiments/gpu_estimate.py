@@ -16,7 +16,7 @@ epilogues, cuDNN attention, remat, buffers) except for autotuning, which needs a
 matmul goes to cuBLAS here, while a real run may move a few into Triton kernels.
 
 The estimate is a roofline per kernel, summed over the step (while loops count their trip
-count): a matmul at GEMM_FLOPS; cuDNN attention at the rates its kernels reached in the H100
+count): a matmul at GEMM_FLOPS (TF32_FLOPS with float32 operands); cuDNN attention at the rates its kernels reached in the H100
 profile (README, Speed); any other fusion at the slower of its bytes moved / HBM_BYTES and its
 element-wise arithmetic / ELEMENT_OPS (transcendentals weighted), plus a launch gap each. On
 that profile's step (24 x 1024, batch 256 x 128) the estimate gave 206.8 ms for 214.7 ms of
@@ -41,6 +41,7 @@ import benchmark  # noqa: E402  (defines --config)
 from absl import app, flags  # noqa: E402
 
 GEMM_FLOPS = 770e12  # bf16 cuBLAS matmuls in the H100 profile
+TF32_FLOPS = 385e12  # float32 operands run as TF32 at half that (the profile's two: 252, 428)
 ATTENTION_FLOPS = {"forward": 115e12, "backward": 80e12}  # cuDNN flash attention there, L=128
 HBM_BYTES = 3.0e12  # per second, what large element-wise kernels reach (3.35e12 on paper)
 ELEMENT_OPS = 25e12  # element-wise operations per second inside fusions
@@ -202,7 +203,9 @@ def kernel_seconds(computations, inst, scope):
             config = json.loads(attrs.split("backend_config=", 1)[1])["gemm_backend_config"]
             contracting = [int(d) for d in config["dot_dimension_numbers"]["lhs_contracting_dimensions"]]  # fmt: skip
             flops = _dot_flops(inst, scope, contracting)
-            return "matmuls", flops / GEMM_FLOPS + LAUNCH_S
+            # (a third operand is an epilogue's bias or addend, not a matrix of the product)
+            rate = TF32_FLOPS if any(t.startswith("f32") for t in operand_types[:2]) else GEMM_FLOPS
+            return "matmuls", flops / rate + LAUNCH_S
         if "fmha" in target:  # q is [B, L, N, D] (JAX passes BTNH); FLOPs of QK^T and PV
             b, length, n, d = [int(x) for x in _SHAPE.search(operand_types[0]).group(2).split(",")]
             flops = 4.0 * b * n * length * length * d

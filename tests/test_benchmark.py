@@ -194,8 +194,9 @@ def test_gpu_estimate_prices_the_cublas_and_cudnn_calls_of_an_h100_module():
     """tests/data/h100_matmul_attention.hlo.txt: XLA's H100 HLO of, compiled deviceless as
     gpu_estimate.py compiles (with jax[cuda12]==0.10.2),
 
-        def step(x, w, q, k, v):  # x [256,512], w [512,1024], q k v [2,128,4,64], all bf16
-            return x @ w, jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+        def step(x, w, q, k, v, a, b):  # x [256,512], w [512,1024], q k v [2,128,4,64]: bf16
+            attention = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+            return x @ w, attention, a @ b  # a [64,128], b [128,256]: float32 (TF32)
     """
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import gpu_estimate
@@ -203,7 +204,8 @@ def test_gpu_estimate_prices_the_cublas_and_cudnn_calls_of_an_h100_module():
     with open(os.path.join(ROOT, "tests", "data", "h100_matmul_attention.hlo.txt")) as f:
         by_kind, kernels = gpu_estimate.estimate(f.read())
     matmul_s = 2 * 256 * 1024 * 512 / gpu_estimate.GEMM_FLOPS + gpu_estimate.LAUNCH_S
+    matmul_s += 2 * 64 * 256 * 128 / gpu_estimate.TF32_FLOPS + gpu_estimate.LAUNCH_S
     attention_s = 4 * 2 * 4 * 128 * 128 * 64 / gpu_estimate.ATTENTION_FLOPS["forward"]
     assert by_kind["matmuls"] == pytest.approx(matmul_s)
     assert by_kind["cuDNN attention"] == pytest.approx(attention_s)
-    assert len(kernels) == 2
+    assert len(kernels) == 3
