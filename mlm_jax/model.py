@@ -326,8 +326,26 @@ class Embeddings(nn.Module):
 
     def attend(self, h_BxKxE):
         """Tied decoder: logits over the padded vocabulary, accumulated in float32."""
-        table = self.word_embeddings.astype(self.config.compute_dtype)
-        return jnp.einsum("bke,ve->bkv", h_BxKxE, table, preferred_element_type=jnp.float32)
+        return tied_logits(h_BxKxE, self.word_embeddings.astype(self.config.compute_dtype))
+
+
+@jax.custom_jvp
+def tied_logits(h_BxKxE, table_VxE):
+    """h @ table^T in float32, whose backward matmuls run in h's dtype (as mixed precision does).
+
+    Autodiff of the float32-accumulated einsum would meet the float32 cotangent with the
+    bfloat16 table and run both backward matmuls ([B*K, Vp] by [Vp, E]) in float32 (TF32 on a
+    GPU, half the bfloat16 rate). The tangent is computed in the compute dtype and only then
+    widened, so its transpose narrows the cotangent first. Nothing changes in float32.
+    """
+    return jnp.einsum("bke,ve->bkv", h_BxKxE, table_VxE, preferred_element_type=jnp.float32)
+
+
+@tied_logits.defjvp
+def _tied_logits_jvp(primals, tangents):
+    (h, table), (dh, dtable) = primals, tangents
+    tangent = jnp.einsum("bke,ve->bkv", dh, table) + jnp.einsum("bke,ve->bkv", h, dtable)
+    return tied_logits(h, table), tangent.astype(jnp.float32)
 
 
 class Block(nn.Module):
