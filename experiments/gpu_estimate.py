@@ -253,7 +253,7 @@ def compile_for_h100(config):
         "h100", platform="cuda", target_config=H100_TARGET, topology="1x1x1"
     )
     # Triton gemm fusions are chosen by timing them on a device; without one, cuBLAS.
-    trainer, compiled = benchmark.compile_train_step(
+    trainer, compiled, _ = benchmark.compile_train_step(
         config, list(topology.devices), {"xla_gpu_enable_triton_gemm": False}
     )
     m = compiled.memory_analysis()
