@@ -146,8 +146,9 @@ def gelu(x, approximate: bool = False):
     x's dtype (the slope) for the backward pass where autodiff of the float32 formula would keep
     several float32 ones.
     """
-    cdf, _ = _gelu_cdf_and_slope(x.astype(jnp.float32), approximate)
-    return (x.astype(jnp.float32) * cdf).astype(x.dtype)
+    x32 = x.astype(jnp.float32)
+    cdf, _ = _gelu_cdf_and_slope(x32, approximate)
+    return (x32 * cdf).astype(x.dtype)
 
 
 @gelu.defjvp
