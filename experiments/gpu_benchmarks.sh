@@ -10,7 +10,7 @@
 # `profile`, the headline row traced with jax.profiler and summarised by
 # experiments/profile_summary.py. Naming ROWs (`tests` and `profile` count as rows) runs only
 # those. No new run starts once BUDGET_SECONDS (default 330) have passed, so the whole call fits
-# a short lease; unrolled rows compile for about a minute. Writes OUTDIR/log.txt (everything
+# a short lease; unrolled rows compile longer (~50 s deviceless on 2 CPU cores). Writes OUTDIR/log.txt (everything
 # printed), OUTDIR/results.jsonl (one benchmark JSON line per row, tagged with the row's name
 # and arguments) and, for `profile`, OUTDIR/profile_trace.json.gz and
 # OUTDIR/train_step_after_optimizations.txt (the full trace and XLA dump stay in OUTDIR/profile

@@ -20,7 +20,7 @@ count): a matmul at GEMM_FLOPS (TF32_FLOPS with float32 operands); cuDNN attenti
 its kernels reached in the H100 profile (README, Speed); any other fusion at the slower of its
 bytes moved / HBM_BYTES and its element-wise arithmetic / ELEMENT_OPS (transcendentals
 weighted), plus a launch gap each. On that profile's step (24 x 1024, batch 256 x 128) the
-estimate gave 207.8 ms for 214.7 ms of measured kernels, and the large fusions within 6 % each;
+estimate gave 207.8 ms for 214.7 ms of measured kernels, and the large fusions within 7 % each;
 on the BERT-base row 84.2 ms for a 90.5 ms step. Read it as a ranking of variants and a lower
 bound, not a measurement.
 """

@@ -142,7 +142,7 @@ def gelu(x, approximate: bool = False):
 
     Not jax.nn.gelu: its exact form goes through erfc, which XLA expands into a two-branch
     polynomial with an exp and two divisions (68 ops per element in the H100 fusion, against 8
-    and one erf here), over the step's largest activation. The custom JVP keeps one tensor of
+    counting one erf here), over the step's largest activation. The custom JVP keeps one tensor of
     x's dtype (the slope) for the backward pass where autodiff of the float32 formula would keep
     several float32 ones.
     """
