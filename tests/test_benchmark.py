@@ -98,28 +98,36 @@ def test_unknown_override_fails():
     assert "no_such_key" in done.stderr
 
 
-def test_fast_dropout_mask_has_the_rate_and_independent_halves():
-    """model.dropout_keep_mask (the speed change: two 16-bit draws per 32-bit word) against
-    binomial statistics: keep rate 1 - p, and the two halves of one word independent."""
+def test_fast_dropout_mask_has_the_rate_and_independent_quarters():
+    """model.dropout_keep_mask (the speed change: four 16-bit draws per Threefry hash) against
+    binomial statistics: keep rate 1 - p, the four draws of one hash independent, and the
+    fallback paths (last dim not divisible by 4, a non-Threefry key) at the same rate."""
     import jax
     import numpy as np
 
     from mlm_jax.model import dropout_keep_mask
 
-    n_rows, width = 1000, 1024  # 1,024,000 draws; binomial sd of the keep rate ~3e-4
+    def assert_rate(keep, p):  # 5 binomial standard deviations (~3e-4 here)
+        assert abs(keep.mean() - p) < 5 * (p * (1 - p) / keep.size) ** 0.5
+
+    n_rows, width = 1000, 1024  # 1,024,000 draws
     keep, keep_prob = dropout_keep_mask(jax.random.key(0), (n_rows, width), 0.1)
     keep = np.asarray(keep)
     assert keep_prob == pytest.approx(0.9, abs=1e-5)
-    sd = (0.9 * 0.1 / keep.size) ** 0.5
-    assert abs(keep.mean() - 0.9) < 5 * sd
-    pairs = keep.reshape(n_rows, width // 2, 2)  # the two halves of each 32-bit word
-    both = (pairs[..., 0] & pairs[..., 1]).mean()
-    sd_pair = (0.81 * 0.19 / pairs[..., 0].size) ** 0.5
-    assert abs(both - 0.81) < 5 * sd_pair
-    rows_agree = (keep[0] == keep[1]).mean()  # different rows are not copies of each other
-    assert rows_agree < 0.95
-    odd, _ = dropout_keep_mask(jax.random.key(1), (999, 7), 0.1)  # odd last dim: other path
-    assert abs(np.asarray(odd).mean() - 0.9) < 5 * (0.09 / odd.size) ** 0.5
+    assert_rate(keep, 0.9)
+    quads = keep.reshape(n_rows, width // 4, 4)  # the four draws of each hash
+    for i, j in [(0, 1), (0, 2), (1, 3), (2, 3)]:  # within a word and across the two words
+        assert_rate(quads[..., i] & quads[..., j], 0.81)
+    assert_rate(quads.all(axis=-1), 0.9**4)
+    assert (keep[0] == keep[1]).mean() < 0.95  # different rows are not copies of each other
+    other_key = dropout_keep_mask(jax.random.key(1), (n_rows, width), 0.1)[0]
+    assert (np.asarray(other_key) == keep).mean() < 0.95
+    odd, _ = dropout_keep_mask(jax.random.key(1), (999, 7), 0.1)  # last dim: fallback path
+    assert_rate(np.asarray(odd), 0.9)
+    rbg, _ = dropout_keep_mask(jax.random.key(2, impl="rbg"), (999, 8), 0.1)
+    assert_rate(np.asarray(rbg), 0.9)
+    raw, _ = dropout_keep_mask(jax.random.PRNGKey(0), (n_rows, width), 0.1)  # legacy uint32 key
+    np.testing.assert_array_equal(np.asarray(raw), keep)
 
 
 def test_profile_summary_splits_device_time_by_kind(tmp_path):
