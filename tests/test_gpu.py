@@ -1,4 +1,5 @@
-"""The GPU-only paths (cuDNN attention, bfloat16 compute) against float32 XLA oracles.
+"""The GPU-only paths (cuDNN attention, bfloat16 compute) against float32 XLA oracles, and
+dropout masks against the CPU's.
 
 Skipped where JAX has no GPU (CI). On a GPU machine:
 
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlm_jax.model import attention_mask, mlm_loss
+from mlm_jax.model import attention_mask, dropout_keep_mask, mlm_loss
 from tests import sharded_worker
 
 pytestmark = pytest.mark.skipif(
@@ -65,9 +66,9 @@ def test_cudnn_attention_matches_float32_xla(seed):
             assert error < 2e-2, (implementation, name, error)
 
 
-def train_losses(devices, **model):
-    """Losses of 3 train steps of the small sharding-oracle model, without dropout."""
-    run = sharded_worker.run((1, 1, 1), devices=devices, model=model, dropout=0.0)
+def train_losses(devices, dropout=0.0, **model):
+    """Losses of 3 train steps of the small sharding-oracle model (no dropout by default)."""
+    run = sharded_worker.run((1, 1, 1), devices=devices, model=model, dropout=dropout)
     return np.array(run["losses"])
 
 
@@ -101,10 +102,13 @@ def test_gpu_gradients_match_a_cpu_float32_run():
         loss, grads = loss_and_grads(gpu)
     assert abs(loss / oracle_loss - 1) < 1e-5
     assert relative_error(grads, oracle_grads) < 1e-4
-    for attention in ("xla", "cudnn"):
-        loss, grads = loss_and_grads(gpu, dtype="bfloat16", attention=attention)
-        assert abs(loss / oracle_loss - 1) < 5e-3, attention
-        assert relative_error(grads, oracle_grads) < 3e-2, attention
+    # fused_qkv=False hands cuDNN three matmul outputs instead of slices of one.
+    for attention, fused_qkv in (("xla", True), ("cudnn", True), ("cudnn", False)):
+        loss, grads = loss_and_grads(
+            gpu, dtype="bfloat16", attention=attention, fused_qkv=fused_qkv
+        )
+        assert abs(loss / oracle_loss - 1) < 5e-3, (attention, fused_qkv)
+        assert relative_error(grads, oracle_grads) < 3e-2, (attention, fused_qkv)
 
 
 def test_gpu_train_steps_match_a_cpu_float32_run():
@@ -117,3 +121,16 @@ def test_gpu_train_steps_match_a_cpu_float32_run():
     for attention in ("xla", "cudnn"):
         bfloat16 = train_losses(gpu, dtype="bfloat16", attention=attention)
         np.testing.assert_allclose(bfloat16, oracle, rtol=5e-3, err_msg=attention)
+
+
+def test_dropout_masks_are_the_same_bits_on_gpu_and_cpu():
+    """Threefry is integer arithmetic, so a seeded run drops the same units on either backend:
+    the masks are equal bit for bit, and float32 training with dropout matches the CPU run."""
+    gpu, cpu = jax.devices("gpu")[0], jax.devices("cpu")[0]
+    for shape in [(4, 128, 1024), (4, 16, 128, 128), (3, 7)]:  # (3, 7): the fallback path
+        draw = jax.jit(lambda key, shape=shape: dropout_keep_mask(key, shape, 0.1)[0])
+        masks = [draw(jax.device_put(jax.random.key(3), d)) for d in (gpu, cpu)]  # runs on d
+        np.testing.assert_array_equal(*jax.device_get(masks), err_msg=str(shape))
+    oracle = train_losses([cpu], dropout=0.1)
+    with jax.default_matmul_precision("highest"):
+        np.testing.assert_allclose(train_losses([gpu], dropout=0.1), oracle, rtol=1e-4)
