@@ -143,7 +143,10 @@ def _called(attrs: str, key: str) -> str | None:
 
 
 def _fusion_work(computations, name: str, operand_types: list[str]):
-    """(bytes read and written, matmul FLOPs, weighted element ops) of one fused computation."""
+    """(bytes read and written, matmul FLOPs, weighted element ops) of one fused computation.
+
+    The FLOPs are bf16-rate equivalents: a dot with a float32 operand (TF32) counts double.
+    """
     body = computations[name]
     users = collections.defaultdict(list)
     for inst in body.values():
@@ -170,7 +173,8 @@ def _fusion_work(computations, name: str, operand_types: list[str]):
     flops = ops = 0.0
     for inst in body.values():
         if inst["op"] == "dot":
-            flops += _dot_flops(inst, body)
+            tf32 = any(body[o]["type"].startswith("f32") for o in inst["operands"][:2])
+            flops += _dot_flops(inst, body) * (GEMM_FLOPS / TF32_FLOPS if tf32 else 1.0)
         elif inst["op"] == "fusion":
             types = [body[o]["type"] for o in inst["operands"]]
             flops += _fusion_work(computations, _called(inst["attrs"], "calls"), types)[1]

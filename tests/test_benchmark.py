@@ -217,3 +217,34 @@ def test_gpu_estimate_prices_the_cublas_and_cudnn_calls_of_an_h100_module():
     assert by_kind["matmuls"] == pytest.approx(matmul_s)
     assert by_kind["cuDNN attention"] == pytest.approx(attention_s)
     assert len(kernels) == 3
+
+
+def test_gpu_estimate_prices_a_float32_gemm_fusion_at_the_tf32_rate():
+    """A Triton gemm fusion (what autotuning on a real GPU picks) with float32 operands runs
+    as TF32, at TF32_FLOPS; the same fusion in bfloat16 at GEMM_FLOPS. Hand-written HLO."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import gpu_estimate
+
+    n = 2048  # large enough that the FLOPs, not the bytes, bound both
+
+    def module(dtype):
+        t = f"{dtype}[{n},{n}]"
+        return f"""HloModule m
+
+%gemm (p0: {t}, p1: {t}) -> {t} {{
+  %p0 = {t}{{1,0}} parameter(0)
+  %p1 = {t}{{1,0}} parameter(1)
+  ROOT %d = {t}{{1,0}} dot(%p0, %p1), lhs_contracting_dims={{1}}, rhs_contracting_dims={{0}}
+}}
+
+ENTRY %main (a: {t}, b: {t}) -> {t} {{
+  %a = {t}{{1,0}} parameter(0)
+  %b = {t}{{1,0}} parameter(1)
+  ROOT %f = {t}{{1,0}} fusion(%a, %b), kind=kCustom, calls=%gemm
+}}
+"""
+
+    flops = 2.0 * n**3
+    for dtype, rate in (("f32", gpu_estimate.TF32_FLOPS), ("bf16", gpu_estimate.GEMM_FLOPS)):
+        by_kind, _ = gpu_estimate.estimate(module(dtype))
+        assert by_kind == {"matmuls": pytest.approx(flops / rate + gpu_estimate.LAUNCH_S)}, dtype
