@@ -209,12 +209,14 @@ def load_trained(workdir: str, step: int | None = None):
         config = saved_config(workdir)
         if config is None:
             raise FileNotFoundError(f"{path}: no config/ item and no {workdir}/config.json")
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        tree = checkpointer.metadata(path / "state").item_metadata
-        params_meta = dict(tree)["params"]
+    # The item's handler, not a Checkpointer: a Checkpointer looks for step metadata inside the
+    # item's folder and warns that it is missing (it lives one level up).
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        params_meta = dict(handler.metadata(path / "state"))["params"]
         as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)
         placeholders = jax.tree.map(lambda _: np.zeros((), np.float32), params_meta)
-        restored = checkpointer.restore(
+        restored = handler.restore(
             path / "state",
             args=ocp.args.PyTreeRestore(
                 item={"params": placeholders},
@@ -222,5 +224,7 @@ def load_trained(workdir: str, step: int | None = None):
                 partial_restore=True,
             ),
         )
+    finally:
+        handler.close()
     log.info("loaded the parameters of step %d of %s", step, workdir)
     return restored["params"], config

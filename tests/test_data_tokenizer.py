@@ -59,6 +59,28 @@ def test_vocab_txt_matches_bert_tokenizer_fast(sentences, reference):
     )
 
 
+def test_vocab_txt_with_a_repeated_line_numbers_tokens_by_line(tmp_path, sentences):
+    """Ids are lines, as transformers numbers them (a repeated token takes its last line), so
+    they index the checkpoint's embedding rows; saving keeps every id where it was."""
+    with open(VOCAB, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    repeated = lines[2000]
+    lines.insert(1500, repeated)  # every token after line 1500 moves down by one
+    directory = tmp_path / "vocab"
+    directory.mkdir()
+    (directory / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    reference = transformers.BertTokenizerFast.from_pretrained(str(directory))
+    ours = tokenizer_lib.load_tokenizer(str(directory / "vocab.txt"))
+    expected = reference(sentences[:200], add_special_tokens=False)["input_ids"]
+    assert [ids for ids, _ in ours.encode(sentences[:200])] == expected
+    assert reference.convert_tokens_to_ids(repeated) == ours.hf.token_to_id(repeated) == 2001
+    assert ours.vocab_size == len(lines)  # the embedding needs a row for every line
+    ours.save(str(tmp_path / "saved"))
+    reloaded = tokenizer_lib.load_tokenizer(str(tmp_path / "saved" / "vocab.txt"))
+    assert [ids for ids, _ in reloaded.encode(sentences[:200])] == expected
+    assert reloaded.vocab_size == len(lines)
+
+
 def test_tokenizer_json_matches_and_is_not_truncated(sentences, reference):
     # The shipped tokenizer.json truncates and pads to 128; we must do neither.
     ours = tokenizer_lib.load_tokenizer(MODEL_DIR)

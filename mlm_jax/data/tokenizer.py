@@ -41,7 +41,8 @@ class Tokenizer:
         )
         added_special = [i for i, t in hf.get_added_tokens_decoder().items() if t.special]
         self.special_ids = tuple(sorted({vocab[t] for t in BERT_SPECIALS} | set(added_special)))
-        self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        # Largest id + 1, not the count: a vocab.txt with a repeated line leaves an unused id.
+        self.vocab_size = max(vocab.values()) + 1
         model = hf.model
         if isinstance(model, models.WordPiece):
             # A piece that carries the continuation prefix ("##") does not start a word.
@@ -102,9 +103,12 @@ class Tokenizer:
         self.hf.save(os.path.join(directory, "tokenizer.json"))
         is_wordpiece = self._starts_word_V is not None
         if is_wordpiece:
-            by_id = sorted(self.hf.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+            by_id = {i: token for token, i in self.hf.get_vocab(with_added_tokens=True).items()}
+            # Line = id; an id no token has (a repeated line in the vocab.txt this came from)
+            # keeps its line with a placeholder, so the ids after it stay put.
+            lines = (by_id.get(i, f"[unused_id_{i}]") for i in range(self.vocab_size))
             with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
-                f.writelines(token + "\n" for token, _ in by_id)
+                f.writelines(token + "\n" for token in lines)
         specials = dict(
             pad_token="[PAD]",
             unk_token="[UNK]",
@@ -176,9 +180,10 @@ def load_tokenizer(path: str) -> Tokenizer:
     lowercase = _lowercase_from_config_file(os.path.dirname(path))
     vocab = {}
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            token = line.rstrip("\n")
-            vocab.setdefault(token, len(vocab))
+        for index, line in enumerate(f):
+            # A token's id is its line, so it indexes the checkpoint's embedding rows; a repeated
+            # token takes its last line (both as transformers' BertTokenizer reads the file).
+            vocab[line.rstrip("\n")] = index
     if not vocab:
         raise ValueError(f"data.tokenizer={path!r}: empty vocabulary file")
     hf = tokenizers.Tokenizer(
