@@ -8,6 +8,7 @@ and the numbers are the same.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import Any
@@ -16,10 +17,9 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from mlm_jax import masking, optim, sharding
+from mlm_jax import config_defaults, masking, optim, sharding
 from mlm_jax.model import BertMLM, ModelConfig, mlm_loss
 
 log = logging.getLogger(__name__)
@@ -153,26 +153,25 @@ def eval_step(params, batch: dict, key, ratio, *, model, spec) -> dict:
 
 
 def eval_masking_config(config):
-    """The masking every run is evaluated with, whatever it trains with: comparable numbers."""
-    m = ml_collections.ConfigDict(config.masking.to_dict())
+    """The masking every run is evaluated with, whatever it trains with: comparable numbers.
+
+    Only eval.* shape it. The rest of masking.* (K, never_mask_ids, the span shape, static
+    masks) stays at its defaults, so runs that differ there are still scored on the same
+    positions with the same corruption.
+    """
+    m = config_defaults.base_config().masking
     m.ratio = m.end_ratio = float(config.eval.mask_ratio)
-    m.schedule = "constant"
-    m.static_epochs = 0
     m.strategy = config.eval.strategy
     m.mask_prob = float(config.eval.mask_prob)
     m.random_prob = float(config.eval.random_prob)
     return m
 
 
-def _same_masking(config) -> bool:
-    m, e = config.masking, config.eval
-    return (
-        m.schedule == "constant"
-        and float(m.ratio) == float(e.mask_ratio)
-        and m.strategy == e.strategy
-        and float(m.mask_prob) == float(e.mask_prob)
-        and float(m.random_prob) == float(e.random_prob)
-    )
+def _masks_alike(spec: masking.MaskingSpec) -> masking.MaskingSpec:
+    """spec with what cannot change its masks normalised (a constant schedule's end and length)."""
+    if spec.schedule != "constant":
+        return spec
+    return dataclasses.replace(spec, end_ratio=spec.ratio, num_steps=1)
 
 
 class Trainer:
@@ -199,7 +198,8 @@ class Trainer:
             eval_masking_config(config), num_steps=config.train.num_steps, **specs
         )
         # The run's own masking is evaluated too when it differs from the common one.
-        self.own_spec = None if _same_masking(config) else self.spec
+        same = _masks_alike(self.spec) == _masks_alike(self.eval_spec)
+        self.own_spec = None if same else self.spec
         self.tx, self.lr_schedule = optim.make_optimizer(config.train)
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
         self._build()

@@ -204,3 +204,30 @@ def test_run_starts_from_a_hugging_face_checkpoint(data_dir, tmp_path):
             _leaves(params["encoder"][part]), _leaves(imported["encoder"][part]), strict=True
         ):
             np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_eval_masking_is_common_whatever_the_run_masks_with():
+    """Runs that differ in K, never_mask_ids, span shape or static masks are scored with the
+    same eval masking (the defaults plus eval.*), and each keeps its own masking for own_*."""
+    import jax
+
+    from tests import sharded_worker
+
+    def specs(**masking):
+        config = sharded_worker.small_config((1, 1, 1))
+        config.masking.update(masking)
+        trainer = Trainer(config, sharded_worker.VOCAB, devices=jax.devices()[:1])
+        return trainer.eval_spec, trainer.own_spec
+
+    common, own = specs()
+    assert own is None  # the default run trains with the eval masking: no second pass
+    assert specs(ratio=0.15, end_ratio=0.4)[1] is None  # a constant schedule ignores end_ratio
+    for masking in (
+        dict(ratio=0.05, max_predictions=8),
+        dict(never_mask_ids=tuple(range(5, 30))),
+        dict(strategy="span", span_p=0.5, span_max=3),
+        dict(static_epochs=2),
+    ):
+        eval_spec, own = specs(**masking)
+        assert eval_spec == common, masking
+        assert own is not None and own != common, masking
