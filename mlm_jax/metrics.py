@@ -19,7 +19,8 @@ class MetricsWriter:
     """Appends `{"step": s, ...}` lines to workdir/metrics.jsonl and scalars to TensorBoard.
 
     start_step > 0 (a resumed run): events past it are dropped from metrics.jsonl and hidden in
-    TensorBoard (its purge marker), since the run recomputes them exactly.
+    TensorBoard (its purge marker), since the run recomputes them exactly. start_step 0 (no
+    checkpoint yet) drops them all: the step-0 eval is redone too.
     """
 
     def __init__(self, workdir: str, *, enabled: bool = True, start_step: int = 0):
@@ -29,8 +30,9 @@ class MetricsWriter:
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self.truncate_after(start_step)
-            purge_step = start_step + 1 if start_step > 0 else None
+            kept_through = start_step if start_step > 0 else -1
+            self.truncate_after(kept_through)
+            purge_step = kept_through + 1
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge_step)
 
     def truncate_after(self, step: int) -> None:

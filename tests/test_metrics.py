@@ -59,3 +59,26 @@ def test_resumed_writer_hides_recomputed_steps_in_tensorboard(tmp_path):
     # TensorBoard drops earlier events at steps >= a SessionLog.START's step: 15, not 10.
     assert starts == [11]
     assert [e["step"] for e in metrics.read_metrics(str(tmp_path))] == [5, 10, 15]
+
+
+def test_restart_before_the_first_checkpoint_keeps_no_events_of_the_killed_attempt(tmp_path):
+    """No checkpoint: the run starts again at step 0 and redoes its step-0 eval, so neither file
+    may keep the first attempt's events (metrics.jsonl once held two step-0 evals)."""
+    first = metrics.MetricsWriter(str(tmp_path))
+    first.write(0, {"eval/loss": 9.0})
+    first.write(50, {"train/loss": 7.0})
+    first.close()
+    time.sleep(1.1)  # a second events file
+
+    again = metrics.MetricsWriter(str(tmp_path), start_step=0)
+    again.write(0, {"eval/loss": 9.0})
+    again.close()
+
+    assert metrics.read_metrics(str(tmp_path)) == [{"step": 0, "eval/loss": 9.0}]
+    files = sorted(glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*")))
+    starts = [
+        e.step
+        for e in read_tensorboard_events(files[-1])
+        if e.HasField("session_log") and e.session_log.status == e.session_log.START
+    ]
+    assert starts == [0]  # TensorBoard drops the first file's events at steps >= 0
