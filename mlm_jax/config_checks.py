@@ -110,7 +110,9 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
         _require(int(config[section][name]) >= 0, f"config.{key}: expected >= 0")
     _require(int(config.checkpoint.keep) >= 1, "config.checkpoint.keep: expected >= 1")
     with as_config_errors():
-        vocab = int(m.vocab_size) or 1000  # the real size comes with the tokenizer
+        # Without model.vocab_size the real size comes with the tokenizer, and the Trainer checks
+        # the ids against it then; here any id a vocabulary could hold passes.
+        vocab = int(m.vocab_size) or 1 << 30
         ModelConfig.from_config(m, vocab_size=vocab, pad_id=0)
         masking.MaskingSpec.from_config(
             config.masking,

@@ -231,3 +231,24 @@ def test_eval_masking_is_common_whatever_the_run_masks_with():
         eval_spec, own = specs(**masking)
         assert eval_spec == common, masking
         assert own is not None and own != common, masking
+
+
+def test_never_mask_ids_of_a_large_vocabulary_pass_the_check_before_the_tokenizer():
+    """Before the tokenizer is loaded the vocabulary size is unknown (model.vocab_size=0), so
+    the early check must not bound ids by a placeholder (it refused 1500 as >= 1000)."""
+    from mlm_jax import config_defaults
+    from mlm_jax.config_checks import validate_config
+
+    config = config_defaults.base_config()
+    config.masking.never_mask_ids = (1500, 20000)
+    validate_config(config, num_devices=1)
+
+
+def test_never_mask_ids_beyond_the_real_vocabulary_stop_the_run_in_one_line(data_dir, tmp_path):
+    """Checked again once the tokenizer gives the size (512 here), before a step or a config."""
+    config = small_run_config(data_dir)
+    config.masking.never_mask_ids = (600,)
+    with pytest.raises(ConfigError, match="never_mask_ids"):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "config.json").exists()
+    assert checkpoint.latest_step(str(tmp_path / "run")) is None
