@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
         0  # K, predictions per row; 0 = from the largest scheduled ratio and seq_len
     )
     m.schedule = "constant"  # constant | linear | cosine, from masking.ratio to masking.end_ratio
-    m.end_ratio = 0.15  # ratio reached at the last step by a linear/cosine schedule
+    m.end_ratio = 0.15  # linear/cosine: ratio at step train.num_steps, where LR decay ends too
     m.span_p = 0.2  # span strategy: geometric parameter of the span length (in words)
     m.span_max = 10  # span strategy: longest span, in words
     m.static_epochs = (

@@ -192,6 +192,8 @@ def ratio_at_step(step: Any, masking_config: Any, num_steps: int) -> jax.Array:
 
     With t = clip(step / num_steps, 0, 1): constant -> ratio; linear -> ratio + (end - ratio) t;
     cosine -> end + (ratio - end) (1 + cos(pi t)) / 2. Accepts config.masking or a MaskingSpec.
+    t is the fraction of training done, the clock the learning rate decays on too, so the end
+    ratio is where the schedule arrives after the last step (num_steps - 1 is 1/num_steps short).
     """
     m = masking_config
     schedule = _check_choice("masking.schedule", m.schedule, SCHEDULES)
