@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from mlm_jax import config_defaults, masking, optim, sharding
 from mlm_jax.model import BertMLM, ModelConfig, mlm_loss
@@ -47,6 +48,23 @@ _SUM_KEYS = ("loss_sum", "correct_sum", "weight_sum")  # sums combine exactly ac
 def _sum_metrics(logits, targets, weights):
     _, m = mlm_loss(logits, targets, weights)
     return {k: m[k] for k in _SUM_KEYS}
+
+
+def _skippable_update(finite, new_opt_state, old_opt_state):
+    """The optimizer state after a step that may have been skipped (non-finite, nan_policy=skip).
+
+    A skipped step keeps Adam's moments and count, but the learning-rate schedule's count moves
+    on, as a PyTorch LR scheduler steps whether or not the optimizer did: the rate stays the
+    schedule at the step, as logged and as the masking schedule reads it.
+    """
+
+    def is_schedule(x):
+        return isinstance(x, optax.ScaleByScheduleState)
+
+    def pick(new, old):
+        return new if is_schedule(new) else jnp.where(finite, new, old)
+
+    return jax.tree.map(pick, new_opt_state, old_opt_state, is_leaf=is_schedule)
 
 
 def train_step(state: TrainState, batch: dict, *, model, spec, tx, config) -> tuple:
@@ -119,7 +137,7 @@ def train_step(state: TrainState, batch: dict, *, model, spec, tx, config) -> tu
     new_state = state.replace(
         step=step + 1,
         params=keep_old(new_params, state.params),
-        opt_state=keep_old(new_opt_state, state.opt_state),
+        opt_state=_skippable_update(finite, new_opt_state, state.opt_state),
         skipped=state.skipped + (~finite).astype(jnp.int32),
         first_bad_step=jnp.where(
             (state.first_bad_step < 0) & ~finite, step + 1, state.first_bad_step

@@ -252,3 +252,40 @@ def test_never_mask_ids_beyond_the_real_vocabulary_stop_the_run_in_one_line(data
         train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run" / "config.json").exists()
     assert checkpoint.latest_step(str(tmp_path / "run")) is None
+
+
+def test_a_skipped_update_keeps_the_moments_but_not_the_learning_rate_back():
+    """nan_policy=skip: Adam's moments and count stay as they were, while the LR schedule's
+    count follows the step, so the rate applied next is the one logged for that step."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from tests import sharded_worker
+
+    config = sharded_worker.small_config((1, 1, 1), dropout=0.0)
+    config.train.nan_policy = "skip"
+    trainer = Trainer(config, sharded_worker.VOCAB, devices=jax.devices()[:1])
+
+    def parts(opt_state, cls):
+        leaves = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, cls))
+        return [x for x in leaves if isinstance(x, cls)]
+
+    with trainer.activate():
+        state = trainer.new_state()
+        state, _ = trainer.train_step(
+            state, trainer.global_batch(sharded_worker.synthetic_batch(0))
+        )
+        after_one = jax.device_get(state.opt_state)
+        poisoned = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+        state, metrics = trainer.train_step(
+            poisoned, trainer.global_batch(sharded_worker.synthetic_batch(1))
+        )
+    assert not bool(metrics["finite"]) and int(state.skipped) == 1 and int(state.step) == 2
+    (adam_before,) = parts(after_one, optax.ScaleByAdamState)
+    (adam_after,) = parts(jax.device_get(state.opt_state), optax.ScaleByAdamState)
+    assert int(adam_after.count) == 1  # one update applied
+    for before, after in zip(jax.tree.leaves(adam_before), jax.tree.leaves(adam_after)):
+        np.testing.assert_array_equal(before, after)
+    (schedule,) = parts(jax.device_get(state.opt_state), optax.ScaleByScheduleState)
+    assert int(schedule.count) == int(state.step) == 2
