@@ -128,8 +128,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                     else "no complete checkpoint: starting from step 0",
                 )
             train_iter = loader.make_train_iterator(config, tokenizer)
+            log_window = []
             if start_step is not None:
                 state, data_state = ckpt.restore(manager, start_step, trainer.abstract_state)
+                log_window = data_state.pop(_LOG_WINDOW, [])  # (none in older checkpoints)
                 train_iter.set_state(data_state)
                 log.info("resumed from the checkpoint of step %d in %s", start_step, workdir)
             else:
@@ -145,7 +147,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 trainer.global_batch(b) for b in loader.make_eval_batches(config, tokenizer)
             ]
             result, preempted_at = _loop(
-                config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop
+                config,
+                trainer,
+                state,
+                train_iter,
+                eval_batches,
+                manager,
+                writer,
+                start_step,
+                stop,
+                log_window,
             )
             ckpt.wait_until_finished(manager)
         finally:
@@ -187,8 +198,18 @@ def _write_config(config, workdir: str) -> None:
     os.replace(tmp, path)
 
 
-def _loop(config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop):
-    """Steps from `start_step` to train.num_steps; returns (final metrics, preempted step)."""
+_LOG_WINDOW = "log_window"  # key in the saved data state: the open train-log window
+_TRAIN_KEYS = ("loss", "accuracy", "grad_norm", "mask_ratio")  # averaged over a log window
+
+
+def _loop(
+    config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop, log_window
+):
+    """Steps from `start_step` to train.num_steps; returns (final metrics, preempted step).
+
+    log_window: the per-step train metrics a checkpoint saved for steps after the last train
+    event, so a resumed run's events average the same steps as an uninterrupted run's.
+    """
     num_steps = int(config.train.num_steps)
     tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
     log_every = max(int(config.log.every_steps), 1)
@@ -211,6 +232,8 @@ def _loop(config, trainer, state, train_iter, eval_batches, manager, writer, sta
 
     data_states = {}  # step the batch is for -> iterator position after drawing it
     pending = []  # device metrics of steps not yet pulled to the host
+    window = list(log_window)  # host metrics of pulled steps not yet in a train event
+    steps_timed = 0  # steps this process ran since the last train event (for tokens/s)
     skipped_so_far = int(jax.device_get(state.skipped))
     window_start = time.perf_counter()
 
@@ -225,15 +248,18 @@ def _loop(config, trainer, state, train_iter, eval_batches, manager, writer, sta
         while step < num_steps:
             state, step_metrics = trainer.train_step(state, batch)
             step += 1
+            steps_timed += 1
             pending.append(step_metrics)
             if step < num_steps:
                 batch = next_batch(step)  # host work overlaps the step running on device
             last = step == num_steps
             preempted = stop.should_stop(step)
-            if step % log_every == 0 or last or preempted:
-                pulled = jax.device_get(pending)
+            log_now = step % log_every == 0 or last
+            save = (ckpt_every > 0 and step % ckpt_every == 0) or last or preempted
+            if log_now or save:
+                window += [{k: float(m[k]) for k in _TRAIN_KEYS} for m in jax.device_get(pending)]
                 pending = []
-                _check_finite(config, state)
+                _check_finite(config, state)  # (never save a state past a bad step)
                 skipped = int(jax.device_get(state.skipped))
                 if skipped > skipped_so_far:
                     log.warning(
@@ -244,15 +270,16 @@ def _loop(config, trainer, state, train_iter, eval_batches, manager, writer, sta
                         skipped,
                     )
                     skipped_so_far = skipped
+            if log_now:
                 elapsed = time.perf_counter() - window_start
                 window_start = time.perf_counter()
                 scalars = {
-                    f"train/{k}": float(np.mean([m[k] for m in pulled]))
-                    for k in ("loss", "accuracy", "grad_norm", "mask_ratio")
+                    f"train/{k}": float(np.mean([m[k] for m in window])) for k in _TRAIN_KEYS
                 }
                 scalars["train/learning_rate"] = float(trainer.lr_schedule(step - 1))
-                scalars["train/tokens_per_s"] = len(pulled) * tokens_per_step / max(elapsed, 1e-9)
+                scalars["train/tokens_per_s"] = steps_timed * tokens_per_step / max(elapsed, 1e-9)
                 scalars["train/skipped_updates"] = float(skipped)
+                window, steps_timed = [], 0
                 writer.write(step, scalars)
                 result.update(scalars)
                 metrics_lib.log_line(
@@ -260,9 +287,9 @@ def _loop(config, trainer, state, train_iter, eval_batches, manager, writer, sta
                 )
             if eval_every > 0 and (step % eval_every == 0 or last):
                 result.update(run_eval(step))
-            if (ckpt_every > 0 and step % ckpt_every == 0) or last or preempted:
-                _check_finite(config, state)  # never save a state past a bad step
-                ckpt.save(manager, step, state, data_states[step - 1], config)
+            if save:
+                data_state = {**data_states[step - 1], _LOG_WINDOW: window}
+                ckpt.save(manager, step, state, data_state, config)
                 data_states = {s: v for s, v in data_states.items() if s >= step}
             if preempted:
                 return result, step
