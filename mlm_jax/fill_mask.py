@@ -34,22 +34,24 @@ def load_from_workdir(workdir: str):
 
 
 def load_from_hf_dir(hf_dir: str):
-    """(ModelConfig, params, Tokenizer) of a Hugging Face BERT directory."""
-    tokenizer = load_tokenizer(_tokenizer_dir(hf_dir))
+    """(ModelConfig, params, Tokenizer) of a Hugging Face BERT directory with an MLM head.
+
+    A checkpoint without one (BertModel, sentence-transformers) is refused: hf_to_params would
+    fill in a random head, and its fillers would look confident and mean nothing.
+    """
+    tokenizer = load_tokenizer(hf.tokenizer_dir(hf_dir))
     hf_config, tensors = hf.read_checkpoint(hf_dir)
+    if not hf.has_mlm_head(tensors):
+        raise ValueError(
+            f"--hf_dir={hf_dir}: the checkpoint has no MLM head (cls.predictions.*), "
+            "so its predictions would be random"
+        )
     model_config = ModelConfig(
         **hf.model_overrides(hf_config), pad_vocab_multiple=1, pad_id=tokenizer.pad_id
     )
     params = hf.hf_to_params(tensors, model_config, where=hf_dir)
     params.pop("pooler", None)
     return model_config, params, tokenizer
-
-
-def _tokenizer_dir(hf_dir: str) -> str:
-    for folder in (hf_dir, os.path.join(hf_dir, "0_Transformer")):
-        if any(os.path.exists(os.path.join(folder, n)) for n in ("tokenizer.json", "vocab.txt")):
-            return folder
-    raise ValueError(f"{hf_dir}: no tokenizer.json or vocab.txt")
 
 
 def encode_with_masks(text: str, tokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -97,10 +99,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("texts", nargs="+", help=f"sentences with {MASK_TEXT} in them")
     args = parser.parse_args(argv)
-    if args.workdir:
-        model_config, params, tokenizer = load_from_workdir(args.workdir)
-    else:
-        model_config, params, tokenizer = load_from_hf_dir(args.hf_dir)
+    try:  # bad input gets one line; anything else is a bug and keeps its traceback
+        no_mask = [text for text in args.texts if MASK_TEXT not in text]
+        if no_mask:  # checked before the weights load
+            raise ValueError(f"text {no_mask[0]!r}: contains no {MASK_TEXT}")
+        if args.workdir:
+            model_config, params, tokenizer = load_from_workdir(args.workdir)
+        else:
+            model_config, params, tokenizer = load_from_hf_dir(args.hf_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     for text in args.texts:
         print(text)
         for k, fillers in enumerate(fill_mask(text, model_config, params, tokenizer, args.top_k)):

@@ -213,8 +213,9 @@ def load_encoder(pretrained: str, tokenizer_path: str = ""):
         )
         return config, params["encoder"], tokenizer, int(run_config.data.seq_len)
     hf_config, _ = hf.read_checkpoint(pretrained)  # a Hugging Face BERT directory
-    tokenizer = load_tokenizer(tokenizer_path or pretrained)
-    config = ModelConfig(**hf.model_overrides(hf_config))
+    tokenizer = load_tokenizer(tokenizer_path or hf.tokenizer_dir(pretrained))
+    # pad_id from the tokenizer, as for a run dir: the attention mask hides tokens == pad_id.
+    config = ModelConfig(**hf.model_overrides(hf_config), pad_id=tokenizer.pad_id)
     return config, pretrained, tokenizer, min(128, config.max_position_embeddings)
 
 
@@ -433,7 +434,7 @@ def main(argv=None) -> None:
                 tokenizer=FLAGS.tokenizer,
                 data_dir=FLAGS.data_dir,
             )
-        except ValueError as e:
+        except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         print(

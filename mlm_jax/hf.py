@@ -4,7 +4,8 @@ Import reads config.json + model.safetensors (preferred) or pytorch_model.bin (o
 torch.load(weights_only=True), so loading never runs code) in the BertModel, BertForMaskedLM
 or sentence-transformers layout. A checkpoint without an MLM head (BertModel, sentence-
 transformers) gets a freshly initialised head: the template's values when the trainer passes
-one, otherwise truncated-normal transform, unit LayerNorm and a zero output bias.
+one, otherwise truncated-normal transform, unit LayerNorm and a zero output bias (fine
+for training; fill_mask refuses such a checkpoint rather than predict with that head).
 
 Export writes what transformers.BertForMaskedLM.from_pretrained and
 AutoTokenizer.from_pretrained load: model.safetensors (decoder tied to the word embeddings, as
@@ -80,6 +81,20 @@ def _checkpoint_dir(directory: str) -> str:
     )
 
 
+def tokenizer_dir(directory: str) -> str:
+    """The folder holding tokenizer.json or vocab.txt, looked for where _checkpoint_dir looks for
+    config.json, so every loader of a HF directory accepts the same layouts."""
+    directory = os.path.expanduser(str(directory))
+    if not os.path.isdir(directory):
+        raise ValueError(
+            f"{directory!r}: not a directory (expected a Hugging Face BERT checkpoint)"
+        )
+    for candidate in (directory, os.path.join(directory, "0_Transformer")):
+        if any(os.path.exists(os.path.join(candidate, n)) for n in ("tokenizer.json", "vocab.txt")):
+            return candidate
+    raise ValueError(f"{directory!r}: no tokenizer.json or vocab.txt (nor in 0_Transformer/)")
+
+
 def _load_weights(folder: str) -> dict[str, np.ndarray]:
     safetensors_path = os.path.join(folder, "model.safetensors")
     index_path = os.path.join(folder, "model.safetensors.index.json")
@@ -123,6 +138,12 @@ def read_checkpoint(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
         )
         tensors[name] = np.asarray(value)
     return hf_config, tensors
+
+
+def has_mlm_head(tensors: dict[str, np.ndarray]) -> bool:
+    """Whether the checkpoint carries a trained MLM head (BertModel and sentence-transformers
+    checkpoints do not)."""
+    return any(k.startswith("cls.predictions.transform.") for k in tensors)
 
 
 # HF hidden_act -> our model.gelu (gelu_new and gelu_pytorch_tanh are the same tanh formula).
@@ -282,7 +303,7 @@ def hf_to_params(
         raise ValueError("config.model.pre_ln=True: Hugging Face BERT checkpoints are post-LN")
     t = _Tensors(tensors, where)
     encoder = _encoder_from_hf(t, config)
-    if t.has("cls.predictions.transform."):
+    if has_mlm_head(tensors):
         head = _mlm_head_from_hf(t, config, encoder["embeddings"]["word_embeddings"])
     else:
         head = _fresh_mlm_head(config)
@@ -340,9 +361,8 @@ def load_pretrained_params(directory: str, model_config: ModelConfig, params_tem
     template = template["params"] if wrapped else template
     hf_config, tensors = read_checkpoint(directory)
     _check_activation(hf_config, directory, model_config)
-    t = _Tensors(tensors, str(directory))
     loaded = hf_to_params(tensors, model_config, where=str(directory))
-    if not t.has("cls.predictions.transform.") and "mlm_head" in template:
+    if not has_mlm_head(tensors) and "mlm_head" in template:
         loaded["mlm_head"] = _concrete_or(template["mlm_head"], loaded["mlm_head"])
         loaded["mlm_head"]["output_bias"] = np.zeros(model_config.padded_vocab_size, np.float32)
     result = {key: loaded.get(key, value) for key, value in template.items()}
@@ -482,6 +502,26 @@ def export_workdir(workdir: str, out_dir: str) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
+def _print_import_flags(directory: str) -> None:
+    params, overrides = import_hf(directory)
+    count = sum(x.size for x in jax.tree.leaves(params))
+    flags = [f"--config.model.init_from={directory}"]
+    flags += [f"--config.model.{k}={v}" for k, v in overrides.items()]
+    try:
+        folder = tokenizer_dir(directory)
+    except ValueError:
+        folder = None  # no tokenizer beside the weights: the run names its own
+    if folder:
+        name = (
+            "tokenizer.json"
+            if os.path.exists(os.path.join(folder, "tokenizer.json"))
+            else "vocab.txt"
+        )
+        flags.append(f"--config.data.tokenizer={os.path.join(folder, name)}")
+    print(f"{directory}: BERT with {count:,} parameters; start a run from it with")
+    print("  " + " \\\n  ".join(flags))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mlm_jax.hf", description=__doc__.split("\n")[0]
@@ -495,25 +535,15 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("--workdir", required=True)
     exp.add_argument("--out_dir", required=True)
     args = parser.parse_args(argv)
-    if args.command == "import":
-        params, overrides = import_hf(args.directory)
-        count = sum(x.size for x in jax.tree.leaves(params))
-        flags = [f"--config.model.init_from={args.directory}"]
-        flags += [f"--config.model.{k}={v}" for k, v in overrides.items()]
-        folder = _checkpoint_dir(args.directory)
-        for name in ("tokenizer.json", "vocab.txt"):
-            for base in (folder, args.directory):
-                if os.path.exists(os.path.join(base, name)):
-                    flags.append(f"--config.data.tokenizer={os.path.join(base, name)}")
-                    break
-            else:
-                continue
-            break
-        print(f"{args.directory}: BERT with {count:,} parameters; start a run from it with")
-        print("  " + " \\\n  ".join(flags))
-    else:
-        export_workdir(args.workdir, args.out_dir)
-        print(f"wrote {args.out_dir} (BertForMaskedLM + tokenizer)")
+    try:
+        if args.command == "import":
+            _print_import_flags(args.directory)
+        else:
+            export_workdir(args.workdir, args.out_dir)
+            print(f"wrote {args.out_dir} (BertForMaskedLM + tokenizer)")
+    except (ValueError, FileNotFoundError) as e:  # bad input; anything else is a bug: traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

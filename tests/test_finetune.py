@@ -144,3 +144,108 @@ def test_weight_decay_spares_layernorm_and_biases():
     np.testing.assert_allclose(qkv["kernel"], 1 - lr * wd, rtol=1e-6)
     for kept in (embeddings["norm"]["scale"], embeddings["norm"]["bias"], qkv["bias"]):
         np.testing.assert_array_equal(kept, ones)
+
+
+def _tiny_export_with_pad_at_5(directory):
+    """A tiny BertForMaskedLM export whose vocab puts real words at 0..4 and [PAD] at 5."""
+    from mlm_jax import hf
+    from mlm_jax.model import BertMLM, ModelConfig
+
+    words = ["a", "b", "c", "d", "e", "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words += [f"w{i}" for i in range(22)]
+    os.makedirs(directory / "vocab")
+    (directory / "vocab" / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = load_tokenizer(str(directory / "vocab" / "vocab.txt"))
+    assert tokenizer.pad_id == 5
+    config = ModelConfig(
+        num_layers=1,
+        hidden_size=16,
+        num_heads=2,
+        intermediate_size=32,
+        vocab_size=tokenizer.vocab_size,
+        max_position_embeddings=32,
+        initializer_range=0.3,  # attention far from uniform, so a wrong mask shows
+        pad_id=tokenizer.pad_id,
+        pad_vocab_multiple=1,
+        scan_layers=False,
+    )
+    tokens = np.zeros((1, 8), np.int32)
+    params = BertMLM(config).init(jax.random.key(0), tokens, tokens[:, :1])["params"]
+    out = str(directory / "hf")
+    hf.export_hf(params, config, tokenizer, out)
+    return out
+
+
+def test_hf_dir_with_pad_not_zero_masks_pad_not_token_zero(tmp_path):
+    """The loaded model masks [PAD] (id 5) and attends "a" (id 0), as transformers does with the
+    attention_mask its own tokenizer returns."""
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    from mlm_jax.model import BertEncoder
+
+    out = _tiny_export_with_pad_at_5(tmp_path)
+    config, encoder, tokenizer, _ = finetune.load_encoder(out)
+    assert config.pad_id == tokenizer.pad_id == 5
+    max_len = 12
+    split = finetune.Split(["a b w3 a", "w7 a"], ["c a", "w1"], np.zeros(2, np.int32))
+    data = finetune.encode(tokenizer, split, max_len)
+    want = AutoTokenizer.from_pretrained(out)(
+        split.texts_a, split.texts_b, max_length=max_len, padding="max_length"
+    )
+    np.testing.assert_array_equal(data["tokens"], np.array(want["input_ids"]))
+    real = np.array(want["attention_mask"], bool)
+    assert (data["tokens"] == 0).any() and not real.all()  # both cases present
+
+    model = BertForSequenceClassification(config, num_labels=2)
+    params = finetune._init_params(model, config, encoder, max_len, seed=0)
+    ours = BertEncoder(config).apply(
+        {"params": params["encoder"]}, data["tokens"], token_types_BxL=data["token_types"]
+    )
+    reference = BertModel.from_pretrained(out, attn_implementation="eager").eval()
+    with torch.no_grad():
+        theirs = reference(
+            input_ids=torch.from_numpy(data["tokens"]).long(),
+            attention_mask=torch.from_numpy(real).long(),
+            token_type_ids=torch.from_numpy(data["token_types"]).long(),
+        ).last_hidden_state.numpy()
+    np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], atol=1e-4)
+
+
+def test_finetunes_from_a_sentence_transformers_dir_without_mlm_head(tmp_path):
+    """DIR/0_Transformer holds config, weights and tokenizer (no cls.* tensors): the same
+    directories hf and fill_mask accept, and fine-tuning needs no MLM head."""
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    inner = tmp_path / "st" / "0_Transformer"
+    inner.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"):
+        os.symlink(os.path.join(MINILM_DIR, name), inner / name)
+    (tmp_path / "st" / "modules.json").write_text("[]")
+    pretrained = str(tmp_path / "st")
+
+    config, encoder, tokenizer, _ = finetune.load_encoder(pretrained)
+    texts = ["Paris is the capital of France.", "Short one."]
+    want = AutoTokenizer.from_pretrained(MINILM_DIR)(texts, max_length=16, padding="max_length")
+    data = finetune.encode(tokenizer, finetune.Split(texts, None, np.zeros(2, np.int32)), 16)
+    np.testing.assert_array_equal(data["tokens"], np.array(want["input_ids"]))
+    assert config.pad_id == tokenizer.pad_id == 0
+
+    model = BertForSequenceClassification(config, num_labels=2)
+    params = finetune._init_params(model, config, encoder, 16, seed=0)
+    tensors = load_file(os.path.join(MINILM_DIR, "model.safetensors"))
+    assert not any(k.startswith("cls.") for k in tensors)
+    words = params["encoder"]["embeddings"]["word_embeddings"]
+    np.testing.assert_array_equal(
+        words[: config.vocab_size], tensors["embeddings.word_embeddings.weight"]
+    )
+    np.testing.assert_array_equal(params["pooler"]["bias"], tensors["pooler.dense.bias"])
+
+    rows = [("pos", "good fine great"), ("neg", "bad awful poor")] * 4
+    _write_tsv(tmp_path / "train.tsv", rows)
+    task = f"tsv:{tmp_path / 'train.tsv'},{tmp_path / 'train.tsv'}"
+    result = finetune.finetune(
+        pretrained, task, str(tmp_path / "out"), epochs=1, batch_size=8, max_len=8
+    )
+    assert np.isfinite(result["dev/loss"]) and result["train_examples"] == 8

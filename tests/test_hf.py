@@ -279,3 +279,26 @@ def test_unknown_activation_names_the_key_and_the_choices():
         hf.model_overrides({"hidden_act": "relu"})
     assert hf.gelu_of({"hidden_act": "gelu_pytorch_tanh"}) == "tanh"
     assert hf.gelu_of({}) == "exact"  # HF's default
+
+
+def test_tokenizer_dir_accepts_the_layouts_read_checkpoint_accepts(tmp_path):
+    inner = tmp_path / "0_Transformer"
+    inner.mkdir()
+    with pytest.raises(ValueError, match=f"{tmp_path}'?: no tokenizer.json or vocab.txt"):
+        hf.tokenizer_dir(str(tmp_path))
+    os.symlink(os.path.join(MINILM_DIR, "vocab.txt"), inner / "vocab.txt")
+    assert hf.tokenizer_dir(str(tmp_path)) == str(inner)
+    write_vocab(str(tmp_path))  # DIR is tried before 0_Transformer/, as for config.json
+    assert hf.tokenizer_dir(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(ValueError, match="'/nonexistent': not a directory"):
+        hf.tokenizer_dir("/nonexistent")
+
+
+def test_fill_mask_refuses_a_checkpoint_without_mlm_head():
+    """transformers also finds no cls.predictions.* in MiniLM and would initialise them at random."""
+    _, info = transformers.BertForMaskedLM.from_pretrained(MINILM_DIR, output_loading_info=True)
+    assert any(k.startswith("cls.predictions.") for k in info["missing_keys"])
+    _, tensors = hf.read_checkpoint(MINILM_DIR)
+    assert not hf.has_mlm_head(tensors)
+    with pytest.raises(ValueError, match=r"no MLM head \(cls\.predictions\.\*\), so its pred"):
+        fill_mask.load_from_hf_dir(MINILM_DIR)

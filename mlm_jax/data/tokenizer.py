@@ -218,6 +218,7 @@ def train_wordpiece(texts: Iterable[str], *, vocab_size: int, lowercase: bool) -
 
 def main(argv=None) -> None:
     import argparse
+    import sys
     import types
 
     from mlm_jax.data import corpora
@@ -245,13 +246,17 @@ def main(argv=None) -> None:
         text_unit=args.text_unit,
         heldout_fraction=args.heldout_fraction,
     )
-    corpus = corpora.load_corpus(data_config)
-    tokenizer = train_wordpiece(
-        corpora.iter_training_texts(corpus.train),
-        vocab_size=args.vocab_size,
-        lowercase=not args.cased,
-    )
-    tokenizer.save(args.out)
+    try:  # bad input gets one line; anything else is a bug and keeps its traceback
+        corpus = corpora.load_corpus(data_config)
+        tokenizer = train_wordpiece(
+            corpora.iter_training_texts(corpus.train),
+            vocab_size=args.vocab_size,
+            lowercase=not args.cased,
+        )
+        tokenizer.save(args.out)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(f"wrote a {tokenizer.vocab_size}-token WordPiece vocabulary to {args.out}")
 
 
