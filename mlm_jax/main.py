@@ -47,6 +47,33 @@ def _maybe_initialize_distributed() -> None:
         jax.distributed.initialize()  # Cloud TPU pod slice: discovered from the environment
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a missing --config file or an override naming no config field
+    reported as one `error:` line (exit 2), not a traceback."""
+    for arg in argv[1:]:
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1].split(":", 1)[0]
+            if not os.path.isfile(path):
+                _fail(f"{arg}: no such config file")
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:  # an unknown flag or a value of the wrong type
+        _fail(str(e))
+    except AttributeError as e:  # ml_collections: --config.a.b=... where the config has no a.b
+        inner = e.args[0] if e.args else e
+        text = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
+        key, *hint = str(text).split("\n")
+        key = key.strip("'\"")
+        named = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0].endswith(f".{key}")]
+        where = named[0] if named else key
+        _fail(f"{where}: no such config field" + (f" ({hint[0].strip()})" if hint else ""))
+
+
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # libraries: warnings only
@@ -71,4 +98,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

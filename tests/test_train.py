@@ -151,10 +151,22 @@ def _main(workdir, override):
     )
 
 
-def test_main_rejects_an_unknown_override_in_one_line(tmp_path):
-    out = _main(tmp_path / "run", "--config.masking.ratoi=0.4")
-    assert out.returncode != 0
-    assert "ratoi" in out.stderr
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "--config.masking.ratoi=0.4",
+            '--config.masking.ratoi: no such config field (Did you mean "ratio"',
+        ),
+        ("--config.train.num_steps=abc", "--config.train.num_steps=abc: invalid literal for int()"),
+        ("--config=configs/nonexistent.py", "--config=configs/nonexistent.py: no such config file"),
+    ],
+)
+def test_main_rejects_a_bad_flag_in_one_line(tmp_path, override, message):
+    out = _main(tmp_path / "run", override)
+    assert out.returncode == 2
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "run").exists()
 
 
