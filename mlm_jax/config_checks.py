@@ -6,6 +6,7 @@ Every failure is one ValueError line naming the key, the value and what was expe
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import jax
@@ -14,7 +15,10 @@ import ml_collections
 from mlm_jax import checkpoint as ckpt
 from mlm_jax import sharding
 
+log = logging.getLogger(__name__)
+
 # Keys a resumed run may change: they do not alter what the state or the data mean.
+# (train.num_steps lengthens or shortens the run; its schedules stretch with it, with a warning.)
 RESUMABLE_CHANGES = (
     "train.num_steps",
     "train.nan_policy",
@@ -163,6 +167,22 @@ def check_resume_compatible(config, workdir: str) -> None:
         f"{workdir} holds checkpoints of a different config ({'; '.join(differ)}); "
         "use a new workdir or the original values",
     )
+    steps = (old.get("train.num_steps"), new.get("train.num_steps"))
+    stretched = [
+        name
+        for name, key in (
+            ("learning-rate", "train.lr_schedule"),
+            ("masking-ratio", "masking.schedule"),
+        )
+        if new.get(key) != "constant"
+    ]
+    if steps[0] != steps[1] and stretched:
+        log.warning(
+            "train.num_steps %s -> %s on resume: the %s schedule now spans the new length, so the "
+            "steps after the checkpoint follow a different schedule than the first attempt planned",
+            *steps,
+            " and ".join(stretched),
+        )
 
 
 def resolve_config(config, tokenizer) -> ml_collections.ConfigDict:

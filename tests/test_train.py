@@ -128,7 +128,7 @@ def test_bad_config_fails_before_writing_anything(data_dir, tmp_path, override, 
     assert not workdir.exists() or not any(workdir.iterdir())
 
 
-def test_workdir_of_another_config_is_refused_and_left_intact(data_dir, tmp_path):
+def test_workdir_of_another_config_is_refused_and_left_intact(data_dir, tmp_path, caplog):
     config = small_run_config(data_dir, num_steps=10)
     workdir = str(tmp_path / "run")
     train_and_evaluate(config, workdir)
@@ -139,6 +139,12 @@ def test_workdir_of_another_config_is_refused_and_left_intact(data_dir, tmp_path
         train_and_evaluate(config, workdir)
     after = {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)}
     assert after == before
+    # A longer run may resume here, but not silently: its LR decay now spans 20 steps.
+    from mlm_jax.config_checks import check_resume_compatible
+
+    with caplog.at_level("WARNING", logger="mlm_jax.config_checks"):
+        check_resume_compatible(small_run_config(data_dir, num_steps=20), workdir)
+    assert "train.num_steps 10 -> 20 on resume: the learning-rate schedule" in caplog.text
 
 
 def _main(workdir, override):
