@@ -81,6 +81,7 @@ SWEEP_FILE = "sweep.json"
 DONE_MARKER = "sweep_done.json"
 FAILED_MARKER = "sweep_failed.json"
 FINETUNE_DIR = "finetune"
+FINETUNE_REQUEST = "sweep_request.json"  # in FINETUNE_DIR: what its result.json answers
 
 
 class SweepError(ValueError):
@@ -175,6 +176,21 @@ def run_name(settings: dict) -> str:
     """A filesystem-safe directory name such as `masking.ratio=0.3,seed=1`."""
     text = ",".join(f"{k}={format_value(v)}" for k, v in settings.items())
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+
+
+def _check_names(names: list[str], runs: list[dict]) -> None:
+    """Each run needs its own directory: run_name maps some characters to "_", and a name may
+    not exceed what a filesystem allows."""
+    seen = {}
+    for name, settings in zip(names, runs):
+        if name in seen:
+            raise SweepError(
+                f"runs {seen[name]} and {settings} would share the directory {name!r} "
+                "(run_name keeps only [A-Za-z0-9._=,+-]); make the swept values differ there"
+            )
+        if len(name.encode()) > 255:
+            raise SweepError(f"run directory name {name[:60]!r}... is over 255 bytes")
+        seen[name] = settings
 
 
 def expand(axes) -> list[dict]:
@@ -390,6 +406,7 @@ def run_sweep(
     runs = expand(axes)
     configs = [apply_settings(config, settings) for settings in runs]
     names = [run_name(settings) for settings in runs]
+    _check_names(names, runs)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, SWEEP_FILE), "w") as f:
         json.dump(
@@ -439,11 +456,29 @@ def run_sweep(
 
 
 def _finetune_run(run_dir: str, task: str, epochs: int, max_len: int) -> None:
+    from mlm_jax import checkpoint as ckpt
     from mlm_jax import finetune
 
     out = os.path.join(run_dir, FINETUNE_DIR)
-    if not is_finished(run_dir) or os.path.exists(os.path.join(out, finetune.RESULT_FILE)):
+    if not is_finished(run_dir):
         return
+    # A result counts only for the same request on the same checkpoint (another task, or a run
+    # trained further since, fine-tunes again).
+    request = {
+        "task": task,
+        "epochs": epochs,
+        "max_len": max_len,
+        "step": ckpt.latest_step(run_dir),
+    }
+    result_file = os.path.join(out, finetune.RESULT_FILE)
+    request_file = os.path.join(out, FINETUNE_REQUEST)
+    if os.path.exists(result_file) and _read_json(request_file) == request:
+        return
+    if os.path.exists(result_file):
+        os.remove(result_file)
+    os.makedirs(out, exist_ok=True)
+    with open(request_file, "w") as f:
+        json.dump(request, f)
     try:
         finetune.finetune(run_dir, task, out, epochs=epochs, max_len=max_len)
     except Exception as e:  # noqa: BLE001 - recorded in the table, the sweep goes on
@@ -496,10 +531,10 @@ def collect(workdir: str) -> tuple[list[list[str]], list[dict]]:
         row["wall_s"] = round(done["wall_s"], 1) if done else None
         ft = _read_json(os.path.join(run_dir, FINETUNE_DIR, "result.json"))
         row["finetune_accuracy"] = ft["dev/accuracy"] if ft else None
-        if failed:
-            row["status"], row["reason"] = "failed", failed["reason"]
-        elif is_finished(run_dir):
+        if is_finished(run_dir):  # (a run that failed once and was finished since is done)
             row["status"], row["reason"] = "done", ""
+        elif failed:
+            row["status"], row["reason"] = "failed", failed["reason"]
         else:
             row["status"], row["reason"] = ("partial" if events else "missing"), ""
         rows.append(row)

@@ -137,7 +137,9 @@ def _fake_trainer(fail_ratio):
     def train(config, run_dir):
         if float(config.masking.ratio) == fail_ratio:
             raise RuntimeError("boom: out of memory at step 3")
-        os.makedirs(os.path.join(run_dir, "checkpoints", str(config.train.num_steps)))
+        last = os.path.join(run_dir, "checkpoints", str(config.train.num_steps))
+        os.makedirs(last)
+        open(os.path.join(last, "commit_success.txt"), "w").close()  # a complete checkpoint
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             f.write(config.to_json())
         loss = 5.0 + config.masking.ratio + 0.1 * config.seed  # known per-run numbers
@@ -167,6 +169,46 @@ def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
     expected = f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}"
     assert expected in line, line
     assert "masking.ratio=0.3,seed=0: failed" in open(os.path.join(workdir, "results.md")).read()
+    # Finished elsewhere since (e.g. its --launch=print command): done, whatever the old marker.
+    finished_elsewhere = os.path.join(workdir, "masking.ratio=0.3,seed=0")
+    _fake_trainer(fail_ratio=None)(
+        sweep.apply_settings(config, {"masking.ratio": 0.3, "seed": 0}), finished_elsewhere
+    )
+    sweep.write_report(workdir)
+    rows = {r["run"]: r for r in _read_csv(os.path.join(workdir, "results.csv"))}
+    assert rows["masking.ratio=0.3,seed=0"]["status"] == "done"
+    assert rows["masking.ratio=0.3,seed=1"]["status"] == "failed"
+
+
+def test_values_that_would_share_a_directory_are_refused(tmp_path):
+    config = base_config()
+    spec = "data.dataset=text:/corpora/wiki en/*.txt,text:/corpora/wiki_en/*.txt"
+    with pytest.raises(sweep.SweepError, match="would share the directory"):
+        sweep.run_sweep(config, str(tmp_path / "sweep"), [spec], base_args=[], launch="print")
+    assert not os.path.exists(tmp_path / "sweep")
+
+
+def test_finetuning_is_redone_for_another_task_or_checkpoint(tmp_path, monkeypatch):
+    from mlm_jax import finetune
+
+    calls = []
+
+    def fake_finetune(run_dir, task, out, **kwargs):
+        calls.append(task)
+        with open(os.path.join(out, finetune.RESULT_FILE), "w") as f:
+            json.dump({"dev/accuracy": 0.5 + 0.1 * len(calls)}, f)
+
+    monkeypatch.setattr(finetune, "finetune", fake_finetune)
+    config = small_run_config(str(tmp_path / "unused"), num_steps=7)
+    run_dir = str(tmp_path / "run")
+    _fake_trainer(fail_ratio=None)(config, run_dir)
+    for task in ("tsv:a,b", "tsv:a,b", "tsv:c,d", "tsv:c,d"):
+        sweep._finetune_run(run_dir, task, epochs=3, max_len=64)
+    assert calls == ["tsv:a,b", "tsv:c,d"]  # the same request again reuses the result
+    longer = small_run_config(str(tmp_path / "unused"), num_steps=9)
+    _fake_trainer(fail_ratio=None)(longer, run_dir)  # trained further since: step 9
+    sweep._finetune_run(run_dir, "tsv:c,d", epochs=3, max_len=64)
+    assert calls == ["tsv:a,b", "tsv:c,d", "tsv:c,d"]
 
 
 def test_launch_print_gives_one_main_command_per_run(tmp_path, capsys):
