@@ -64,6 +64,7 @@ def main():
     args = parser.parse_args()
 
     config = get_config()
+    config.masking.ratio = config.masking.end_ratio = args.ratio  # K follows the ratio timed
     tokens, maskable, word_starts, document_ids = map(
         jnp.asarray, synthetic_batch(args.batch_size, args.seq_len)
     )

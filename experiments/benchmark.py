@@ -97,7 +97,9 @@ PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 # bfloat16 dense datasheet peaks, FLOP/s, matched by substring of device_kind (first match).
 DATASHEET_BF16 = (
     ("H200", 989e12),
-    ("H100", 989e12),  # SXM; PCIe parts are lower (756e12)
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM (device_kind "NVIDIA H100 80GB HBM3")
     ("A100", 312e12),
     ("TPU v4", 275e12),
     ("TPU v5 lite", 197e12),  # v5e

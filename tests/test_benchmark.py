@@ -248,3 +248,15 @@ ENTRY %main (a: {t}, b: {t}) -> {t} {{
     for dtype, rate in (("f32", gpu_estimate.TF32_FLOPS), ("bf16", gpu_estimate.GEMM_FLOPS)):
         by_kind, _ = gpu_estimate.estimate(module(dtype))
         assert by_kind == {"matmuls": pytest.approx(flops / rate + gpu_estimate.LAUNCH_S)}, dtype
+
+
+def test_datasheet_peak_tells_the_h100_variants_apart():
+    """NVIDIA's bf16 dense figures: SXM 989, PCIe 756, NVL 835 TFLOP/s (device_kind strings as
+    JAX reports them)."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import benchmark
+
+    assert benchmark.datasheet_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert benchmark.datasheet_peak("NVIDIA H100 PCIe", "bfloat16") == 756e12
+    assert benchmark.datasheet_peak("NVIDIA H100 NVL", "bfloat16") == 835e12
+    assert benchmark.datasheet_peak("NVIDIA H100 PCIe", "float32") is None
