@@ -239,13 +239,25 @@ class Trainer:
         # Initialisation runs outside the mesh context: out_shardings alone place each
         # parameter, so no full copy ever sits on one device.
         boxed = jax.eval_shape(self._init_state, jax.random.key(0))
-        self.state_sharding = sharding.logical_shardings(boxed, self.mesh, self.rules)
+        replicated = sharding.replicated(self.mesh)
+        state_sharding = sharding.logical_shardings(boxed, self.mesh, self.rules)
+        # The optimizer state is built from unboxed parameters, so it carries no logical axis
+        # names: its parameter-shaped parts (Adam's moments) take their parameter's sharding,
+        # or fsdp would shard the parameters but keep a full copy of the moments per device.
+        opt_sharding = optax.tree_map_params(
+            self.tx,
+            lambda _, param_sharding: param_sharding,
+            nn.unbox(boxed.opt_state),
+            state_sharding.params,
+            transform_non_params=lambda _: replicated,
+            is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+        )
+        self.state_sharding = state_sharding.replace(opt_state=opt_sharding)
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             nn.unbox(boxed),
             self.state_sharding,
         )
-        replicated = sharding.replicated(self.mesh)
         self.init = jax.jit(
             lambda key: nn.unbox(self._init_state(key)), out_shardings=self.state_sharding
         )

@@ -113,3 +113,41 @@ def test_train_step_compiles_without_replicating_whole_tensors_on_a_3_axis_mesh(
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Involuntary full rematerialization" not in out.stderr
+
+
+_MOMENTS_PER_DEVICE = """
+import json, jax
+from tests import sharded_worker
+
+trainer = sharded_worker.small_trainer((2, 4, 1))
+state = trainer.new_state()
+device = jax.devices()[0]
+
+def bytes_on(tree):  # what this device holds of every array in the tree
+    return sum(
+        shard.data.nbytes
+        for leaf in jax.tree.leaves(tree)
+        for shard in leaf.addressable_shards
+        if shard.device == device
+    )
+
+params = bytes_on(state.params)
+print(json.dumps({"params": params, "opt_state": bytes_on(state.opt_state),
+                  "whole_params": sum(x.nbytes for x in jax.tree.leaves(state.params))}))
+"""
+
+
+def test_fsdp_shards_adams_moments_like_the_parameters():
+    """On a data=2 x fsdp=4 mesh a device holds a quarter of the parameters, and its share of
+    the AdamW state is two such quarters (mu and nu) plus scalar counts, not two whole copies."""
+    out = subprocess.run(
+        [sys.executable, "-c", _MOMENTS_PER_DEVICE],
+        env=_eight_cpu_devices_env(),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    held = json.loads(out.stdout.strip().splitlines()[-1])
+    assert held["params"] < 0.3 * held["whole_params"]  # fsdp=4 (biases and norms replicate)
+    assert held["opt_state"] == pytest.approx(2 * held["params"], abs=64)
