@@ -282,7 +282,9 @@ class Dropout(nn.Module):
         if threshold >= _DROPOUT_LEVELS:
             return jnp.zeros_like(x)
         keep, keep_prob = dropout_keep_mask(self.make_rng("dropout"), x.shape, self.rate)
-        return jnp.where(keep, x * jnp.asarray(1.0 / keep_prob, x.dtype), jnp.zeros_like(x))
+        # Scaled in float32: 1/0.9 rounded to bfloat16 first (1.109375) shrank every kept unit.
+        kept = (x.astype(jnp.float32) * (1.0 / keep_prob)).astype(x.dtype)
+        return jnp.where(keep, kept, jnp.zeros_like(x))
 
 
 def attention_mask(tokens_BxL, document_ids_BxL, *, pad_id: int, attend_across_documents: bool):
