@@ -64,6 +64,34 @@ def _choice(config, key: str, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, f"config.{key}={value!r}: expected one of {', '.join(allowed)}")
 
 
+def _check_split_dims(config, mesh_sizes: dict, rules) -> None:
+    """Every model dimension a logical axis splits must divide by the mesh axes it maps to;
+    otherwise the run would die at initialisation in an XLA sharding error."""
+    m = config.model
+    hidden, heads = int(m.hidden_size), int(m.num_heads)
+    dims = {  # logical axis -> the config values whose dimensions carry it (model.py)
+        "embed": [("model.hidden_size", hidden)],
+        "heads": [("model.num_heads", heads)],
+        # (the MLM head's transform and the pooler put hidden_size on "mlp" too)
+        "mlp": [
+            ("model.intermediate_size", int(m.intermediate_size)),
+            ("model.hidden_size", hidden),
+        ],
+        "kv": [("the head size model.hidden_size / model.num_heads", hidden // max(heads, 1))],
+        # the vocabulary is padded to a multiple of this, whatever its size
+        "vocab": [("model.pad_vocab_multiple", int(m.pad_vocab_multiple))],
+    }
+    for logical, axes in rules:
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        split = math.prod(mesh_sizes[a] for a in axes)
+        for key, size in dims.get(logical, []) if split > 1 else []:
+            _require(
+                size % split == 0,
+                f"config.{key}={size} must divide by {split}, the mesh axes {' x '.join(axes)} "
+                f"that the logical axis {logical!r} is split over (mesh {mesh_sizes})",
+            )
+
+
 def validate_config(config, *, num_devices: int | None = None) -> None:
     """Structural checks that need neither data nor a tokenizer."""
     from mlm_jax import masking
@@ -88,6 +116,7 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
             value % jax.process_count() == 0,
             f"config.{key}={value} must divide by the number of hosts {jax.process_count()}",
         )
+    _check_split_dims(config, mesh_sizes, rules)
     micro = int(t.microbatches)
     _require(micro >= 1, f"config.train.microbatches={micro}: expected >= 1")
     _require(

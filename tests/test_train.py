@@ -3,6 +3,7 @@ configs stop with one clear line before anything is compiled or overwritten."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -314,3 +315,25 @@ def test_a_skipped_update_keeps_the_moments_but_not_the_learning_rate_back():
         np.testing.assert_array_equal(before, after)
     (schedule,) = parts(jax.device_get(state.opt_state), optax.ScaleByScheduleState)
     assert int(schedule.count) == int(state.step) == 2
+
+
+@pytest.mark.parametrize(
+    "mesh, model, message",
+    [
+        ((1, 1, 8), {"num_heads": 4}, "config.model.num_heads=4 must divide by 8"),
+        ((-1, 1, 2), {"intermediate_size": 1023}, "config.model.intermediate_size=1023"),
+        ((1, 4, 2), {"hidden_size": 250, "num_heads": 2}, "config.model.hidden_size=250"),
+        ((-1, 1, 2), {"pad_vocab_multiple": 1}, "config.model.pad_vocab_multiple=1"),
+    ],
+)
+def test_a_dimension_the_mesh_cannot_split_is_one_line_before_compiling(mesh, model, message):
+    """The run would otherwise die at initialisation in XLA ("partitioned 8 times, but the
+    dimension size is 4"); 8 devices are only counted here, none are used."""
+    from mlm_jax import config_defaults
+    from mlm_jax.config_checks import validate_config
+
+    config = config_defaults.base_config()
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
+    config.model.update(model)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(config, num_devices=8)
