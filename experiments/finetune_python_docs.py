@@ -1,14 +1,18 @@
 """Benchmark: does MLM pretraining on python_docs help a downstream task? Real vs shuffled words.
 
-    python experiments/finetune_python_docs.py --pretrained=RUN_DIR --out=DIR [--task_dir=DIR]
+    python experiments/finetune_python_docs.py --pretrained=RUN_DIR --out=DIR [--task=same_doc]
 
-Builds a balanced sentence task from the built-in corpus: label `real` for a sentence as
-written, `shuffled` for the same words in a random order. Both classes hold the same bag of
-words, so only word order separates them, which is what an MLM learns and a model that only
-counts words cannot. Training sentences come from the corpus's training documents, dev
-sentences from its held-out documents (the same hash split as data.heldout_fraction), so dev
-text was never seen in pretraining. Then fine-tunes the run's encoder and, as the baseline, the
-same architecture from random initialisation, and prints both with the majority-class accuracy.
+Builds a balanced task from the built-in corpus (written to DIR/task). `order`: label `real`
+for a sentence as written, `shuffled` for the same words in a random order; both classes hold
+the same bag of words, so only word order separates them, which is what an MLM learns and a
+model that only counts words cannot. `same_doc`: are two sentences from one document? Training
+examples come from the corpus's training documents, dev examples from its held-out documents
+(the hash split of the run's own data.heldout_fraction), and a dev sentence that also occurs in
+a training document (boilerplate repeated across pages) is dropped, so no dev text was seen in
+pretraining. Sentences are distinct within a split and rows are drawn without replacement, so a
+small pool gives fewer examples (the count is printed), never repeats. Then fine-tunes the
+run's encoder and, as the baseline, the same architecture from random initialisation, and
+prints both with the majority-class accuracy.
 """
 
 from __future__ import annotations
@@ -58,26 +62,32 @@ def examples(word_lists: list[list[str]], count: int, seed: int) -> list[tuple[s
     return out
 
 
-def same_document_pairs(docs: list[str], count: int, seed: int) -> list[tuple[str, str, str]]:
-    """`count` (label, a, b): half two sentences of one document, half of two documents."""
+def same_document_pairs(per_doc: list[list[str]], count: int, seed: int) -> list[tuple[str, ...]]:
+    """Up to `count` distinct (label, a, b) rows: half two sentences of one document, half
+    sentences of two documents; fewer (even) when the documents cannot give that many."""
     rng = np.random.default_rng(seed)
-    per_doc = [[" ".join(w) for w in sentences([d])] for d in docs]
-    rich = [s for s in per_doc if len(s) >= 2]
+    rich = [doc for doc in per_doc if len(doc) >= 2]
+    same = [(d, i, j) for d, doc in enumerate(rich) for i in range(len(doc)) for j in range(i + 1, len(doc))]  # fmt: skip
+    half = min(count // 2, len(same), len(rich) * (len(rich) - 1) // 2)
+    same_rows = [("same", rich[d][i], rich[d][j]) for d, i, j in (same[k] for k in rng.permutation(len(same))[:half])]  # fmt: skip
+    different, tries = set(), 0
+    while len(different) < half and tries < 100 * half:  # distinct (document, sentence) pairs
+        tries += 1
+        d1, d2 = rng.choice(len(rich), 2, replace=False)
+        different.add((d1, rng.integers(len(rich[d1])), d2, rng.integers(len(rich[d2]))))
+    half = min(half, len(different))
+    diff_rows = [("different", rich[a][i], rich[b][j]) for a, i, b, j in sorted(different)[:half]]
+    diff_rows = [diff_rows[k] for k in rng.permutation(len(diff_rows))]
+    return [row for pair in zip(same_rows[:half], diff_rows) for row in pair]
+
+
+def _distinct(texts: list[str], kept: set, unseen_in: str = "") -> list[str]:
+    """texts not in `kept` (which gathers them), nor in the training text when given."""
     out = []
-    for i in range(count):
-        if i % 2 == 0:
-            doc = rich[rng.integers(len(rich))]
-            a, b = rng.choice(len(doc), 2, replace=False)
-            out.append(("same", doc[a], doc[b]))
-        else:
-            d1, d2 = rng.choice(len(rich), 2, replace=False)
-            out.append(
-                (
-                    "different",
-                    rich[d1][rng.integers(len(rich[d1]))],
-                    rich[d2][rng.integers(len(rich[d2]))],
-                )
-            )
+    for text in texts:
+        if text not in kept and not (unseen_in and text in unseen_in):
+            kept.add(text)
+            out.append(text)
     return out
 
 
@@ -94,24 +104,42 @@ def build_task(
     docs = stdlib_documents()
     train_docs = [d for d in docs if not heldout_by_hash(d, heldout_fraction)]
     dev_docs = [d for d in docs if heldout_by_hash(d, heldout_fraction)]
+    train_text = " ".join(" ".join(d.split()) for d in train_docs)  # whitespace-normalised
     os.makedirs(task_dir, exist_ok=True)
     paths = []
     for name, split_docs, count in (("train", train_docs, num_train), ("dev", dev_docs, num_dev)):
-        path = os.path.join(task_dir, f"{name}.tsv")
+        unseen_in, kept = (train_text if name == "dev" else ""), set()
+        # Each sentence once in the split: boilerplate repeated across pages stays in the first.
+        per_doc = [_distinct([" ".join(w) for w in sentences([d])], kept, unseen_in) for d in split_docs]  # fmt: skip
         if kind == "same_doc":
-            with open(path, "w", encoding="utf-8") as f:
-                f.writelines(
-                    "\t".join(row) + "\n" for row in same_document_pairs(split_docs, count, seed)
-                )
-            paths.append(path)
-            continue
-        pool = sentences(split_docs)
-        if len(pool) < count:
-            count = len(pool) - len(pool) % 2
+            rows = same_document_pairs(per_doc, count, seed)
+        else:
+            pool = [text.split() for doc in per_doc for text in doc]
+            rows = examples(pool, min(count, len(pool) - len(pool) % 2), seed)
+        if len(rows) < count:
+            print(
+                f"{name}: {len(rows)} {kind} examples (the documents give no more)", file=sys.stderr
+            )
+        path = os.path.join(task_dir, f"{name}.tsv")
         with open(path, "w", encoding="utf-8") as f:
-            f.writelines(f"{label}\t{text}\n" for label, text in examples(pool, count, seed))
+            f.writelines("\t".join(row) + "\n" for row in rows)
         paths.append(path)
     return "tsv:" + ",".join(paths)
+
+
+def _heldout_fraction(run_dir: str) -> float:
+    """The run's own data.heldout_fraction: its held-out documents are the dev documents."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: --pretrained={run_dir}: no config.json (not a run directory)")
+    with open(path) as f:
+        data = json.load(f)["data"]
+    if data["dataset"] != "python_docs":
+        raise SystemExit(
+            f"error: --pretrained={run_dir} was pretrained on data.dataset={data['dataset']!r}; "
+            "this task is built from python_docs and must hold out what the run never saw"
+        )
+    return float(data["heldout_fraction"])
 
 
 def main() -> None:
@@ -140,6 +168,7 @@ def main() -> None:
     task = build_task(
         os.path.join(args.out, "task"),
         kind=args.task,
+        heldout_fraction=_heldout_fraction(args.pretrained),
         num_train=args.num_train,
         num_dev=args.num_dev,
     )

@@ -6,7 +6,9 @@
 
 MLM losses at different masking ratios do not compare on their own; accuracy on a downstream
 task does. The encoder comes from the run's latest checkpoint (mlm_jax.checkpoint.load_trained)
-or a Hugging Face BERT directory (mlm_jax.hf); the pooler and classifier start fresh.
+or a Hugging Face BERT directory (mlm_jax.hf). The classifier starts fresh; so does the pooler
+from a run directory (MLM pretraining does not train one), while a Hugging Face checkpoint's
+pooler is loaded, as transformers' BertForSequenceClassification loads it.
 `--init=random` keeps the run's architecture and tokenizer but not its weights: the baseline
 that tells what pretraining bought.
 

