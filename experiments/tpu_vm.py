@@ -184,6 +184,10 @@ def install_command(tpu: Tpu, jax_version_pin: str) -> list[str]:
     return ssh_command(tpu, remote)
 
 
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")  # a shell `NAME=value` prefix
+DISTRIBUTED_ENV = "MLM_JAX_DISTRIBUTED"  # read by mlm_jax.main
+
+
 def run_command(tpu: Tpu, run_argv: Sequence[str]) -> list[str]:
     """Start run_argv on every worker, detached so ssh returns at once.
 
@@ -192,10 +196,18 @@ def run_command(tpu: Tpu, run_argv: Sequence[str]) -> list[str]:
     setsid gives the run its own process group, whose id goes to REMOTE_PID for `stop`.
     """
     log_dir = REMOTE_LOG.rsplit("/", 1)[0]
+    # `-- XLA_FLAGS=... python3 ...`: nohup would take the assignment for a command; env sets it.
+    argv = list(run_argv)
+    if argv and _ASSIGNMENT.match(argv[0]):
+        argv = ["env", *argv]
+    # Several workers (or an unknown slice): mlm_jax.main starts jax.distributed, which finds
+    # the other hosts itself and runs the preemption service that stops them all at one step.
+    if workers_hint(tpu.accelerator_type) != 1:
+        argv = ["env", f"{DISTRIBUTED_ENV}=1", *argv[1 if argv[:1] == ["env"] else 0 :]]
     remote = (
         f"mkdir -p {log_dir} && {_REFUSE_IF_RUNNING} && cd {REMOTE_CODE_DIR} && "
         f". {REMOTE_VENV}/bin/activate && "
-        f"{{ setsid nohup {shlex.join(run_argv)} >> {REMOTE_LOG} 2>&1 < /dev/null & "
+        f"{{ setsid nohup {shlex.join(argv)} >> {REMOTE_LOG} 2>&1 < /dev/null & "
         f"echo $! > {REMOTE_PID}; }}"
     )
     return ssh_command(tpu, remote)

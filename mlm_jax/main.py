@@ -43,8 +43,11 @@ def _maybe_initialize_distributed() -> None:
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
-    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-        jax.distributed.initialize()  # Cloud TPU pod slice: discovered from the environment
+    elif (
+        os.environ.get("MLM_JAX_DISTRIBUTED") == "1"  # set by experiments/tpu_vm.py on a pod slice
+        or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0  # (GKE sets this)
+    ):
+        jax.distributed.initialize()  # Cloud TPU: JAX finds the other hosts itself
 
 
 def _fail(message: str) -> None:

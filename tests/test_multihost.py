@@ -9,12 +9,16 @@ batches, masks and dropout, so the losses agree to float32 reduction-order noise
 import json
 import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from test_fault_tolerance import run_main, write_config_file
 
 from mlm_jax import checkpoint, metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NUM_STEPS = 6
 CKPT_EVERY = 3
@@ -143,3 +147,37 @@ def test_two_process_checkpoint_resumes_in_one_process(runs):
 def _leaves(tree):
     for v in tree.values():
         yield from _leaves(v) if isinstance(v, dict) else (v,)
+
+
+_INIT_PROBE = """
+import jax
+from absl import flags
+from mlm_jax import main
+
+calls = []
+jax.distributed.initialize = lambda *args, **kwargs: calls.append((args, kwargs))
+flags.FLAGS(["main", "--config=configs/tiny.py", "--workdir=/tmp/unused"])
+main._maybe_initialize_distributed()
+print(len(calls))
+"""
+
+
+@pytest.mark.parametrize(
+    "env, calls",
+    [({}, 0), ({"MLM_JAX_DISTRIBUTED": "1"}, 1), ({"TPU_WORKER_HOSTNAMES": "h0,h1"}, 1)],
+)
+def test_cloud_tpu_pod_slices_start_jax_distributed(env, calls):
+    """tpu_vm.py sets MLM_JAX_DISTRIBUTED=1 on slices with several workers (GCE TPU VMs do not
+    set TPU_WORKER_HOSTNAMES; GKE does): either makes main call jax.distributed.initialize(),
+    without arguments, which also starts the preemption service."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("MLM_JAX_DISTRIBUTED", "TPU_WORKER_HOSTNAMES")}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _INIT_PROBE],
+        env={**clean, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == str(calls)

@@ -55,7 +55,9 @@ UNPACK = (
 LAUNCH_TAIL = "gcloud compute tpus tpu-vm ssh mlm --zone=us-central2-b --worker=all --command " + (
     shlex.quote(
         f"mkdir -p ~/mlm_jax_logs && {REFUSE} && cd ~/mlm_jax && "
-        f". ~/mlm_jax_venv/bin/activate && {{ setsid nohup {RUN} >> ~/mlm_jax_logs/run.log "
+        # v4-32 has 4 workers: the run starts jax.distributed (mlm_jax.main reads the variable)
+        f". ~/mlm_jax_venv/bin/activate && {{ setsid nohup env MLM_JAX_DISTRIBUTED=1 {RUN} "
+        ">> ~/mlm_jax_logs/run.log "
         f"2>&1 < /dev/null & echo $! > {PID}; }}"
     )
 )
@@ -155,7 +157,7 @@ def test_preemptible_and_sweep_command_string():
     assert shlex.split(lines[1])[-1] == "--preemptible"
     remote = shlex.split(lines[-1])[-1]
     # The string reaches the worker as one `bash -c` argument, quoted once more.
-    assert f"nohup bash -c {shlex.quote(sweep)} >> ~/mlm_jax_logs/run.log" in remote
+    assert f"nohup env MLM_JAX_DISTRIBUTED=1 bash -c {shlex.quote(sweep)} >> ~/mlm_jax_logs/run.log" in remote  # fmt: skip
     assert "WARNING" not in proc.stderr
 
 
@@ -246,11 +248,13 @@ def test_worker_shell_unpacks_and_runs_detached_with_the_exact_argv(tmp_path):
 
     probe = (  # one line, so the dry run prints one line per command
         "import json, os, pathlib, sys, time; "
-        "print(json.dumps([os.getcwd(), os.environ.get('FAKE_VENV')] + sys.argv[1:]), flush=True); "
+        "print(json.dumps([os.getcwd(), os.environ.get('FAKE_VENV'), os.environ.get('FAKE_FLAG')]"
+        " + sys.argv[1:]), flush=True); "
         f"released = lambda: pathlib.Path({str(release)!r}).exists(); "
         "[time.sleep(0.05) for _ in iter(released, True)]"
     )
-    run_argv = [sys.executable, "-c", probe, "--workdir=gs://b/r", "two words", "it's"]
+    # A leading NAME=value sets the run's environment, as it would in a shell.
+    run_argv = ["FAKE_FLAG=x y", sys.executable, "-c", probe, "--workdir=gs://b/r", "two words", "it's"]  # fmt: skip
     proc = dry_run(*UP, "--dry_run_state=READY", run=shlex.join(run_argv))
     lines = proc.stdout.splitlines()
     env = {**os.environ, "HOME": str(home)}
@@ -276,7 +280,7 @@ def test_worker_shell_unpacks_and_runs_detached_with_the_exact_argv(tmp_path):
             if log.exists() and log.read_text().endswith("\n"):
                 break
             time.sleep(0.05)
-        expected = [str(home / "mlm_jax"), "active", *run_argv[3:]]
+        expected = [str(home / "mlm_jax"), "active", "x y", *run_argv[4:]]
         assert json.loads(log.read_text()) == expected
 
         # While it runs, a second `up` neither replaces its code nor starts another copy.
