@@ -92,6 +92,23 @@ def _check_split_dims(config, mesh_sizes: dict, rules) -> None:
             )
 
 
+def _check_hosts_feed_whole_groups(mesh_sizes: dict, rules, local_devices: int, hosts: int):
+    """Each host feeds its own rows of every batch (loader), so the devices that share rows
+    (the mesh axes the batch is not split over, e.g. tensor) must sit on one host: a group
+    spanning hosts would be handed different rows as if they were one shard."""
+    if hosts <= 1:
+        return
+    batch = set(sharding.batch_axes(rules))
+    others = {a: n for a, n in mesh_sizes.items() if a not in batch}
+    group = math.prod(others.values())
+    _require(
+        local_devices % group == 0,
+        f"config.mesh: the axes the batch is not split over ({others}) hold {group} devices per "
+        f"group, more than fit whole on one host ({local_devices} devices): each host feeds "
+        f"different rows, so put those axes within a host (mesh {mesh_sizes})",
+    )
+
+
 def validate_config(config, *, num_devices: int | None = None) -> None:
     """Structural checks that need neither data nor a tokenizer."""
     from mlm_jax import masking
@@ -117,6 +134,7 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
             f"config.{key}={value} must divide by the number of hosts {jax.process_count()}",
         )
     _check_split_dims(config, mesh_sizes, rules)
+    _check_hosts_feed_whole_groups(mesh_sizes, rules, jax.local_device_count(), jax.process_count())
     micro = int(t.microbatches)
     _require(micro >= 1, f"config.train.microbatches={micro}: expected >= 1")
     _require(

@@ -337,3 +337,17 @@ def test_a_dimension_the_mesh_cannot_split_is_one_line_before_compiling(mesh, mo
     config.model.update(model)
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config(config, num_devices=8)
+
+
+def test_a_model_parallel_group_spanning_hosts_is_refused():
+    """2 hosts x 2 devices with tensor=4: each host would feed its own rows to one tensor group
+    (the losses then drifted from the 1-host run); data=2 x tensor=2 keeps groups on a host."""
+    from mlm_jax import config_defaults
+    from mlm_jax.config_checks import _check_hosts_feed_whole_groups
+    from mlm_jax.sharding import logical_rules
+
+    rules = logical_rules(config_defaults.base_config().mesh)
+    with pytest.raises(ConfigError, match=r"\({'tensor': 4}\) hold 4 devices per group"):
+        _check_hosts_feed_whole_groups({"data": 1, "fsdp": 1, "tensor": 4}, rules, 2, 2)
+    _check_hosts_feed_whole_groups({"data": 2, "fsdp": 1, "tensor": 2}, rules, 2, 2)
+    _check_hosts_feed_whole_groups({"data": 1, "fsdp": 1, "tensor": 4}, rules, 4, 1)  # one host
