@@ -585,10 +585,11 @@ def group_over_seeds(axes, rows: list[dict]) -> list[dict]:
             groups.setdefault(tuple(row[k] for k in group_keys), []).append(row)
     out = []
     for setting, members in groups.items():
-        entry = {"settings": dict(zip(group_keys, setting)), "n": len(members)}
+        entry = {"settings": dict(zip(group_keys, setting)), "n": len(members), "counts": {}}
         for name in values:
             got = [float(m[name]) for m in members if m.get(name) is not None]
             entry[name] = _mean_std(got) if got else None
+            entry["counts"][name] = len(got)  # runs behind this metric's mean (<= n)
         out.append(entry)
     return out
 
@@ -612,13 +613,17 @@ def write_markdown(path: str, axes, rows: list[dict]) -> None:
                 cells.append(f"{stat[0]:.0f}")
             else:
                 mean, std = stat
-                cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
+                cell = f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+                if entry["counts"][name] < entry["n"]:  # e.g. a fine-tune that failed
+                    cell += f" (n={entry['counts'][name]})"
+                cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r["status"] != "done"]
     notes = [
         "",
         "eval_* = held-out MLM at the common eval masking (eval.mask_ratio); own_* = at the "
-        "run's training masking. Mean ± sample std over seeds.",
+        "run's training masking. Mean ± sample std over seeds; (n=k) marks a mean over fewer "
+        "runs than the seeds column.",
     ]
     for r in failed:
         notes.append(f"- {r['run']}: {r['status']} {r.get('reason', '')}".rstrip())

@@ -292,3 +292,22 @@ def test_parallel_slots_divide_the_devices(monkeypatch):
     assert all(
         e["XLA_FLAGS"].count("device_count") == 1 and "--xla_foo" in e["XLA_FLAGS"] for e in envs
     )
+
+
+def test_a_mean_over_fewer_runs_than_the_seeds_says_so(tmp_path):
+    """Three finished seeds, a fine-tune result for two: the seeds column says 3, and the
+    fine-tune mean (over 2) is marked (n=2)."""
+    rows = [
+        {"run": f"seed={s}", "masking.ratio": 0.3, "seed": s, "status": "done",
+         "eval_loss": 5.0 + s, "finetune_accuracy": (0.6 if s < 2 else None)}
+        for s in range(3)
+    ]  # fmt: skip
+    path = str(tmp_path / "results.md")
+    sweep.write_markdown(path, [["masking.ratio"], ["seed"]], rows)
+    line = [x for x in open(path) if x.startswith("| 0.3 |")][0]
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    header = [c.strip() for c in open(path).readline().strip().strip("|").split("|")]
+    row = dict(zip(header, cells))
+    assert row["seeds"] == "3"
+    assert row["eval_loss"] == "6.0000 ± 1.0000"
+    assert row["finetune_accuracy"] == "0.6000 ± 0.0000 (n=2)"
