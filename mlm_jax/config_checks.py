@@ -16,6 +16,7 @@ from mlm_jax import checkpoint as ckpt
 from mlm_jax import sharding
 
 log = logging.getLogger(__name__)
+_WARNED: set = set()  # (workdir, num_steps change) pairs already warned about in this process
 
 # Keys a resumed run may change: they do not alter what the state or the data mean.
 # (train.num_steps lengthens or shortens the run; its schedules stretch with it, with a warning.)
@@ -223,7 +224,8 @@ def check_resume_compatible(config, workdir: str) -> None:
         )
         if new.get(key) != "constant"
     ]
-    if steps[0] != steps[1] and stretched:
+    if steps[0] != steps[1] and stretched and (workdir, steps) not in _WARNED:
+        _WARNED.add((workdir, steps))  # (the check runs again once the tokenizer is known)
         log.warning(
             "train.num_steps %s -> %s on resume: the %s schedule now spans the new length, so the "
             "steps after the checkpoint follow a different schedule than the first attempt planned",

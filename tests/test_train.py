@@ -144,8 +144,9 @@ def test_workdir_of_another_config_is_refused_and_left_intact(data_dir, tmp_path
     from mlm_jax.config_checks import check_resume_compatible
 
     with caplog.at_level("WARNING", logger="mlm_jax.config_checks"):
-        check_resume_compatible(small_run_config(data_dir, num_steps=20), workdir)
-    assert "train.num_steps 10 -> 20 on resume: the learning-rate schedule" in caplog.text
+        for _ in range(2):  # train_and_evaluate checks twice (before and after the tokenizer)
+            check_resume_compatible(small_run_config(data_dir, num_steps=20), workdir)
+    assert caplog.text.count("train.num_steps 10 -> 20 on resume: the learning-rate schedule") == 1
 
 
 def _main(workdir, override):
