@@ -66,33 +66,36 @@ _TOKENIZER_FILES = (
 # ----------------------------------------------------------------------------- reading
 
 
-def _checkpoint_dir(directory: str) -> str:
-    """The folder holding config.json: DIR itself, or DIR/0_Transformer (sentence-transformers)."""
+def _layout_folder(directory: str, names: tuple[str, ...]) -> tuple[str, str | None]:
+    """(DIR expanded, the first of DIR and DIR/0_Transformer (sentence-transformers) that holds
+    one of `names`, or None), so every loader of a HF directory accepts the same layouts."""
     directory = os.path.expanduser(str(directory))
     if not os.path.isdir(directory):
         raise ValueError(
             f"{directory!r}: not a directory (expected a Hugging Face BERT checkpoint)"
         )
     for candidate in (directory, os.path.join(directory, "0_Transformer")):
-        if os.path.exists(os.path.join(candidate, "config.json")):
-            return candidate
-    raise ValueError(
-        f"{os.path.join(directory, 'config.json')}: missing (not a Hugging Face checkpoint)"
-    )
+        if any(os.path.exists(os.path.join(candidate, n)) for n in names):
+            return directory, candidate
+    return directory, None
+
+
+def _checkpoint_dir(directory: str) -> str:
+    """The folder holding config.json."""
+    directory, folder = _layout_folder(directory, ("config.json",))
+    if folder is None:
+        raise ValueError(
+            f"{os.path.join(directory, 'config.json')}: missing (not a Hugging Face checkpoint)"
+        )
+    return folder
 
 
 def tokenizer_dir(directory: str) -> str:
-    """The folder holding tokenizer.json or vocab.txt, looked for where _checkpoint_dir looks for
-    config.json, so every loader of a HF directory accepts the same layouts."""
-    directory = os.path.expanduser(str(directory))
-    if not os.path.isdir(directory):
-        raise ValueError(
-            f"{directory!r}: not a directory (expected a Hugging Face BERT checkpoint)"
-        )
-    for candidate in (directory, os.path.join(directory, "0_Transformer")):
-        if any(os.path.exists(os.path.join(candidate, n)) for n in ("tokenizer.json", "vocab.txt")):
-            return candidate
-    raise ValueError(f"{directory!r}: no tokenizer.json or vocab.txt (nor in 0_Transformer/)")
+    """The folder holding tokenizer.json or vocab.txt."""
+    directory, folder = _layout_folder(directory, ("tokenizer.json", "vocab.txt"))
+    if folder is None:
+        raise ValueError(f"{directory!r}: no tokenizer.json or vocab.txt (nor in 0_Transformer/)")
+    return folder
 
 
 def _load_weights(folder: str) -> dict[str, np.ndarray]:
