@@ -20,6 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mlm_jax import files
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
@@ -101,17 +103,20 @@ def _committed(step_dir: epath.Path) -> bool:
 
 def check_writable(workdir: str) -> None:
     """One ValueError line, before anything compiles, if the run could not save its work."""
-    for directory in (workdir, os.path.join(workdir, CHECKPOINT_DIR)):
-        probe = os.path.join(directory, f".write_probe_{os.getpid()}")
+    for directory in (workdir, os.fspath(checkpoint_dir(workdir))):
+        probe = files.join(directory, f".write_probe_{os.getpid()}")
         try:
+            if files.is_remote(directory):  # a bucket has no folders to make
+                epath.Path(probe).write_text("ok")
+                epath.Path(probe).unlink()
+                continue
             os.makedirs(directory, exist_ok=True)
             with open(probe, "w") as f:
                 f.write("ok")
             os.remove(probe)
-        except OSError as e:
-            raise ValueError(
-                f"workdir {workdir!r}: cannot write to {directory} ({e.strerror or e})"
-            ) from e
+        except Exception as e:  # OSError locally; the storage client's own errors in a bucket
+            reason = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
+            raise ValueError(f"workdir {workdir!r}: cannot write to {directory} ({reason})") from e
 
 
 def latest_step(workdir: str) -> int | None:
@@ -184,11 +189,10 @@ def restore(manager, step: int, abstract_state) -> tuple:
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
     """The resolved config a workdir's run was started with (None for a fresh workdir)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = files.join(workdir, "config.json")
+    if not files.exists(path):
         return None
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(files.read_text(path)))
 
 
 def load_trained(workdir: str, step: int | None = None):

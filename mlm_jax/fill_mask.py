@@ -7,14 +7,13 @@ python -m mlm_jax.fill_mask --hf_dir=path/to/bert --top_k=10 "Paris is the [MASK
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlm_jax import hf
+from mlm_jax import files, hf
 from mlm_jax.data.tokenizer import load_tokenizer
 from mlm_jax.model import BertMLM, ModelConfig
 
@@ -26,7 +25,7 @@ def load_from_workdir(workdir: str):
     from mlm_jax.checkpoint import load_trained
 
     params, config = load_trained(workdir)
-    tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
+    tokenizer = load_tokenizer(files.join(workdir, "tokenizer"))
     model_config = ModelConfig.from_config(
         config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
     )

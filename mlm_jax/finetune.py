@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mlm_jax import files
+
 log = logging.getLogger("mlm_jax.finetune")  # also when run as __main__
 
 RESULT_FILE = "result.json"
@@ -205,11 +207,11 @@ def load_encoder(pretrained: str, tokenizer_path: str = ""):
             model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
         )
         return config, None, tokenizer, 128
-    if not os.path.isdir(pretrained):
+    if not files.isdir(pretrained):
         raise ValueError(f"--pretrained={pretrained!r} is not a directory")
-    if os.path.isdir(ckpt.checkpoint_dir(pretrained)):
+    if ckpt.checkpoint_dir(pretrained).is_dir():  # a run's workdir, local or gs://
         params, run_config = ckpt.load_trained(pretrained)
-        tokenizer = load_tokenizer(tokenizer_path or os.path.join(pretrained, "tokenizer"))
+        tokenizer = load_tokenizer(tokenizer_path or files.join(pretrained, "tokenizer"))
         config = ModelConfig.from_config(
             run_config.model, vocab_size=int(run_config.model.vocab_size), pad_id=tokenizer.pad_id
         )
@@ -352,9 +354,9 @@ def finetune(
         n = len(order)
         return {"dev/loss": loss_sum / n, "dev/accuracy": correct / n}
 
-    os.makedirs(workdir, exist_ok=True)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    open(metrics_path, "w").close()
+    metrics_path = files.join(workdir, "metrics.jsonl")  # local or gs://: rewritten whole
+    lines = []
+    files.write_text(metrics_path, "")
     dropout_key = jax.random.key(seed + 1)
     majority = float(np.mean(dev_data["labels"] == np.bincount(train_data["labels"]).argmax()))
     step = 0
@@ -373,8 +375,8 @@ def finetune(
             "train/loss": float(np.mean(jax.device_get(losses))),
             **evaluate(params),
         }
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        lines.append(json.dumps(record) + "\n")
+        files.write_text(metrics_path, "".join(lines))
         log.info(
             "epoch %d: train loss %.4f, dev loss %.4f, dev accuracy %.4f",
             epoch + 1,
@@ -391,8 +393,7 @@ def finetune(
         "train_examples": len(train_data["labels"]),
         "dev_examples": len(dev_data["labels"]),
     }
-    with open(os.path.join(workdir, RESULT_FILE), "w") as f:
-        json.dump(result, f, indent=2)
+    files.write_text(files.join(workdir, RESULT_FILE), json.dumps(result, indent=2))
     return result
 
 

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from mlm_jax import files
 from mlm_jax.model import ModelConfig
 
 # Our config.model key <- HF config.json key.
@@ -495,7 +496,7 @@ def export_workdir(workdir: str, out_dir: str) -> None:
     from mlm_jax.data.tokenizer import load_tokenizer
 
     params, config = load_trained(workdir)
-    tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
+    tokenizer = load_tokenizer(files.join(workdir, "tokenizer"))
     model_config = ModelConfig.from_config(
         config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
     )

@@ -16,7 +16,6 @@ Faults end in a resumable state and lose nothing:
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 
 from mlm_jax import checkpoint as ckpt
+from mlm_jax import files
 from mlm_jax import metrics as metrics_lib
 from mlm_jax.config_checks import (
     as_config_errors,
@@ -191,11 +191,8 @@ def _load_pretrained(trainer: Trainer, state: TrainState, directory: str) -> Tra
 
 
 def _write_config(config, workdir: str) -> None:
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+    files.write_text(files.join(workdir, "config.json"), text)
 
 
 _LOG_WINDOW = "log_window"  # key in the saved data state: the open train-log window
@@ -290,6 +287,7 @@ def _loop(
             if save:
                 data_state = {**data_states[step - 1], _LOG_WINDOW: window}
                 ckpt.save(manager, step, state, data_state, config)
+                writer.flush()  # a bucket workdir gets the events this checkpoint covers
                 data_states = {s: v for s, v in data_states.items() if s >= step}
             if preempted:
                 return result, step

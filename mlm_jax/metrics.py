@@ -10,9 +10,15 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 
+from mlm_jax import files
+
 log = logging.getLogger(__name__)
+
+UPLOAD_EVERY_S = 60.0  # a bucket workdir's metrics and TensorBoard: upload at least this often
 
 
 class MetricsWriter:
@@ -21,64 +27,100 @@ class MetricsWriter:
     start_step > 0 (a resumed run): events past it are dropped from metrics.jsonl and hidden in
     TensorBoard (its purge marker), since the run recomputes them exactly. start_step 0 (no
     checkpoint yet) drops them all: the step-0 eval is redone too.
+
+    A workdir in a bucket (gs://) cannot be appended to: the writer keeps metrics.jsonl's text
+    and writes TensorBoard into a local folder, and `flush` uploads both. The loop flushes
+    after each checkpoint, so everything a resumed run would not recompute is in the bucket;
+    writes also flush once UPLOAD_EVERY_S has passed since the last upload, for people
+    watching the run.
     """
 
     def __init__(self, workdir: str, *, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = files.join(workdir, "metrics.jsonl")
+        self._remote = files.is_remote(workdir)
         self._tb = None
+        self._tb_url = files.join(workdir, "tensorboard")
+        self._lines: list[str] = []  # remote: the whole of metrics.jsonl
+        self._dirty = False
+        self._upload_every_s = UPLOAD_EVERY_S
+        self._uploaded_at = time.monotonic()
         if enabled:
             from tensorboardX import SummaryWriter
 
             kept_through = start_step if start_step > 0 else -1
             self.truncate_after(kept_through)
-            purge_step = kept_through + 1
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge_step)
+            if self._remote:
+                self._tb_local = tempfile.mkdtemp(prefix="mlm_jax-tensorboard-")
+                tb_dir = self._tb_local
+            else:
+                tb_dir = self._tb_url
+            self._tb = SummaryWriter(tb_dir, purge_step=kept_through + 1)
 
     def truncate_after(self, step: int) -> None:
         """Drops events past `step`: a resumed run recomputes them exactly, so none are lost.
 
         A last line cut short by a killed process is dropped too.
         """
-        if not self.enabled or not os.path.exists(self.path):
+        if not self.enabled or not files.exists(self.path):
             return
         kept = []
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if event["step"] <= step:
-                    kept.append(json.dumps(event) + "\n")
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.path)
+        for line in files.read_text(self.path).splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event["step"] <= step:
+                kept.append(json.dumps(event) + "\n")
+        files.write_text(self.path, "".join(kept))
+        self._lines = kept
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         record = {"step": int(step)}
         record.update({k: _jsonable(v) for k, v in scalars.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
         for k, v in scalars.items():
             self._tb.add_scalar(k, float(v), int(step))
         self._tb.flush()
+        if not self._remote:
+            with open(self.path, "a") as f:
+                f.write(line)
+            return
+        self._lines.append(line)
+        self._dirty = True
+        if time.monotonic() - self._uploaded_at >= self._upload_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Uploads what a bucket workdir has not yet received (nothing to do on a local disk)."""
+        if not (self.enabled and self._remote and self._dirty):
+            return
+        files.write_text(self.path, "".join(self._lines))
+        for root, _, names in os.walk(self._tb_local):
+            for name in names:
+                local = os.path.join(root, name)
+                relative = os.path.relpath(local, self._tb_local)
+                files.upload_file(local, files.join(self._tb_url, *relative.split(os.sep)))
+        self._dirty = False
+        self._uploaded_at = time.monotonic()
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self.flush()
+            if self._remote:
+                shutil.rmtree(self._tb_local, ignore_errors=True)
+            self._tb = None
 
 
 def read_metrics(workdir: str) -> list[dict]:
     """All events of a run's metrics.jsonl, in order."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = files.join(workdir, "metrics.jsonl")
+    if not files.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def _jsonable(v):

@@ -12,3 +12,15 @@ import pytest  # noqa: E402
 def data_dir(tmp_path_factory):
     """One TFDS data dir per test session: the built-in corpus and tokenizers build once."""
     return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+@pytest.fixture
+def bucket(monkeypatch, tmp_path):
+    """gs:// served from memory (tests/fake_gcs.py) for one test, which runs in an empty
+    tmp_path: a stray local folder named "gs:" would show there."""
+    from tests import fake_gcs
+
+    fs = fake_gcs.install()
+    monkeypatch.chdir(tmp_path)
+    yield fs
+    fake_gcs.uninstall()

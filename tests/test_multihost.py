@@ -8,6 +8,7 @@ batches, masks and dropout, so the losses agree to float32 reduction-order noise
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NUM_STEPS = 6
 CKPT_EVERY = 3
+VOCAB_SIZE = 500
 BASE = ("log.every_steps=1", f"checkpoint.every_steps={CKPT_EVERY}", "eval.every_steps=0")
 
 
@@ -43,19 +45,12 @@ def _recorded(path) -> dict[int, list[int]]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
     """The 1-process/4-device oracle, the 2-process run, and a 1-device resume of the latter."""
-    from configs import small_run_config
-    from mlm_jax.data import loader
 
     root = tmp_path_factory.mktemp("multihost")
     config_file = write_config_file(str(root), data_dir, num_steps=NUM_STEPS)
-    # Hosts must share one vocabulary (the loader refuses to train one per host): train it here.
-    vocab_dir = str(root / "vocab")
-    loader.get_tokenizer(small_run_config(data_dir)).save(vocab_dir)
-    overrides = (*BASE, f"data.tokenizer={vocab_dir}", "mesh.data=-1")
-
-    one = str(root / "one_process")
-    done = run_main(config_file, one, *overrides, devices=4, hooks={"record": f"{one}.ids"})
-    assert done.returncode == 0, done.stderr
+    # A vocabulary size no other test caches: the 2-process run must make it, on process 0
+    # alone (training is not reproducible), and share it with process 1.
+    overrides = (*BASE, "mesh.data=-1", f"data.vocab_size={VOCAB_SIZE}")
 
     two = str(root / "two_processes")
     address = f"localhost:{_free_port()}"
@@ -86,6 +81,19 @@ def runs(tmp_path_factory, data_dir):
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out
 
+    vocab_dir = str(root / "vocab")  # the oracle uses the same vocabulary
+    shutil.copytree(os.path.join(two, "tokenizer"), vocab_dir)
+    one = str(root / "one_process")
+    done = run_main(
+        config_file,
+        one,
+        *overrides,
+        f"data.tokenizer={vocab_dir}",
+        devices=4,
+        hooks={"record": f"{one}.ids"},
+    )
+    assert done.returncode == 0, done.stderr
+
     # Resume the 2-process checkpoint of step 3 in one process with one device.
     resumed = str(root / "resumed")
     os.makedirs(os.path.join(resumed, "checkpoints"))
@@ -99,7 +107,14 @@ def runs(tmp_path_factory, data_dir):
     os.rename(os.path.join(two, "tokenizer"), os.path.join(resumed, "tokenizer"))
     done = run_main(config_file, resumed, *overrides, devices=1)
     assert done.returncode == 0, done.stderr
-    return {"one": one, "two": two, "resumed": resumed, "resume_log": done.stderr}
+    return {
+        "one": one,
+        "two": two,
+        "resumed": resumed,
+        "resume_log": done.stderr,
+        "host_logs": outputs,
+        "vocab": vocab_dir,
+    }
 
 
 def test_two_processes_match_one_process_with_four_devices(runs):
@@ -107,6 +122,14 @@ def test_two_processes_match_one_process_with_four_devices(runs):
     assert sorted(one) == sorted(two) == list(range(1, NUM_STEPS + 1))
     # Same global batches and keys; only the order of float32 sums may differ (gloo vs local).
     np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=2e-5)
+
+
+def test_hosts_train_on_process_0s_vocabulary(runs):
+    trained = f"training a {VOCAB_SIZE}-token WordPiece vocabulary"
+    host0, host1 = runs["host_logs"]
+    assert trained in host0 and trained not in host1
+    vocab = open(os.path.join(runs["vocab"], "vocab.txt")).read().split("\n")
+    assert len(vocab) - (vocab[-1] == "") == VOCAB_SIZE
 
 
 def test_processes_read_disjoint_halves_of_each_global_batch(runs):

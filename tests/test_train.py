@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from mlm_jax import checkpoint, metrics
 from mlm_jax.config_checks import ConfigError
 from mlm_jax.train import Trainer, train_and_evaluate
+from tests import interrupt
 from tests.configs import small_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,10 +47,6 @@ def test_small_run_learns_and_writes_its_outputs(data_dir, tmp_path):
         assert np.isfinite(event[key])
 
 
-class _Stop(Exception):
-    pass
-
-
 def test_stopped_and_restarted_run_equals_uninterrupted_run(data_dir, tmp_path, monkeypatch):
     config = small_run_config(data_dir, num_steps=20)
     # Train events average 4 steps; the step-10 checkpoint falls inside the window 9-12, which
@@ -60,29 +56,11 @@ def test_stopped_and_restarted_run_equals_uninterrupted_run(data_dir, tmp_path, 
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     train_and_evaluate(config, full)
 
-    build = Trainer._build
-
-    def build_then_stop_at_step_15(self):
-        build(self)
-        step_fn, calls = self.train_step, [0]
-
-        def step(state, batch):
-            calls[0] += 1
-            if calls[0] > 14:
-                raise _Stop
-            return step_fn(state, batch)
-
-        self.train_step = step
-
-    monkeypatch.setattr(Trainer, "_build", build_then_stop_at_step_15)
-    with pytest.raises(_Stop):
+    resume = interrupt.stop_at_step(monkeypatch, 15)
+    with pytest.raises(interrupt.Stop):
         train_and_evaluate(config, cut)
-    monkeypatch.undo()
-    for _ in range(300):  # the step-10 save may still be finishing in the background
-        if checkpoint.latest_step(cut) == 10:
-            break
-        time.sleep(0.1)
-    assert checkpoint.latest_step(cut) == 10
+    resume()
+    assert interrupt.wait_for_checkpoint(cut, 10) == 10
     train_and_evaluate(config, cut)  # resumes from step 10
 
     def train_events(workdir):  # all but the wall-clock rate

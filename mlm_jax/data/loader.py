@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
-import shutil
 import tempfile
 
 import grain
 import numpy as np
 
+from mlm_jax import files
 from mlm_jax.data import corpora, packing, text_files
 from mlm_jax.data import tokenizer as tokenizer_lib
 
@@ -55,9 +56,9 @@ def validate_data_config(config) -> None:
             f"data.num_workers={d.num_workers}: only 0 (in-process prefetch threads) is supported"
         )
     if d.tokenizer:
-        path = os.path.expanduser(d.tokenizer)
-        ok = os.path.isfile(path) or any(
-            os.path.isfile(os.path.join(path, n)) for n in ("tokenizer.json", "vocab.txt")
+        path = d.tokenizer if files.is_remote(d.tokenizer) else os.path.expanduser(d.tokenizer)
+        ok = (files.exists(path) and not files.isdir(path)) or any(
+            files.exists(files.join(path, n)) for n in ("tokenizer.json", "vocab.txt")
         )
         if not ok:
             raise ValueError(
@@ -96,65 +97,76 @@ def load_corpus(config) -> corpora.Corpus:
     return _corpus(d.dataset, d.data_dir, d.text_unit, float(d.heldout_fraction))
 
 
-def _copy_dir_atomically(source: str, destination: str) -> None:
-    parent = os.path.dirname(os.path.abspath(destination))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    try:
-        for name in os.listdir(source):
-            shutil.copy2(os.path.join(source, name), tmp)
-        try:
-            os.rename(tmp, destination)
-        except OSError:  # another process got there first; keep its copy
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def get_tokenizer(config, workdir: str | None = None) -> tokenizer_lib.Tokenizer:
     """The run's tokenizer: workdir/tokenizer if present (a resumed run), else data.tokenizer,
     else a WordPiece vocabulary trained once per (corpus, vocab_size, lowercase) and cached.
     The chosen files are copied into workdir/tokenizer/ so a checkpoint carries its tokenizer."""
+    import jax
+
     d = config.data
-    run_copy = os.path.join(workdir, "tokenizer") if workdir else None
-    if run_copy and os.path.isdir(run_copy):
+    run_copy = files.join(workdir, "tokenizer") if workdir else None
+    if run_copy and files.has_dir(run_copy):
         log.info("using the run's tokenizer %s", run_copy)
         return tokenizer_lib.load_tokenizer(run_copy)
     if d.tokenizer:
         tokenizer = tokenizer_lib.load_tokenizer(d.tokenizer)
+    elif jax.process_count() > 1:
+        # Training is not bit-reproducible (tokenizers breaks ties in hash-map order), and each
+        # host has its own cache: process 0's vocabulary is the run's, sent to the others.
+        tokenizer = _from_process_0(lambda: _trained_tokenizer(config))
     else:
-        corpus = load_corpus(config)
-        casing = "uncased" if d.lowercase else "cased"
-        cached = os.path.join(
-            cache_root(config), "tokenizers", f"{corpus.key}-v{d.vocab_size}-{casing}"
-        )
-        if not os.path.isdir(cached):
-            import jax
-
-            if jax.process_count() > 1:
-                # Training is not bit-reproducible (tokenizers breaks ties in hash-map order),
-                # so hosts must share one vocabulary rather than each train their own.
-                raise ValueError(
-                    f"data.tokenizer='' on {jax.process_count()} hosts: train one first with "
-                    f"`python -m mlm_jax.data.tokenizer --dataset={d.dataset} --vocab_size={d.vocab_size} "
-                    "--out=DIR` and set data.tokenizer=DIR"
-                )
-            log.info("training a %d-token WordPiece vocabulary on %s", d.vocab_size, corpus.key)
-            trained = tokenizer_lib.train_wordpiece(
-                corpora.iter_training_texts(corpus.train),
-                vocab_size=d.vocab_size,
-                lowercase=d.lowercase,
-            )
-            with tempfile.TemporaryDirectory() as tmp:
-                trained.save(tmp)
-                _copy_dir_atomically(tmp, cached)
-        tokenizer = tokenizer_lib.load_tokenizer(cached)
+        tokenizer = _trained_tokenizer(config)
     if run_copy:
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer.save(tmp)
-            _copy_dir_atomically(tmp, run_copy)
+            files.copy_dir(tmp, run_copy)
         tokenizer = tokenizer_lib.load_tokenizer(run_copy)  # exactly what a resumed run will load
     return tokenizer
+
+
+def _trained_tokenizer(config) -> tokenizer_lib.Tokenizer:
+    """The cached WordPiece vocabulary of config.data, trained on the train split if missing."""
+    d = config.data
+    corpus = load_corpus(config)
+    casing = "uncased" if d.lowercase else "cased"
+    cached = os.path.join(
+        cache_root(config), "tokenizers", f"{corpus.key}-v{d.vocab_size}-{casing}"
+    )
+    if not os.path.isdir(cached):
+        log.info("training a %d-token WordPiece vocabulary on %s", d.vocab_size, corpus.key)
+        trained = tokenizer_lib.train_wordpiece(
+            corpora.iter_training_texts(corpus.train),
+            vocab_size=d.vocab_size,
+            lowercase=d.lowercase,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            trained.save(tmp)
+            files.copy_dir(tmp, cached)
+    return tokenizer_lib.load_tokenizer(cached)
+
+
+def _from_process_0(make) -> tokenizer_lib.Tokenizer:
+    """`make()` on process 0; every process gets its saved files (a collective: all must call)."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    payload = b""
+    if jax.process_index() == 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            make().save(tmp)
+            saved = {}
+            for name in sorted(os.listdir(tmp)):
+                with open(os.path.join(tmp, name), encoding="utf-8") as f:
+                    saved[name] = f.read()
+        payload = json.dumps(saved).encode()
+    size = int(multihost_utils.broadcast_one_to_all(np.int64(len(payload))))
+    local = np.frombuffer(payload, np.uint8) if payload else np.zeros(size, np.uint8)
+    received = np.asarray(multihost_utils.broadcast_one_to_all(local)).tobytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in json.loads(received).items():
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        return tokenizer_lib.load_tokenizer(tmp)
 
 
 def packed_rows(config, tokenizer, split: str) -> packing.PackedRows:

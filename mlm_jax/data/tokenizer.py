@@ -19,6 +19,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from mlm_jax import files
+
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -156,7 +158,17 @@ def _lowercase_from_config_file(directory: str) -> bool:
 
 
 def load_tokenizer(path: str) -> Tokenizer:
-    """path: a vocab.txt, a tokenizer.json, or a directory holding one (tokenizer.json preferred)."""
+    """path: a vocab.txt, a tokenizer.json, or a directory holding one (tokenizer.json preferred).
+
+    A gs:// path is read through a temporary local copy of the files that matter.
+    """
+    if files.is_remote(path):
+        if not files.exists(path):
+            raise ValueError(f"data.tokenizer={path!r}: no such file or folder")
+        folder, name = (path, "") if files.isdir(path) else path.rstrip("/").rsplit("/", 1)
+        wanted = (name,) if name else ("tokenizer.json", "vocab.txt")
+        with files.local_copy(folder, names=wanted + ("tokenizer_config.json",)) as local:
+            return load_tokenizer(os.path.join(local, name))
     path = os.path.expanduser(path)
     if os.path.isdir(path):
         for name in ("tokenizer.json", "vocab.txt"):

@@ -1,0 +1,143 @@
+"""A run's files on a local disk or in a bucket (gs://): the few calls the workdir needs.
+
+Local paths keep their POSIX guarantees: a file is written to a temporary name and renamed,
+so a reader never sees half of it. Bucket objects (through etils.epath: TensorFlow's gfile if
+installed, else fsspec/gcsfs) are written whole and appear at once, but cannot be appended to
+or renamed cheaply, so appenders keep the text and rewrite it (metrics.MetricsWriter), and a
+copied folder counts as present only once its marker object is written (`copy_dir`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+from etils import epath
+
+_COMPLETE = ".complete"  # marker object: a folder copied into a bucket is whole
+
+
+def is_remote(path) -> bool:
+    """True for a URL (gs://bucket/...), false for a path on this machine's file system."""
+    return "://" in os.fspath(path)
+
+
+def join(path, *names: str) -> str:
+    return (
+        os.fspath(epath.Path(path).joinpath(*names))
+        if is_remote(path)
+        else os.path.join(path, *names)
+    )
+
+
+def exists(path) -> bool:
+    return epath.Path(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path) -> bool:
+    return epath.Path(path).is_dir() if is_remote(path) else os.path.isdir(path)
+
+
+def read_text(path) -> str:
+    if is_remote(path):
+        return epath.Path(path).read_text()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def write_text(path, text: str) -> None:
+    """Writes `text` so that readers see the old file or the new one, never a part."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Writes `data` so that readers see the old file or the new one, never a part."""
+    if is_remote(path):
+        epath.Path(path).write_bytes(data)  # an object appears whole on upload
+        return
+    makedirs(os.path.dirname(os.path.abspath(path)))
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def makedirs(path) -> None:
+    """Makes a local folder and its parents; nothing to do in a bucket, which has no folders."""
+    if not is_remote(path):
+        os.makedirs(path, exist_ok=True)
+
+
+def remove(path) -> None:
+    """Deletes a file if it is there."""
+    if is_remote(path):
+        epath.Path(path).unlink(missing_ok=True)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def upload_file(local_path: str, destination) -> None:
+    """Copies one local file to `destination` (a path or a URL), replacing it."""
+    with open(local_path, "rb") as f:
+        write_bytes(destination, f.read())
+
+
+def has_dir(path) -> bool:
+    """Whether a folder written by `copy_dir` is there whole."""
+    return exists(join(path, _COMPLETE)) if is_remote(path) else os.path.isdir(path)
+
+
+def copy_dir(source: str, destination) -> None:
+    """Copies the files of the local folder `source` to `destination`, all or nothing.
+
+    Locally a temporary folder is renamed into place (if another process got there first, its
+    copy stays). In a bucket the files are uploaded, then the marker `has_dir` looks for.
+    """
+    names = sorted(n for n in os.listdir(source) if os.path.isfile(os.path.join(source, n)))
+    if is_remote(destination):
+        if has_dir(destination):  # another process got there first; keep its copy
+            return
+        for name in names:
+            upload_file(os.path.join(source, name), join(destination, name))
+        epath.Path(join(destination, _COMPLETE)).write_text("")
+        return
+    parent = os.path.dirname(os.path.abspath(destination))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        for name in names:
+            shutil.copy2(os.path.join(source, name), tmp)
+        try:
+            os.rename(tmp, destination)
+        except OSError:  # another process got there first; keep its copy
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_copy(path, names: tuple[str, ...] | None = None) -> Iterator[str]:
+    """A local path with the contents of `path` (a file, or the files of a folder) in the block.
+
+    Local paths are yielded as they are. A URL is downloaded into a temporary folder first, for
+    readers that need real files (tokenizers); `names` limits a folder to those files.
+    """
+    if not is_remote(path):
+        yield os.fspath(path)
+        return
+    remote = epath.Path(path)
+    with tempfile.TemporaryDirectory(prefix="mlm_jax-") as tmp:
+        local = os.path.join(tmp, remote.name)
+        if remote.is_dir():
+            os.makedirs(local)
+            for child in remote.iterdir():
+                if (names is None or child.name in names) and not child.is_dir():
+                    with open(os.path.join(local, child.name), "wb") as f:
+                        f.write(child.read_bytes())
+        else:
+            with open(local, "wb") as f:
+                f.write(remote.read_bytes())
+        yield local
