@@ -28,11 +28,14 @@ Outputs in DIR: sweep.json (axes and runs), results.csv (one row per run), resul
 and standard deviations over seeds), metric_vs_<axis>.png (final metrics against the swept
 value, seed error bars) and eval_curves.png (eval loss/accuracy of every run over steps).
 `--finetune_task=TASK` also fine-tunes each finished run (mlm_jax.finetune) into DIR/<run>/finetune.
+DIR may be a bucket (gs://...): everything above goes there (a run's sweep.log is uploaded when
+the run ends).
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import json
 import logging as pylogging
@@ -42,6 +45,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -49,6 +53,8 @@ sys.path.insert(0, REPO_ROOT)  # run from a checkout
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from mlm_jax import files  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -221,8 +227,7 @@ def apply_settings(config, settings: dict):
 
 def _read_json(path: str):
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(files.read_text(path))
     except (OSError, ValueError):
         return None
 
@@ -230,7 +235,7 @@ def _read_json(path: str):
 def _num_steps(run_dir: str, config=None) -> int | None:
     if config is not None:
         return int(config.train.num_steps)
-    saved = _read_json(os.path.join(run_dir, "config.json"))
+    saved = _read_json(files.join(run_dir, "config.json"))
     return int(saved["train"]["num_steps"]) if saved else None
 
 
@@ -245,28 +250,24 @@ def is_finished(run_dir: str, config=None) -> bool:
     step, total = ckpt.latest_step(run_dir), _num_steps(run_dir, config)
     if step is not None:
         return total is not None and step >= total
-    marker = _read_json(os.path.join(run_dir, DONE_MARKER))
+    marker = _read_json(files.join(run_dir, DONE_MARKER))
     return marker is not None and marker.get("num_steps") == total
 
 
 def _mark_done(run_dir: str, wall_s: float) -> None:
-    previous = _read_json(os.path.join(run_dir, DONE_MARKER)) or {}
-    failed = os.path.join(run_dir, FAILED_MARKER)
-    if os.path.exists(failed):
-        os.remove(failed)
+    previous = _read_json(files.join(run_dir, DONE_MARKER)) or {}
+    files.remove(files.join(run_dir, FAILED_MARKER))
     record = {
         "wall_s": previous.get("wall_s", 0.0) + wall_s,  # all attempts that ran to their end
         "num_steps": _num_steps(run_dir),
         "time": time.time(),
     }
-    with open(os.path.join(run_dir, DONE_MARKER), "w") as f:
-        json.dump(record, f)
+    files.write_text(files.join(run_dir, DONE_MARKER), json.dumps(record))
 
 
 def _mark_failed(run_dir: str, reason: str) -> None:
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, FAILED_MARKER), "w") as f:
-        json.dump({"reason": reason, "time": time.time()}, f)
+    record = {"reason": reason, "time": time.time()}
+    files.write_text(files.join(run_dir, FAILED_MARKER), json.dumps(record))
 
 
 def _one_line(text: str) -> str:
@@ -364,27 +365,40 @@ def _run_parallel(todo: list[tuple[str, dict]], base_args: list[str], parallel: 
         while queue and free:
             run_dir, settings = queue.pop(0)
             slot = free.pop(0)
-            os.makedirs(run_dir, exist_ok=True)
-            logfile = open(os.path.join(run_dir, "sweep.log"), "a")  # noqa: SIM115
+            log_path = _local_log(run_dir)
+            logfile = open(log_path, "a")  # noqa: SIM115
             command = run_command(base_args, run_dir, settings)
             log.info("starting %s", " ".join(shlex.quote(c) for c in command))
             process = subprocess.Popen(
                 command, env=envs[slot], stdout=logfile, stderr=subprocess.STDOUT
             )
-            running[process] = (run_dir, slot, logfile, time.perf_counter())
+            running[process] = (run_dir, slot, logfile, log_path, time.perf_counter())
         time.sleep(0.5)
         for process in [p for p in running if p.poll() is not None]:
-            run_dir, slot, logfile, start = running.pop(process)
+            run_dir, slot, logfile, log_path, start = running.pop(process)
             logfile.close()
+            if files.is_remote(run_dir):
+                files.upload_file(log_path, files.join(run_dir, "sweep.log"))
             free.append(slot)
             if process.returncode == 0:
                 _mark_done(run_dir, time.perf_counter() - start)
                 log.info("finished %s", os.path.basename(run_dir))
             else:
-                with open(os.path.join(run_dir, "sweep.log")) as f:
+                with open(log_path) as f:
                     reason = _one_line(f.read()[-4000:])
                 _mark_failed(run_dir, f"exit {process.returncode}: {reason}")
                 log.warning("run %s failed: %s", os.path.basename(run_dir), reason)
+
+
+def _local_log(run_dir: str) -> str:
+    """Where a run's subprocess output goes: run_dir/sweep.log, or for a run in a bucket (which
+    cannot be appended to) a local file that is uploaded there when the run ends."""
+    if not files.is_remote(run_dir):
+        os.makedirs(run_dir, exist_ok=True)
+        return os.path.join(run_dir, "sweep.log")
+    folder = os.path.join(tempfile.gettempdir(), "mlm_jax_sweep_logs")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, run_dir.replace("://", "/").replace("/", "_") + ".log")
 
 
 def run_sweep(
@@ -407,20 +421,15 @@ def run_sweep(
     configs = [apply_settings(config, settings) for settings in runs]
     names = [run_name(settings) for settings in runs]
     _check_names(names, runs)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, SWEEP_FILE), "w") as f:
-        json.dump(
-            {
-                "axes": [list(keys) for keys, _ in axes],
-                "runs": [{"name": n, "settings": s} for n, s in zip(names, runs)],
-                "config_args": base_args,
-            },
-            f,
-            indent=2,
-        )
+    sweep_record = {
+        "axes": [list(keys) for keys, _ in axes],
+        "runs": [{"name": n, "settings": s} for n, s in zip(names, runs)],
+        "config_args": base_args,
+    }
+    files.write_text(files.join(workdir, SWEEP_FILE), json.dumps(sweep_record, indent=2))
     todo = []
     for name, settings, run_config in zip(names, runs, configs):
-        run_dir = os.path.join(workdir, name)
+        run_dir = files.join(workdir, name)
         if is_finished(run_dir, run_config):
             log.info("skipping finished run %s", name)
             if launch == "print":
@@ -450,7 +459,7 @@ def run_sweep(
     if finetune_task:
         for name in names:
             _finetune_run(
-                os.path.join(workdir, name), finetune_task, finetune_epochs, finetune_max_len
+                files.join(workdir, name), finetune_task, finetune_epochs, finetune_max_len
             )
     return write_report(workdir)
 
@@ -459,7 +468,7 @@ def _finetune_run(run_dir: str, task: str, epochs: int, max_len: int) -> None:
     from mlm_jax import checkpoint as ckpt
     from mlm_jax import finetune
 
-    out = os.path.join(run_dir, FINETUNE_DIR)
+    out = files.join(run_dir, FINETUNE_DIR)
     if not is_finished(run_dir):
         return
     # A result counts only for the same request on the same checkpoint (another task, or a run
@@ -470,15 +479,12 @@ def _finetune_run(run_dir: str, task: str, epochs: int, max_len: int) -> None:
         "max_len": max_len,
         "step": ckpt.latest_step(run_dir),
     }
-    result_file = os.path.join(out, finetune.RESULT_FILE)
-    request_file = os.path.join(out, FINETUNE_REQUEST)
-    if os.path.exists(result_file) and _read_json(request_file) == request:
+    result_file = files.join(out, finetune.RESULT_FILE)
+    request_file = files.join(out, FINETUNE_REQUEST)
+    if files.exists(result_file) and _read_json(request_file) == request:
         return
-    if os.path.exists(result_file):
-        os.remove(result_file)
-    os.makedirs(out, exist_ok=True)
-    with open(request_file, "w") as f:
-        json.dump(request, f)
+    files.remove(result_file)
+    files.write_text(request_file, json.dumps(request))
     try:
         finetune.finetune(run_dir, task, out, epochs=epochs, max_len=max_len)
     except Exception as e:  # noqa: BLE001 - recorded in the table, the sweep goes on
@@ -508,29 +514,40 @@ def _final_eval(events: list[dict]) -> dict:
     return out
 
 
+def finetune_accuracy(run_dir: str, step: int | None) -> float | None:
+    """The fine-tune result of the run's checkpoint at `step`; None if none, or an older one's."""
+    out = files.join(run_dir, FINETUNE_DIR)
+    result, request = (
+        _read_json(files.join(out, "result.json")),
+        _read_json(files.join(out, FINETUNE_REQUEST)),
+    )
+    if result is None or request is None or request.get("step") != step:
+        return None
+    return result["dev/accuracy"]
+
+
 def collect(workdir: str) -> tuple[list[list[str]], list[dict]]:
     """(axes, one row per run) read from the sweep's workdirs only."""
     from mlm_jax import checkpoint as ckpt
     from mlm_jax import metrics as metrics_lib
 
-    sweep = _read_json(os.path.join(workdir, SWEEP_FILE))
+    sweep = _read_json(files.join(workdir, SWEEP_FILE))
     if sweep is None:
-        raise SweepError(f"{os.path.join(workdir, SWEEP_FILE)} not found: not a sweep directory")
+        raise SweepError(f"{files.join(workdir, SWEEP_FILE)} not found: not a sweep directory")
     rows = []
     for run in sweep["runs"]:
-        run_dir = os.path.join(workdir, run["name"])
+        run_dir = files.join(workdir, run["name"])
         row = {"run": run["name"], **run["settings"]}
         events = metrics_lib.read_metrics(run_dir)
         row.update(_final_eval(events))
-        saved = _read_json(os.path.join(run_dir, "config.json"))
-        step = ckpt.latest_step(run_dir) if os.path.isdir(run_dir) else None
+        saved = _read_json(files.join(run_dir, "config.json"))
+        step = ckpt.latest_step(run_dir) if files.isdir(run_dir) else None
         if saved and step is not None:
             row["tokens_seen"] = step * saved["train"]["batch_size"] * saved["data"]["seq_len"]
-        done = _read_json(os.path.join(run_dir, DONE_MARKER))
-        failed = _read_json(os.path.join(run_dir, FAILED_MARKER))
+        done = _read_json(files.join(run_dir, DONE_MARKER))
+        failed = _read_json(files.join(run_dir, FAILED_MARKER))
         row["wall_s"] = round(done["wall_s"], 1) if done else None
-        ft = _read_json(os.path.join(run_dir, FINETUNE_DIR, "result.json"))
-        row["finetune_accuracy"] = ft["dev/accuracy"] if ft else None
+        row["finetune_accuracy"] = finetune_accuracy(run_dir, step)
         if is_finished(run_dir):  # (a run that failed once and was finished since is done)
             row["status"], row["reason"] = "done", ""
         elif failed:
@@ -560,11 +577,12 @@ def write_csv(path: str, axes, rows: list[dict]) -> None:
 
     keys, values = _columns(axes)
     header = ["run", *keys, "status", "step", *values, "reason"]
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([_cell(row.get(h)) for h in header])
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_cell(row.get(h)) for h in header])
+    files.write_text(path, text.getvalue())
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -627,8 +645,7 @@ def write_markdown(path: str, axes, rows: list[dict]) -> None:
     ]
     for r in failed:
         notes.append(f"- {r['run']}: {r['status']} {r.get('reason', '')}".rstrip())
-    with open(path, "w") as f:
-        f.write("\n".join(lines + notes) + "\n")
+    files.write_text(path, "\n".join(lines + notes) + "\n")
 
 
 def _axis_label(keys) -> str:
@@ -688,9 +705,8 @@ def plot_metrics(workdir: str, axes, rows: list[dict]) -> list[str]:
         if others:
             axs[0][0].legend(fontsize=7)
         fig.tight_layout()
-        path = os.path.join(workdir, f"metric_vs_{_axis_label(keys).replace('/', '+')}.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        path = files.join(workdir, f"metric_vs_{_axis_label(keys).replace('/', '+')}.png")
+        _save_figure(fig, path)
         paths.append(path)
     return paths
 
@@ -709,7 +725,7 @@ def plot_curves(workdir: str, rows: list[dict]) -> str | None:
     for row in rows:
         events = [
             e
-            for e in metrics_lib.read_metrics(os.path.join(workdir, row["run"]))
+            for e in metrics_lib.read_metrics(files.join(workdir, row["run"]))
             if isinstance(e.get("eval/loss"), float)
         ]
         if not events:
@@ -727,16 +743,24 @@ def plot_curves(workdir: str, rows: list[dict]) -> str | None:
         ax.grid(alpha=0.3)
     axs[1].legend(fontsize=7)
     fig.tight_layout()
-    path = os.path.join(workdir, "eval_curves.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path = files.join(workdir, "eval_curves.png")
+    _save_figure(fig, path)
     return path
+
+
+def _save_figure(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    files.write_bytes(path, png.getvalue())
 
 
 def write_report(workdir: str) -> list[dict]:
     axes, rows = collect(workdir)
-    write_csv(os.path.join(workdir, "results.csv"), axes, rows)
-    write_markdown(os.path.join(workdir, "results.md"), axes, rows)
+    write_csv(files.join(workdir, "results.csv"), axes, rows)
+    write_markdown(files.join(workdir, "results.md"), axes, rows)
     plots = plot_metrics(workdir, axes, rows)
     curves = plot_curves(workdir, rows)
     done = sum(r["status"] == "done" for r in rows)
@@ -759,7 +783,7 @@ def main(argv) -> None:
     try:
         if FLAGS.report:
             write_report(FLAGS.workdir)
-            print(open(os.path.join(FLAGS.workdir, "results.md")).read())
+            print(files.read_text(files.join(FLAGS.workdir, "results.md")))
             return
         if FLAGS.config is None:
             raise SweepError("--config is required to run a sweep (or pass --report)")
@@ -778,7 +802,7 @@ def main(argv) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if rows:
-        print(open(os.path.join(FLAGS.workdir, "results.md")).read())
+        print(files.read_text(files.join(FLAGS.workdir, "results.md")))
         if any(r["status"] != "done" for r in rows):
             sys.exit(1)
 

@@ -1,6 +1,7 @@
 """experiments/sweep.py: axes, skipping and resuming, failures, the report, and the command line."""
 
 import csv
+import io
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import sys
 import matplotlib.image
 import pytest
 
+from mlm_jax import checkpoint, files
 from mlm_jax.config_defaults import base_config
 from tests.configs import small_run_config
 
@@ -56,8 +58,8 @@ def _sweep_cli(*args, env_extra=None):
 
 def _mtimes(directory: str) -> dict[str, float]:
     out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
+    for root, _, names in os.walk(directory):
+        for name in names:
             path = os.path.join(root, name)
             out[os.path.relpath(path, directory)] = os.stat(path).st_mtime_ns
     return out
@@ -134,18 +136,19 @@ def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_p
 def _fake_trainer(fail_ratio):
     """Stands in for train_and_evaluate: writes what a finished run leaves, or raises."""
 
-    def train(config, run_dir):
+    def train(config, run_dir):  # (run_dir: a local folder or gs://)
         if float(config.masking.ratio) == fail_ratio:
             raise RuntimeError("boom: out of memory at step 3")
-        last = os.path.join(run_dir, "checkpoints", str(config.train.num_steps))
-        os.makedirs(last)
-        open(os.path.join(last, "commit_success.txt"), "w").close()  # a complete checkpoint
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
-            f.write(config.to_json())
+        last = checkpoint.checkpoint_dir(run_dir) / str(config.train.num_steps)
+        last.mkdir(parents=True)
+        (last / "commit_success.txt").write_text("")  # a complete checkpoint
+        files.write_text(files.join(run_dir, "config.json"), config.to_json())
         loss = 5.0 + config.masking.ratio + 0.1 * config.seed  # known per-run numbers
-        with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
-            for step in (0, config.train.num_steps):
-                f.write(json.dumps({"step": step, "eval/loss": loss, "eval/accuracy": 0.5}) + "\n")
+        events = [
+            json.dumps({"step": step, "eval/loss": loss, "eval/accuracy": 0.5}) + "\n"
+            for step in (0, config.train.num_steps)
+        ]
+        files.write_text(files.join(run_dir, "metrics.jsonl"), "".join(events))
 
     return train
 
@@ -180,6 +183,41 @@ def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
     assert rows["masking.ratio=0.3,seed=1"]["status"] == "failed"
 
 
+def test_a_sweep_in_a_bucket_trains_fine_tunes_reports_and_skips_what_is_done(
+    bucket, tmp_path, monkeypatch
+):
+    from mlm_jax import finetune
+
+    trained, fake = [], _fake_trainer(fail_ratio=0.5)
+
+    def train(config, run_dir):
+        trained.append(run_dir.rsplit("/", 1)[1])
+        fake(config, run_dir)
+
+    def fake_finetune(run_dir, task, out, **kwargs):
+        files.write_text(files.join(out, finetune.RESULT_FILE), json.dumps({"dev/accuracy": 0.75}))
+
+    monkeypatch.setattr(sweep, "_train_in_process", train)
+    monkeypatch.setattr(finetune, "finetune", fake_finetune)
+    config = small_run_config(str(tmp_path / "unused"), num_steps=7)
+    workdir = "gs://bucket/sweep"
+    for _ in range(2):
+        sweep.run_sweep(
+            config, workdir, ["masking.ratio=0.3,0.5"], base_args=[], finetune_task="tsv:a,b"
+        )
+    # The finished run is skipped the second time; the failed one is tried again.
+    assert trained == ["masking.ratio=0.3", "masking.ratio=0.5", "masking.ratio=0.5"]
+    table = csv.DictReader(io.StringIO(files.read_text(f"{workdir}/results.csv")))
+    rows = {r["masking.ratio"]: r for r in table}
+    assert rows["0.3"]["status"] == "done" and rows["0.3"]["finetune_accuracy"] == "0.75"
+    assert rows["0.5"]["status"] == "failed" and "boom" in rows["0.5"]["reason"]
+    assert "| 0.3 |" in files.read_text(f"{workdir}/results.md")
+    for png in ("metric_vs_masking.ratio.png", "eval_curves.png"):
+        data = io.BytesIO(bucket.cat_file(f"{workdir}/{png}"))
+        assert matplotlib.image.imread(data, format="png").shape[0] > 100
+    assert not os.path.exists("gs:")  # (the test runs in tmp_path)
+
+
 def test_values_that_would_share_a_directory_are_refused(tmp_path):
     config = base_config()
     spec = "data.dataset=text:/corpora/wiki en/*.txt,text:/corpora/wiki_en/*.txt"
@@ -206,9 +244,12 @@ def test_finetuning_is_redone_for_another_task_or_checkpoint(tmp_path, monkeypat
         sweep._finetune_run(run_dir, task, epochs=3, max_len=64)
     assert calls == ["tsv:a,b", "tsv:c,d"]  # the same request again reuses the result
     longer = small_run_config(str(tmp_path / "unused"), num_steps=9)
+    assert sweep.finetune_accuracy(run_dir, 7) == pytest.approx(0.7)
     _fake_trainer(fail_ratio=None)(longer, run_dir)  # trained further since: step 9
+    assert sweep.finetune_accuracy(run_dir, 9) is None  # the report shows no stale result
     sweep._finetune_run(run_dir, "tsv:c,d", epochs=3, max_len=64)
     assert calls == ["tsv:a,b", "tsv:c,d", "tsv:c,d"]
+    assert sweep.finetune_accuracy(run_dir, 9) == pytest.approx(0.8)
 
 
 def test_launch_print_gives_one_main_command_per_run(tmp_path, capsys):
