@@ -27,3 +27,13 @@ def small_run_config(data_dir: str, *, num_steps: int = 30):
     c.checkpoint.keep = 3
     c.mesh.data = 1
     return c
+
+
+def resume_test_config(data_dir: str):
+    """The small run for 20 steps, as the tests of stopping and resuming run it."""
+    c = small_run_config(data_dir, num_steps=20)
+    # Train events average 4 steps; the step-10 checkpoint falls inside the window 9-12, which
+    # a resumed run must still average whole.
+    c.log.every_steps = 4
+    c.model.dropout_rate = 0.1  # dropout keys must resume too
+    return c

@@ -24,3 +24,14 @@ def bucket(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     yield fs
     fake_gcs.uninstall()
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(data_dir, tmp_path_factory):
+    """The workdir of resume_test_config's run, start to end: the oracle of the resume tests."""
+    from mlm_jax.train import train_and_evaluate
+    from tests.configs import resume_test_config
+
+    workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+    train_and_evaluate(resume_test_config(data_dir), workdir)
+    return workdir

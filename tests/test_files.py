@@ -11,7 +11,7 @@ from mlm_jax import checkpoint, files, metrics
 from mlm_jax.data import loader, tokenizer
 from mlm_jax.train import train_and_evaluate
 from tests import interrupt
-from tests.configs import small_run_config
+from tests.configs import resume_test_config, small_run_config
 
 
 @pytest.fixture
@@ -35,12 +35,9 @@ def _events(workdir):  # all but the wall-clock rate
 
 
 def test_a_bucket_workdir_holds_the_run_and_resumes_after_a_hard_stop(
-    data_dir, tmp_path, gcs, monkeypatch
+    data_dir, gcs, monkeypatch, uninterrupted_run
 ):
-    config = small_run_config(data_dir, num_steps=20)
-    config.log.every_steps = 4
-    local = str(tmp_path / "local")
-    train_and_evaluate(config, local)
+    config, local = resume_test_config(data_dir), uninterrupted_run
 
     # The first attempt dies at step 15 without closing anything, as under kill -9: only what
     # was uploaded by then counts. Uploads are due only at checkpoints (steps 10 and 20).

@@ -14,7 +14,7 @@ from mlm_jax import checkpoint, metrics
 from mlm_jax.config_checks import ConfigError
 from mlm_jax.train import Trainer, train_and_evaluate
 from tests import interrupt
-from tests.configs import small_run_config
+from tests.configs import resume_test_config, small_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,14 +47,11 @@ def test_small_run_learns_and_writes_its_outputs(data_dir, tmp_path):
         assert np.isfinite(event[key])
 
 
-def test_stopped_and_restarted_run_equals_uninterrupted_run(data_dir, tmp_path, monkeypatch):
-    config = small_run_config(data_dir, num_steps=20)
-    # Train events average 4 steps; the step-10 checkpoint falls inside the window 9-12, which
-    # the resumed run must still average whole.
-    config.log.every_steps = 4
-    config.model.dropout_rate = 0.1  # dropout keys must resume too
-    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
-    train_and_evaluate(config, full)
+def test_stopped_and_restarted_run_equals_uninterrupted_run(
+    data_dir, tmp_path, monkeypatch, uninterrupted_run
+):
+    config = resume_test_config(data_dir)
+    full, cut = uninterrupted_run, str(tmp_path / "cut")
 
     resume = interrupt.stop_at_step(monkeypatch, 15)
     with pytest.raises(interrupt.Stop):
