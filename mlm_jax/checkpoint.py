@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 
 import grain
 import jax
@@ -103,17 +104,14 @@ def _committed(step_dir: epath.Path) -> bool:
 
 def check_writable(workdir: str) -> None:
     """One ValueError line, before anything compiles, if the run could not save its work."""
+    # Every host probes the shared workdir at once: the name must be this process's alone.
+    name = f".write_probe_{socket.gethostname()}_{os.getpid()}"
     for directory in (workdir, os.fspath(checkpoint_dir(workdir))):
-        probe = files.join(directory, f".write_probe_{os.getpid()}")
+        probe = files.join(directory, name)
         try:
-            if files.is_remote(directory):  # a bucket has no folders to make
-                epath.Path(probe).write_text("ok")
-                epath.Path(probe).unlink()
-                continue
-            os.makedirs(directory, exist_ok=True)
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
+            files.makedirs(directory)
+            files.write_text(probe, "ok")
+            files.remove(probe)
         except Exception as e:  # OSError locally; the storage client's own errors in a bucket
             reason = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
             raise ValueError(f"workdir {workdir!r}: cannot write to {directory} ({reason})") from e
