@@ -10,12 +10,15 @@ copied folder counts as present only once its marker object is written (`copy_di
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 
 from etils import epath
+
+log = logging.getLogger(__name__)
 
 _COMPLETE = ".complete"  # marker object: a folder copied into a bucket is whole
 
@@ -104,16 +107,25 @@ def copy_dir(source: str, destination) -> None:
             upload_file(os.path.join(source, name), join(destination, name))
         epath.Path(join(destination, _COMPLETE)).write_text("")
         return
+    with new_local_dir(destination) as tmp:
+        for name in names:
+            shutil.copy2(os.path.join(source, name), tmp)
+
+
+@contextlib.contextmanager
+def new_local_dir(destination: str) -> Iterator[str]:
+    """A temporary folder beside `destination` to fill in the block, then renamed to it: readers
+    see the whole folder or none. If another process renamed its own first, that one stays (the
+    writers of one destination write the same content)."""
     parent = os.path.dirname(os.path.abspath(destination))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
     try:
-        for name in names:
-            shutil.copy2(os.path.join(source, name), tmp)
+        yield tmp
         try:
             os.rename(tmp, destination)
-        except OSError:  # another process got there first; keep its copy
-            pass
+        except OSError:
+            log.info("%s was written concurrently; using the existing one", destination)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from mlm_jax import files
 
 PACKINGS = ("concat", "pad")
 _FORMAT_VERSION = 1  # bump when the on-disk layout changes
@@ -96,19 +93,10 @@ def tokenize_to_stream(
     """Tokenizes `documents` (a DocumentSource) once into cache_dir; later calls just map it."""
     if os.path.exists(os.path.join(cache_dir, "meta.json")):
         return _read_stream(cache_dir)
-    parent = os.path.dirname(os.path.abspath(cache_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    try:
+    with files.new_local_dir(cache_dir) as tmp:  # concurrent writers write equal caches
         meta = _write_stream(tmp, documents, tokenizer, batch_docs)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f)
-        try:
-            os.rename(tmp, cache_dir)  # atomic: a concurrent writer may have won, both are equal
-        except OSError:
-            log.info("token cache %s written concurrently; using the existing one", cache_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return _read_stream(cache_dir)
 
 
