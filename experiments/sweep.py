@@ -54,7 +54,7 @@ sys.path.insert(0, REPO_ROOT)  # run from a checkout
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mlm_jax import files  # noqa: E402
+from mlm_jax import cli, files  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -780,7 +780,7 @@ def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     pylogging.getLogger("mlm_jax").setLevel(pylogging.INFO)
-    try:
+    with cli.one_line_errors((SweepError,)):
         if FLAGS.report:
             write_report(FLAGS.workdir)
             print(files.read_text(files.join(FLAGS.workdir, "results.md")))
@@ -798,9 +798,6 @@ def main(argv) -> None:
             finetune_epochs=FLAGS.finetune_epochs,
             finetune_max_len=FLAGS.finetune_max_len,
         )
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     if rows:
         print(files.read_text(files.join(FLAGS.workdir, "results.md")))
         if any(r["status"] != "done" for r in rows):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlm_jax import files, hf
+from mlm_jax import cli, files, hf
 from mlm_jax.data.tokenizer import load_tokenizer
 from mlm_jax.model import BertMLM, ModelConfig
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("texts", nargs="+", help=f"sentences with {MASK_TEXT} in them")
     args = parser.parse_args(argv)
-    try:  # bad input gets one line; anything else is a bug and keeps its traceback
+    with cli.one_line_errors():
         no_mask = [text for text in args.texts if MASK_TEXT not in text]
         if no_mask:  # checked before the weights load
             raise ValueError(f"text {no_mask[0]!r}: contains no {MASK_TEXT}")
@@ -106,9 +106,6 @@ def main(argv: list[str] | None = None) -> None:
             model_config, params, tokenizer = load_from_workdir(args.workdir)
         else:
             model_config, params, tokenizer = load_from_hf_dir(args.hf_dir)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     for text in args.texts:
         print(text)
         for k, fillers in enumerate(fill_mask(text, model_config, params, tokenizer, args.top_k)):

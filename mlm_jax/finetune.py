@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlm_jax import files
+from mlm_jax import cli, files
 
 log = logging.getLogger("mlm_jax.finetune")  # also when run as __main__
 
@@ -398,7 +398,6 @@ def finetune(
 
 
 def main(argv=None) -> None:
-    import sys
 
     from absl import app, flags
     from absl import logging as absl_logging
@@ -422,7 +421,7 @@ def main(argv=None) -> None:
         del argv
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger("mlm_jax").setLevel(logging.INFO)
-        try:
+        with cli.one_line_errors():
             result = finetune(
                 FLAGS.pretrained,
                 FLAGS.task,
@@ -437,9 +436,6 @@ def main(argv=None) -> None:
                 tokenizer=FLAGS.tokenizer,
                 data_dir=FLAGS.data_dir,
             )
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
         print(
             f"dev accuracy {result['dev/accuracy']:.4f} "
             f"(majority class {result['dev/majority_accuracy']:.4f})"

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mlm_jax import files
+from mlm_jax import cli, files
 from mlm_jax.model import ModelConfig
 
 # Our config.model key <- HF config.json key.
@@ -539,15 +539,12 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("--workdir", required=True)
     exp.add_argument("--out_dir", required=True)
     args = parser.parse_args(argv)
-    try:
+    with cli.one_line_errors():
         if args.command == "import":
             _print_import_flags(args.directory)
         else:
             export_workdir(args.workdir, args.out_dir)
             print(f"wrote {args.out_dir} (BertForMaskedLM + tokenizer)")
-    except (ValueError, FileNotFoundError) as e:  # bad input; anything else is a bug: traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

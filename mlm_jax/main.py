@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging as pylogging
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mlm_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/<exp>.py[:arg]).", lock_config=True
@@ -50,11 +51,6 @@ def _maybe_initialize_distributed() -> None:
         jax.distributed.initialize()  # Cloud TPU: JAX finds the other hosts itself
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a missing --config file or an override naming no config field
     reported as one `error:` line (exit 2), not a traceback."""
@@ -62,11 +58,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if arg.startswith("--config="):
             path = arg.split("=", 1)[1].split(":", 1)[0]
             if not os.path.isfile(path):
-                _fail(f"{arg}: no such config file")
+                cli.fail(f"{arg}: no such config file")
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:  # an unknown flag or a value of the wrong type
-        _fail(str(e))
+        cli.fail(str(e))
     except AttributeError as e:  # ml_collections: --config.a.b=... where the config has no a.b
         inner = e.args[0] if e.args else e
         text = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
@@ -74,7 +70,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         key = key.strip("'\"")
         named = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0].endswith(f".{key}")]
         where = named[0] if named else key
-        _fail(f"{where}: no such config field" + (f" ({hint[0].strip()})" if hint else ""))
+        cli.fail(f"{where}: no such config field" + (f" ({hint[0].strip()})" if hint else ""))
 
 
 def main(argv) -> None:
@@ -89,14 +85,10 @@ def main(argv) -> None:
     tfds.display_progress_bar(False)  # the first-use corpus build is seconds; no bars in logs
     from mlm_jax.config_checks import ConfigError
 
-    try:
+    failed_run = (loop.NonFiniteError, checkpoint.CheckpointWriteError)
+    # Bad config, flag or workdir: found before compiling (2); a run that failed on its way (1).
+    with cli.one_line_errors((ConfigError,)), cli.one_line_errors(failed_run, code=1):
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as e:  # bad config, flag or workdir: found before compiling
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (loop.NonFiniteError, checkpoint.CheckpointWriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     # loop.Preempted is a SystemExit with code 0: the checkpoint is written, resume later.
 
 

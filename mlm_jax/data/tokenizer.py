@@ -19,7 +19,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from mlm_jax import files
+from mlm_jax import cli, files
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -230,7 +230,6 @@ def train_wordpiece(texts: Iterable[str], *, vocab_size: int, lowercase: bool) -
 
 def main(argv=None) -> None:
     import argparse
-    import sys
     import types
 
     from mlm_jax.data import corpora
@@ -258,7 +257,7 @@ def main(argv=None) -> None:
         text_unit=args.text_unit,
         heldout_fraction=args.heldout_fraction,
     )
-    try:  # bad input gets one line; anything else is a bug and keeps its traceback
+    with cli.one_line_errors():
         corpus = corpora.load_corpus(data_config)
         tokenizer = train_wordpiece(
             corpora.iter_training_texts(corpus.train),
@@ -266,9 +265,6 @@ def main(argv=None) -> None:
             lowercase=not args.cased,
         )
         tokenizer.save(args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote a {tokenizer.vocab_size}-token WordPiece vocabulary to {args.out}")
 
 
