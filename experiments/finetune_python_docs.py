@@ -129,17 +129,17 @@ def build_task(
 
 def _heldout_fraction(run_dir: str) -> float:
     """The run's own data.heldout_fraction: its held-out documents are the dev documents."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
+    from mlm_jax.checkpoint import saved_config
+
+    config = saved_config(run_dir)
+    if config is None:
         raise SystemExit(f"error: --pretrained={run_dir}: no config.json (not a run directory)")
-    with open(path) as f:
-        data = json.load(f)["data"]
-    if data["dataset"] != "python_docs":
+    if config.data.dataset != "python_docs":
         raise SystemExit(
-            f"error: --pretrained={run_dir} was pretrained on data.dataset={data['dataset']!r}; "
+            f"error: --pretrained={run_dir} was pretrained on data.dataset={config.data.dataset!r}; "
             "this task is built from python_docs and must hold out what the run never saw"
         )
-    return float(data["heldout_fraction"])
+    return float(config.data.heldout_fraction)
 
 
 def main() -> None:
