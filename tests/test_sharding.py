@@ -24,17 +24,21 @@ def _eight_cpu_devices_env(**extra):
     )
 
 
-def _run(**args):
-    env = _eight_cpu_devices_env()
+def _last_json_line(*python_args):
+    """The JSON object a Python subprocess on 8 CPU devices printed last."""
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "sharded_worker.py"), json.dumps(args)],
-        env=env,
+        [sys.executable, *python_args],
+        env=_eight_cpu_devices_env(),
         capture_output=True,
         text=True,
-        check=False,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run(**args):
+    return _last_json_line(os.path.join(ROOT, "tests", "sharded_worker.py"), json.dumps(args))
 
 
 def _assert_close(a, b, rtol):
@@ -140,14 +144,6 @@ print(json.dumps({"params": params, "opt_state": bytes_on(state.opt_state),
 def test_fsdp_shards_adams_moments_like_the_parameters():
     """On a data=2 x fsdp=4 mesh a device holds a quarter of the parameters, and its share of
     the AdamW state is two such quarters (mu and nu) plus scalar counts, not two whole copies."""
-    out = subprocess.run(
-        [sys.executable, "-c", _MOMENTS_PER_DEVICE],
-        env=_eight_cpu_devices_env(),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    held = json.loads(out.stdout.strip().splitlines()[-1])
+    held = _last_json_line("-c", _MOMENTS_PER_DEVICE)
     assert held["params"] < 0.3 * held["whole_params"]  # fsdp=4 (biases and norms replicate)
     assert held["opt_state"] == pytest.approx(2 * held["params"], abs=64)
