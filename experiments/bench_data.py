@@ -42,19 +42,20 @@ def main() -> None:
     args = parser.parse_args()
 
     from mlm_jax.data import loader, packing
+    from mlm_jax.data.spec import DataSpec
 
     config = load_config(args.config)
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="bench_data_")
     config.data.data_dir = data_dir
-    loader.validate_data_config(config)
+    data = DataSpec.from_config(config.data)
 
     start = time.perf_counter()
-    corpus = loader.load_corpus(config)
+    corpus = loader.load_corpus(data)
     print(
         f"corpus {config.data.dataset}: {len(corpus.train)} train docs, build {time.perf_counter() - start:.1f}s"
     )
     start = time.perf_counter()
-    tokenizer = loader.get_tokenizer(config)
+    tokenizer = loader.get_tokenizer(data)
     print(f"tokenizer: vocab {tokenizer.vocab_size}, {time.perf_counter() - start:.1f}s")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +66,9 @@ def main() -> None:
             f"tokenize train split: {len(stream.tokens):,} tokens in {seconds:.1f}s = {len(stream.tokens) / seconds:,.0f} tokens/s"
         )
 
-    iterator = loader.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
+    iterator = loader.make_train_iterator(
+        data, tokenizer, batch_size=config.train.batch_size, seed=config.seed
+    )
     batch = next(iterator)  # warm up: token cache built, prefetch threads started
     rows, seq_len = batch["tokens"].shape
     start = time.perf_counter()

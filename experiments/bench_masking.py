@@ -16,6 +16,7 @@ import os
 import statistics
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -79,16 +80,14 @@ def main():
         "mask_ms": {},
     }
     masked = None
+    vocab = types.SimpleNamespace(
+        vocab_size=VOCAB, pad_id=PAD, mask_id=MASK, special_ids=(PAD, UNK, CLS, SEP, MASK)
+    )
     for strategy in STRATEGIES:
         config.masking.strategy = strategy
         spec = MaskingSpec.from_config(
-            config.masking,
-            seq_len=args.seq_len,
-            num_steps=config.train.num_steps,
-            vocab_size=VOCAB,
-            mask_id=MASK,
-            special_ids=(PAD, UNK, CLS, SEP, MASK),
-        )
+            config.masking, seq_len=args.seq_len, num_steps=config.train.num_steps
+        ).with_vocab(vocab)
         masker = jax.jit(mask_tokens, static_argnames="spec")
 
         def call(i, spec=spec, masker=masker):
@@ -108,9 +107,10 @@ def main():
     else:
         import flax.linen as nn
 
-        from mlm_jax.model import BertMLM, ModelConfig
+        from mlm_jax.model import mlm_model
+        from mlm_jax.model_spec import ModelSpec
 
-        model = BertMLM(ModelConfig.from_config(config.model, vocab_size=VOCAB, pad_id=PAD))
+        model = mlm_model(ModelSpec.from_config(config.model).with_vocab(vocab))
         variables = model.init(
             jax.random.key(1), masked.inputs, masked.positions, document_ids_BxL=document_ids
         )

@@ -51,8 +51,9 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mlm_jax import masking  # noqa: E402
-from mlm_jax.config_checks import as_config_errors, resolve_config, validate_config  # noqa: E402
-from mlm_jax.train import Trainer, stream_key  # noqa: E402
+from mlm_jax.config_checks import as_config_errors  # noqa: E402
+from mlm_jax.run_spec import resolve  # noqa: E402
+from mlm_jax.trainer import Trainer, stream_key  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/<exp>.py[:arg]).", lock_config=True
@@ -213,9 +214,10 @@ def memory_report(devices) -> dict:
 def make_trainer(config, devices=None) -> Trainer:
     """The run's Trainer with model.vocab_size resolved from the synthetic vocabulary."""
     vocab = synthetic_vocab(vocab_size_of(config))
+    num_devices = None if devices is None else len(devices)
     with as_config_errors():
-        validate_config(config)
-    return Trainer(resolve_config(config, vocab), vocab, devices=devices)
+        run = resolve(config, num_devices=num_devices).with_vocab(vocab)
+    return Trainer(run, devices=devices)
 
 
 def compile_train_step(config, devices=None, compiler_options=None):
@@ -255,25 +257,21 @@ def run_compile_scaling(config) -> dict:
 
 def masking_seconds(trainer, batch, runs: int) -> float:
     """mask_tokens alone on the step's batch, exactly as train_step calls it."""
-    config = trainer.config
+    run, spec = trainer.run, trainer.run.masking
 
     @jax.jit
     def mask(batch, step):
         keys = masking.masking_keys(
-            stream_key(config.seed, 2),
-            step,
-            batch["example_ids"],
-            batch["epochs"],
-            config.masking.static_epochs,
+            stream_key(run.seed, 2), step, batch["example_ids"], batch["epochs"], spec.static_epochs
         )
-        ratio = masking.ratio_at_step(step, config.masking, config.train.num_steps)
+        ratio = masking.ratio_at_step(step, spec)
         return masking.mask_tokens(
             keys,
             batch["tokens"],
             batch["maskable"],
             batch["word_starts"],
             ratio=ratio,
-            spec=trainer.spec,
+            spec=spec,
         )
 
     return median_seconds(lambda: mask(batch, jnp.int32(0)), runs)
@@ -306,7 +304,7 @@ def run_benchmark(config) -> dict:
     platform = devices[0].platform
     size = _PEAK_SIZE.value or (4096 if platform == "cpu" else 8192)
     burst = _PEAK_BURST.value or (1 if platform == "cpu" else 10)
-    peak_fn, peak_flops = peak_matmul(devices, trainer.model_config.compute_dtype, size, burst)
+    peak_fn, peak_flops = peak_matmul(devices, trainer.run.model.compute_dtype, size, burst)
     with trainer.activate():
         start = time.perf_counter()
         step_fn = trainer.train_step.lower(state, batch).compile()
@@ -332,7 +330,7 @@ def run_benchmark(config) -> dict:
 
     step_s = statistics.median(times)
     tokens = batch_size * seq_len
-    flops = flops_per_token(trainer.model_config, seq_len, trainer.spec.max_predictions)
+    flops = flops_per_token(trainer.run.model, seq_len, trainer.run.masking.max_predictions)
     achieved = flops["total"] * tokens / step_s
     peak = peak_flops / statistics.median(peak_times)
     sheet = datasheet_peak(devices[0].device_kind, config.model.dtype)
@@ -342,12 +340,12 @@ def run_benchmark(config) -> dict:
         "bench": "train_step",
         "device": f"{len(devices)} x {devices[0].device_kind} ({platform})",
         "dtype": config.model.dtype,
-        "layers": trainer.model_config.num_layers,
-        "hidden": trainer.model_config.hidden_size,
+        "layers": trainer.run.model.num_layers,
+        "hidden": trainer.run.model.hidden_size,
         "vocab": vocab_size,
         "batch_size": batch_size,
         "seq_len": seq_len,
-        "max_predictions": trainer.spec.max_predictions,
+        "max_predictions": trainer.run.masking.max_predictions,
         "dropout": config.model.dropout_rate,
         "attention_dropout": config.model.attention_dropout_rate,
         "attention": config.model.attention,

@@ -266,7 +266,9 @@ def compile_for_h100(config):
         f"{m.alias_size_in_bytes / 2**30:.2f}), temporaries {m.temp_size_in_bytes / 2**30:.2f} GiB"
     )
     seq_len = int(config.data.seq_len)
-    flops = benchmark.flops_per_token(trainer.model_config, seq_len, trainer.spec.max_predictions)
+    flops = benchmark.flops_per_token(
+        trainer.run.model, seq_len, trainer.run.masking.max_predictions
+    )
     return compiled.as_text(), memory, flops["total"]
 
 

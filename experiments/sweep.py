@@ -342,6 +342,7 @@ def _prepare_data(configs: list) -> None:
     runs starting together would otherwise race to build the same TFDS folder."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # parent: no GPU memory
     from mlm_jax.data import loader
+    from mlm_jax.data.spec import DataSpec
 
     seen = set()
     for config in configs:
@@ -350,9 +351,10 @@ def _prepare_data(configs: list) -> None:
             continue
         seen.add(key)
         try:
-            tokenizer = loader.get_tokenizer(config)
+            data = DataSpec.from_config(config.data)
+            tokenizer = loader.get_tokenizer(data)
             for split in ("train", "heldout"):
-                loader.packed_rows(config, tokenizer, split)
+                loader.packed_rows(data, tokenizer, split)
         except Exception as e:  # noqa: BLE001 - the run itself reports it, once, in results.csv
             log.warning("could not prepare the data ahead of the runs: %s", _one_line(e))
 

@@ -57,9 +57,10 @@ def checkpoint_dir(workdir: str) -> epath.Path:
     return epath.Path(workdir) / CHECKPOINT_DIR
 
 
-def make_manager(workdir: str, config, *, read_only: bool = False) -> ocp.CheckpointManager:
+def make_manager(workdir: str, *, keep: int | None = None, read_only: bool = False):
+    """An orbax manager of workdir/checkpoints keeping the newest `keep` steps (None: all)."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=int(config.checkpoint.keep) if config is not None else None,
+        max_to_keep=keep,
         create=not read_only,
         read_only=read_only,
         cleanup_tmp_directories=not read_only,

@@ -1,6 +1,7 @@
-"""Checks a config before anything compiles or is written, and resolves its derived fields.
+"""The config checks that span sections (mesh x model x batch, resume compatibility).
 
-Every failure is one ValueError line naming the key, the value and what was expected.
+Each section's own fields are checked by its spec (run_spec.py says which); these need several
+at once. Every failure is one ValueError line naming the key, the value and what was expected.
 """
 
 from __future__ import annotations
@@ -8,15 +9,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from typing import TYPE_CHECKING
 
-import jax
 import ml_collections
 
 from mlm_jax import checkpoint as ckpt
 from mlm_jax import sharding
 
+if TYPE_CHECKING:
+    from mlm_jax.model_spec import ModelSpec
+    from mlm_jax.run_spec import RunSpec
+
 log = logging.getLogger(__name__)
-_WARNED: set = set()  # (workdir, num_steps change) pairs already warned about in this process
 
 # Keys a resumed run may change: they do not alter what the state or the data mean.
 # (train.num_steps lengthens or shortens the run; its schedules stretch with it, with a warning.)
@@ -58,122 +62,69 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _choice(config, key: str, allowed: tuple[str, ...]) -> None:
-    value = config
-    for part in key.split("."):
-        value = value[part]
-    _require(value in allowed, f"config.{key}={value!r}: expected one of {', '.join(allowed)}")
+def check_run(run: RunSpec, *, local_devices: int, num_hosts: int) -> None:
+    """The checks that span sections: the mesh against the model's dimensions and the batch
+    sizes, the sequence length against the model, hosts against mesh groups."""
+    mesh = run.mesh
+    sizes, dp = mesh.sizes, mesh.data_parallel_size
+    for key, value in (
+        ("train.batch_size", run.train.batch_size),
+        ("eval.batch_size", run.train.eval_batch_size),
+    ):
+        _require(
+            value % dp == 0,
+            f"config.{key}={value} must be a positive multiple of the data-parallel size {dp} "
+            f"(mesh {sizes})",
+        )
+        _require(
+            value % num_hosts == 0,
+            f"config.{key}={value} must divide by the number of hosts {num_hosts}",
+        )
+    micro = run.train.microbatches
+    _require(
+        (run.train.batch_size // dp) % micro == 0,
+        f"config.train.microbatches={micro} must divide the per-shard batch "
+        f"{run.train.batch_size // dp} (train.batch_size / data-parallel size {dp})",
+    )
+    _require(
+        run.data.seq_len <= run.model.max_position_embeddings,
+        f"config.data.seq_len={run.data.seq_len} exceeds config.model.max_position_embeddings="
+        f"{run.model.max_position_embeddings}",
+    )
+    _check_split_dims(run.model, mesh)
+    _check_hosts_feed_whole_groups(mesh, local_devices, num_hosts)
 
 
-def _check_split_dims(config, mesh_sizes: dict, rules) -> None:
+def _check_split_dims(model: ModelSpec, mesh: sharding.MeshSpec) -> None:
     """Every model dimension a logical axis splits must divide by the mesh axes it maps to;
     otherwise the run would die at initialisation in an XLA sharding error."""
-    m = config.model
-    hidden, heads = int(m.hidden_size), int(m.num_heads)
-    dims = {  # logical axis -> the config values whose dimensions carry it (model.py)
-        "embed": [("model.hidden_size", hidden)],
-        "heads": [("model.num_heads", heads)],
-        # (the MLM head's transform and the pooler put hidden_size on "mlp" too)
-        "mlp": [
-            ("model.intermediate_size", int(m.intermediate_size)),
-            ("model.hidden_size", hidden),
-        ],
-        "kv": [("the head size model.hidden_size / model.num_heads", hidden // max(heads, 1))],
-        # the vocabulary is padded to a multiple of this, whatever its size
-        "vocab": [("model.pad_vocab_multiple", int(m.pad_vocab_multiple))],
-    }
-    for logical, axes in rules:
+    dims = model.split_dims()
+    for logical, axes in mesh.rules:
         axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-        split = math.prod(mesh_sizes[a] for a in axes)
+        split = math.prod(mesh.sizes[a] for a in axes)
         for key, size in dims.get(logical, []) if split > 1 else []:
             _require(
                 size % split == 0,
                 f"config.{key}={size} must divide by {split}, the mesh axes {' x '.join(axes)} "
-                f"that the logical axis {logical!r} is split over (mesh {mesh_sizes})",
+                f"that the logical axis {logical!r} is split over (mesh {mesh.sizes})",
             )
 
 
-def _check_hosts_feed_whole_groups(mesh_sizes: dict, rules, local_devices: int, hosts: int):
+def _check_hosts_feed_whole_groups(mesh: sharding.MeshSpec, local_devices: int, hosts: int):
     """Each host feeds its own rows of every batch (loader), so the devices that share rows
     (the mesh axes the batch is not split over, e.g. tensor) must sit on one host: a group
     spanning hosts would be handed different rows as if they were one shard."""
     if hosts <= 1:
         return
-    batch = set(sharding.batch_axes(rules))
-    others = {a: n for a, n in mesh_sizes.items() if a not in batch}
+    batch = set(sharding.batch_axes(mesh.rules))
+    others = {a: n for a, n in mesh.sizes.items() if a not in batch}
     group = math.prod(others.values())
     _require(
         local_devices % group == 0,
         f"config.mesh: the axes the batch is not split over ({others}) hold {group} devices per "
         f"group, more than fit whole on one host ({local_devices} devices): each host feeds "
-        f"different rows, so put those axes within a host (mesh {mesh_sizes})",
+        f"different rows, so put those axes within a host (mesh {mesh.sizes})",
     )
-
-
-def validate_config(config, *, num_devices: int | None = None) -> None:
-    """Structural checks that need neither data nor a tokenizer."""
-    from mlm_jax import masking
-    from mlm_jax.model import ModelConfig
-
-    num_devices = jax.device_count() if num_devices is None else num_devices
-    t, d, m = config.train, config.data, config.model
-    with as_config_errors():
-        shape = sharding.mesh_shape(config.mesh, num_devices)
-    mesh_sizes = dict(zip(sharding.MESH_AXES, shape))
-    rules = sharding.logical_rules(config.mesh)
-    dp = math.prod(mesh_sizes[a] for a in sharding.batch_axes(rules))
-    for key in ("train.batch_size", "eval.batch_size"):
-        section, name = key.split(".")
-        value = int(config[section][name])
-        _require(
-            value > 0 and value % dp == 0,
-            f"config.{key}={value} must be a positive multiple of the data-parallel size {dp} "
-            f"(mesh {mesh_sizes})",
-        )
-        _require(
-            value % jax.process_count() == 0,
-            f"config.{key}={value} must divide by the number of hosts {jax.process_count()}",
-        )
-    _check_split_dims(config, mesh_sizes, rules)
-    _check_hosts_feed_whole_groups(mesh_sizes, rules, jax.local_device_count(), jax.process_count())
-    micro = int(t.microbatches)
-    _require(micro >= 1, f"config.train.microbatches={micro}: expected >= 1")
-    _require(
-        (int(t.batch_size) // dp) % micro == 0,
-        f"config.train.microbatches={micro} must divide the per-shard batch "
-        f"{int(t.batch_size) // dp} (train.batch_size / data-parallel size {dp})",
-    )
-    _require(int(t.num_steps) > 0, f"config.train.num_steps={t.num_steps}: expected > 0")
-    _require(
-        0 <= int(t.warmup_steps) <= int(t.num_steps),
-        f"config.train.warmup_steps={t.warmup_steps}: expected 0..train.num_steps",
-    )
-    _require(float(t.learning_rate) > 0, f"config.train.learning_rate={t.learning_rate}: > 0")
-    _choice(config, "train.lr_schedule", ("linear", "cosine", "constant"))
-    _choice(config, "train.nan_policy", ("stop", "skip"))
-    _require(
-        int(d.seq_len) <= int(m.max_position_embeddings),
-        f"config.data.seq_len={d.seq_len} exceeds config.model.max_position_embeddings="
-        f"{m.max_position_embeddings}",
-    )
-    _require(0 < float(config.eval.mask_ratio) < 1, "config.eval.mask_ratio: expected in (0, 1)")
-    for key in ("log.every_steps", "eval.every_steps", "checkpoint.every_steps"):
-        section, name = key.split(".")
-        _require(int(config[section][name]) >= 0, f"config.{key}: expected >= 0")
-    _require(int(config.checkpoint.keep) >= 1, "config.checkpoint.keep: expected >= 1")
-    with as_config_errors():
-        # Without model.vocab_size the real size comes with the tokenizer, and the Trainer checks
-        # the ids against it then; here any id a vocabulary could hold passes.
-        vocab = int(m.vocab_size) or 1 << 30
-        ModelConfig.from_config(m, vocab_size=vocab, pad_id=0)
-        masking.MaskingSpec.from_config(
-            config.masking,
-            seq_len=int(d.seq_len),
-            num_steps=int(t.num_steps),
-            vocab_size=vocab,
-            mask_id=4,
-            special_ids=(0, 1, 2, 3, 4),
-        )
 
 
 def _flatten(d, prefix=""):
@@ -207,7 +158,7 @@ def check_resume_compatible(config, workdir: str) -> None:
         if any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_CHANGES):
             continue
         if key == "model.vocab_size" and new.get(key) == 0:
-            continue  # resolved from the tokenizer later; checked again then
+            continue  # 0 = the tokenizer's size, and a resumed run keeps its tokenizer
         if _normalise(old.get(key)) != _normalise(new.get(key)):
             differ.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     _require(
@@ -224,8 +175,7 @@ def check_resume_compatible(config, workdir: str) -> None:
         )
         if new.get(key) != "constant"
     ]
-    if steps[0] != steps[1] and stretched and (workdir, steps) not in _WARNED:
-        _WARNED.add((workdir, steps))  # (the check runs again once the tokenizer is known)
+    if steps[0] != steps[1] and stretched:
         log.warning(
             "train.num_steps %s -> %s on resume: the %s schedule now spans the new length, so the "
             "steps after the checkpoint follow a different schedule than the first attempt planned",
@@ -234,15 +184,10 @@ def check_resume_compatible(config, workdir: str) -> None:
         )
 
 
-def resolve_config(config, tokenizer) -> ml_collections.ConfigDict:
-    """A copy with the fields derived from the tokenizer filled in (model.vocab_size)."""
+def resolved_config(config, run: RunSpec) -> ml_collections.ConfigDict:
+    """A locked copy of `config` with the fields the tokenizer decided filled in
+    (model.vocab_size): what config.json and every checkpoint record."""
     resolved = ml_collections.ConfigDict(config.to_dict())
-    if int(resolved.model.vocab_size) == 0:
-        resolved.model.vocab_size = int(tokenizer.vocab_size)
-    _require(
-        int(resolved.model.vocab_size) >= tokenizer.vocab_size,
-        f"config.model.vocab_size={resolved.model.vocab_size} is smaller than the tokenizer's "
-        f"vocabulary ({tokenizer.vocab_size})",
-    )
+    resolved.model.vocab_size = run.model.vocab_size
     resolved.lock()
     return resolved

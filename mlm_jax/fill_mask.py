@@ -15,25 +15,24 @@ import numpy as np
 
 from mlm_jax import cli, files, hf
 from mlm_jax.data.tokenizer import load_tokenizer
-from mlm_jax.model import BertMLM, ModelConfig
+from mlm_jax.model import mlm_model
+from mlm_jax.model_spec import ModelSpec
 
 MASK_TEXT = "[MASK]"
 
 
 def load_from_workdir(workdir: str):
-    """(ModelConfig, params, Tokenizer) of a training run's latest checkpoint."""
+    """(ModelSpec, params, Tokenizer) of a training run's latest checkpoint."""
     from mlm_jax.checkpoint import load_trained
 
     params, config = load_trained(workdir)
     tokenizer = load_tokenizer(files.join(workdir, "tokenizer"))
-    model_config = ModelConfig.from_config(
-        config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
-    )
+    model_config = ModelSpec.from_config(config.model).with_vocab(tokenizer)
     return model_config, params, tokenizer
 
 
 def load_from_hf_dir(hf_dir: str):
-    """(ModelConfig, params, Tokenizer) of a Hugging Face BERT directory with an MLM head.
+    """(ModelSpec, params, Tokenizer) of a Hugging Face BERT directory with an MLM head.
 
     A checkpoint without one (BertModel, sentence-transformers) is refused: hf_to_params would
     fill in a random head, and its fillers would look confident and mean nothing.
@@ -45,7 +44,7 @@ def load_from_hf_dir(hf_dir: str):
             f"--hf_dir={hf_dir}: the checkpoint has no MLM head (cls.predictions.*), "
             "so its predictions would be random"
         )
-    model_config = ModelConfig(
+    model_config = ModelSpec(
         **hf.model_overrides(hf_config), pad_vocab_multiple=1, pad_id=tokenizer.pad_id
     )
     params = hf.hf_to_params(tensors, model_config, where=hf_dir)
@@ -73,11 +72,11 @@ def encode_with_masks(text: str, tokenizer) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.flatnonzero(ids == tokenizer.mask_id).astype(np.int32)
 
 
-def fill_mask(text: str, model_config: ModelConfig, params, tokenizer, top_k: int = 5):
+def fill_mask(text: str, model_config: ModelSpec, params, tokenizer, top_k: int = 5):
     """For each [MASK] in text, the top_k (token, probability) pairs, best first."""
     tokens_L, positions_K = encode_with_masks(text, tokenizer)
     params = params["params"] if set(params) == {"params"} else params
-    logits_1xKxV = BertMLM(model_config).apply(
+    logits_1xKxV = mlm_model(model_config).apply(
         {"params": params}, jnp.asarray(tokens_L[None]), jnp.asarray(positions_K[None])
     )
     probs_KxV = np.asarray(jax.nn.softmax(logits_1xKxV[0], axis=-1))

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from mlm_jax import cli, files
+from mlm_jax.optim import OptimizerSpec, make_optimizer
 
 log = logging.getLogger("mlm_jax.finetune")  # also when run as __main__
 
@@ -196,30 +197,26 @@ def load_encoder(pretrained: str, tokenizer_path: str = ""):
     from mlm_jax import hf
     from mlm_jax.config_defaults import base_config
     from mlm_jax.data.tokenizer import load_tokenizer
-    from mlm_jax.model import ModelConfig
+    from mlm_jax.model_spec import ModelSpec
 
     if not pretrained:  # from scratch with the default architecture and a given tokenizer
         if not tokenizer_path:
             raise ValueError("--pretrained='' needs --tokenizer=PATH (vocab.txt or a directory)")
         tokenizer = load_tokenizer(tokenizer_path)
         model = base_config().model
-        config = ModelConfig.from_config(
-            model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
-        )
+        config = ModelSpec.from_config(model).with_vocab(tokenizer)
         return config, None, tokenizer, 128
     if not files.isdir(pretrained):
         raise ValueError(f"--pretrained={pretrained!r} is not a directory")
     if ckpt.checkpoint_dir(pretrained).is_dir():  # a run's workdir, local or gs://
         params, run_config = ckpt.load_trained(pretrained)
         tokenizer = load_tokenizer(tokenizer_path or files.join(pretrained, "tokenizer"))
-        config = ModelConfig.from_config(
-            run_config.model, vocab_size=int(run_config.model.vocab_size), pad_id=tokenizer.pad_id
-        )
+        config = ModelSpec.from_config(run_config.model).with_vocab(tokenizer)
         return config, params["encoder"], tokenizer, int(run_config.data.seq_len)
     hf_config, _ = hf.read_checkpoint(pretrained)  # a Hugging Face BERT directory
     tokenizer = load_tokenizer(tokenizer_path or hf.tokenizer_dir(pretrained))
     # pad_id from the tokenizer, as for a run dir: the attention mask hides tokens == pad_id.
-    config = ModelConfig(**hf.model_overrides(hf_config), pad_id=tokenizer.pad_id)
+    config = ModelSpec(**hf.model_overrides(hf_config), pad_id=tokenizer.pad_id)
     return config, pretrained, tokenizer, min(128, config.max_position_embeddings)
 
 
@@ -245,27 +242,22 @@ def _init_params(model, config, encoder, seq_len: int, seed: int):
 # ----------------------------------------------------------------------------- training
 
 
-def make_optimizer(
+def optimizer_spec(
     learning_rate: float, total_steps: int, warmup_fraction: float, weight_decay: float
-) -> optax.GradientTransformation:
-    """BERT's fine-tuning AdamW: linear warmup and decay, clipping, and weight decay on matrices
-    and embeddings only (as in pretraining, mlm_jax.optim.decay_mask): decaying LayerNorm scales
-    toward 0 and biases is not what the pretrained weights were trained with."""
-    from mlm_jax.optim import decay_mask
-
-    warmup = max(1, int(warmup_fraction * total_steps))
-    schedule = optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, learning_rate, warmup),
-            optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup, 1)),
-        ],
-        [warmup],
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(1.0),
-        optax.adamw(
-            schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=weight_decay, mask=decay_mask
-        ),
+) -> OptimizerSpec:
+    """BERT's fine-tuning AdamW: linear warmup and decay, clipping at 1, beta2 0.999, and weight
+    decay on matrices and embeddings only, as in pretraining (decaying LayerNorm scales toward 0
+    and biases is not what the pretrained weights were trained with)."""
+    return OptimizerSpec(
+        learning_rate=learning_rate,
+        num_steps=total_steps,
+        warmup_steps=min(max(1, int(warmup_fraction * total_steps)), total_steps),
+        lr_schedule="linear",
+        weight_decay=weight_decay,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-6,
+        grad_clip=1.0,
     )
 
 
@@ -297,7 +289,7 @@ def finetune(
     data_dir: str = "",
 ) -> dict:
     """Fine-tunes and returns {"dev/accuracy", "dev/majority_accuracy", ...}; see the module doc."""
-    from mlm_jax.model import BertForSequenceClassification
+    from mlm_jax.model import classifier
 
     if init not in ("pretrained", "random"):
         raise ValueError(f"--init={init!r}: expected pretrained or random")
@@ -311,11 +303,12 @@ def finetune(
         raise ValueError(f"max_len={max_len} exceeds max_position_embeddings")
     spec = load_task(task, data_dir)
     train_data, dev_data = encode(tok, spec.train, max_len), encode(tok, spec.dev, max_len)
-    model = BertForSequenceClassification(config, num_labels=spec.num_labels)
+    model = classifier(config, spec.num_labels)
     params = _init_params(model, config, encoder, max_len, seed)
 
     steps_per_epoch = math.ceil(len(train_data["labels"]) / batch_size)
-    tx = make_optimizer(learning_rate, steps_per_epoch * epochs, warmup_fraction, weight_decay)
+    total = steps_per_epoch * epochs
+    tx, _ = make_optimizer(optimizer_spec(learning_rate, total, warmup_fraction, weight_decay))
     opt_state = tx.init(params)
 
     def loss_fn(params, batch, weights_B, key, deterministic):

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from mlm_jax import cli, files
-from mlm_jax.model import ModelConfig
+from mlm_jax.model_spec import ModelSpec
 
 # Our config.model key <- HF config.json key.
 _CONFIG_KEYS = {
@@ -215,7 +215,7 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((rows - x.shape[0], *x.shape[1:]), x.dtype)])
 
 
-def _encoder_from_hf(t: _Tensors, c: ModelConfig) -> dict:
+def _encoder_from_hf(t: _Tensors, c: ModelSpec) -> dict:
     e, n, d, m = c.hidden_size, c.num_heads, c.head_dim, c.intermediate_size
     embeddings = {
         "word_embeddings": _pad_rows(
@@ -267,7 +267,7 @@ def _encoder_from_hf(t: _Tensors, c: ModelConfig) -> dict:
     return encoder
 
 
-def _mlm_head_from_hf(t: _Tensors, c: ModelConfig, word_embeddings: np.ndarray) -> dict:
+def _mlm_head_from_hf(t: _Tensors, c: ModelSpec, word_embeddings: np.ndarray) -> dict:
     e, v = c.hidden_size, c.vocab_size
     p = "cls.predictions."
     bias_name = f"{p}bias" if f"{p}bias" in t.tensors else f"{p}decoder.bias"
@@ -287,7 +287,7 @@ def _mlm_head_from_hf(t: _Tensors, c: ModelConfig, word_embeddings: np.ndarray) 
     }
 
 
-def _fresh_mlm_head(c: ModelConfig, seed: int = 0) -> dict:
+def _fresh_mlm_head(c: ModelSpec, seed: int = 0) -> dict:
     """Truncated-normal transform, unit LayerNorm, zero output bias (as the model's own init)."""
     e = c.hidden_size
     kernel = np.random.default_rng(seed).standard_normal((e, e))
@@ -300,7 +300,7 @@ def _fresh_mlm_head(c: ModelConfig, seed: int = 0) -> dict:
 
 
 def hf_to_params(
-    tensors: dict[str, np.ndarray], config: ModelConfig, *, where: str = "checkpoint"
+    tensors: dict[str, np.ndarray], config: ModelSpec, *, where: str = "checkpoint"
 ) -> dict:
     """Our BertMLM params (numpy) for `config`'s layout (scan_layers, padded vocab)."""
     if config.pre_ln:
@@ -327,7 +327,7 @@ def import_hf(directory: str, *, scan_layers: bool = True, pad_vocab_multiple: i
     """
     hf_config, tensors = read_checkpoint(directory)
     overrides = model_overrides(hf_config)
-    config = ModelConfig(
+    config = ModelSpec(
         **overrides,
         scan_layers=scan_layers,
         pad_vocab_multiple=pad_vocab_multiple,
@@ -336,7 +336,7 @@ def import_hf(directory: str, *, scan_layers: bool = True, pad_vocab_multiple: i
     return hf_to_params(tensors, config, where=str(directory)), overrides
 
 
-def _check_activation(hf_config: dict, directory: str, model_config: ModelConfig) -> None:
+def _check_activation(hf_config: dict, directory: str, model_config: ModelSpec) -> None:
     gelu = gelu_of(hf_config)
     if gelu != model_config.gelu:
         raise ValueError(
@@ -346,14 +346,14 @@ def _check_activation(hf_config: dict, directory: str, model_config: ModelConfig
         )
 
 
-def check_init_from(directory: str, model_config: ModelConfig) -> None:
+def check_init_from(directory: str, model_config: ModelSpec) -> None:
     """What can be told from config.json alone, before anything compiles: the directory is a
     HF checkpoint and its activation is the config's (weight shapes are checked at load)."""
     with open(os.path.join(_checkpoint_dir(directory), "config.json")) as f:
         _check_activation(json.load(f), directory, model_config)
 
 
-def load_pretrained_params(directory: str, model_config: ModelConfig, params_template: Any) -> Any:
+def load_pretrained_params(directory: str, model_config: ModelSpec, params_template: Any) -> Any:
     """Params shaped exactly like params_template, taken from a HF checkpoint.
 
     The encoder (and the MLM head and pooler when the checkpoint has them) come from the
@@ -401,13 +401,13 @@ def _concrete_or(template_tree, fallback_tree):
 # ----------------------------------------------------------------------------- ours -> HF
 
 
-def _unstacked_layers(encoder: dict, c: ModelConfig) -> list[dict]:
+def _unstacked_layers(encoder: dict, c: ModelSpec) -> list[dict]:
     if "layers" in encoder:
         return [jax.tree.map(lambda x, i=i: x[i], encoder["layers"]) for i in range(c.num_layers)]
     return [encoder[f"layer_{i}"] for i in range(c.num_layers)]
 
 
-def params_to_hf(params: Any, config: ModelConfig) -> dict[str, np.ndarray]:
+def params_to_hf(params: Any, config: ModelSpec) -> dict[str, np.ndarray]:
     """BertForMaskedLM state dict (numpy float32) of our BertMLM params."""
     if config.pre_ln:
         raise ValueError("config.model.pre_ln=True blocks export: Hugging Face BERT is post-LN")
@@ -449,7 +449,7 @@ def params_to_hf(params: Any, config: ModelConfig) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(x) for k, x in out.items()}
 
 
-def hf_config_dict(config: ModelConfig) -> dict:
+def hf_config_dict(config: ModelSpec) -> dict:
     """config.json of a BertForMaskedLM with our architecture."""
     hf = {hf_key: getattr(config, ours) for ours, hf_key in _CONFIG_KEYS.items()}
     return {
@@ -464,7 +464,7 @@ def hf_config_dict(config: ModelConfig) -> dict:
     }
 
 
-def export_hf(params: Any, model_config: ModelConfig, tokenizer: Any, out_dir: str) -> None:
+def export_hf(params: Any, model_config: ModelSpec, tokenizer: Any, out_dir: str) -> None:
     """Writes a BertForMaskedLM directory: model.safetensors, config.json, tokenizer files.
 
     tokenizer: an mlm_jax Tokenizer (saved with .save) or a path to tokenizer files to copy.
@@ -497,9 +497,7 @@ def export_workdir(workdir: str, out_dir: str) -> None:
 
     params, config = load_trained(workdir)
     tokenizer = load_tokenizer(files.join(workdir, "tokenizer"))
-    model_config = ModelConfig.from_config(
-        config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
-    )
+    model_config = ModelSpec.from_config(config.model).with_vocab(tokenizer)
     export_hf(params, model_config, tokenizer, out_dir)
 
 

@@ -80,16 +80,16 @@ def main(argv) -> None:
     _maybe_initialize_distributed()
     import tensorflow_datasets as tfds
 
-    from mlm_jax import checkpoint, loop, train
+    from mlm_jax import checkpoint, train
 
     tfds.display_progress_bar(False)  # the first-use corpus build is seconds; no bars in logs
     from mlm_jax.config_checks import ConfigError
 
-    failed_run = (loop.NonFiniteError, checkpoint.CheckpointWriteError)
+    failed_run = (train.NonFiniteError, checkpoint.CheckpointWriteError)
     # Bad config, flag or workdir: found before compiling (2); a run that failed on its way (1).
     with cli.one_line_errors((ConfigError,)), cli.one_line_errors(failed_run, code=1):
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    # loop.Preempted is a SystemExit with code 0: the checkpoint is written, resume later.
+    # train.Preempted is a SystemExit with code 0: the checkpoint is written, resume later.
 
 
 if __name__ == "__main__":

@@ -5,20 +5,18 @@ state, shapes are static (K predictions per row), and every function is jit- and
 
 How the trainer calls it (inside the jitted train step):
 
-    spec = MaskingSpec.from_config(config.masking, seq_len=L, num_steps=N,
-                                   vocab_size=tok.vocab_size, mask_id=tok.mask_id,
-                                   special_ids=tok.special_ids)        # once, on the host
+    spec = MaskingSpec.from_config(config.masking, seq_len=L, num_steps=N
+                                   ).with_vocab(tokenizer)           # once, on the host
     keys_B = masking_keys(mask_key, step, batch["example_ids"], batch["epochs"],
                           spec.static_epochs)                        # per-row keys
     masked = mask_tokens(keys_B, batch["tokens"], batch["maskable"], batch["word_starts"],
-                         ratio=ratio_at_step(step, spec, spec.num_steps), spec=spec)
+                         ratio=ratio_at_step(step, spec), spec=spec)
     logits_BxKxV = model(masked.inputs, masked.positions, ...)
     loss = mlm_loss(logits_BxKxV, masked.targets, masked.weights)
 
 `mask_key` should be a key reserved for masking (e.g. `fold_in(run_key, <masking tag>)`), not
-the dropout key. Eval builds its own spec (e.g. from a copy of config.masking with
-ratio = eval.mask_ratio, schedule = "constant") and passes a fixed key, so every evaluation
-masks the same way.
+the dropout key. Eval uses `MaskingSpec.for_eval(config.eval, ...)` and a fixed key, so every
+evaluation of every run masks the same way.
 
 Selection, one row at a time (vmapped over the batch):
   1. eligible = maskable & token not in special_ids & token not in never_mask_ids.
@@ -41,7 +39,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from mlm_jax.spec_checks import check_choice, check_float, check_int
 
 STRATEGIES = ("uniform", "whole_word", "span")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -70,140 +69,145 @@ class MaskedBatch(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class MaskingSpec:
-    """Everything masking needs, resolved and validated; hashable so jit can take it static."""
+    """Everything masking needs, checked once; hashable so jit can take it static.
+
+    The vocabulary fields stay unset (vocab_size 0) until `with_vocab` fills them from the
+    tokenizer; mask_tokens needs them set.
+    """
 
     strategy: str
     mask_prob: float
     random_prob: float
     max_predictions: int  # K, resolved (never 0 here)
-    vocab_size: int
-    mask_id: int
-    special_ids: tuple[int, ...]  # sorted; never selected, never drawn as a random token
-    never_mask_ids: tuple[int, ...] = ()  # sorted; never selected (may be drawn as random)
-    span_p: float = 0.2
-    span_max: int = 10
-    static_epochs: int = 0
     ratio: float = 0.15
     end_ratio: float = 0.15
     schedule: str = "constant"
-    num_steps: int = 1
+    num_steps: int = 1  # the schedule's length (train.num_steps)
+    span_p: float = 0.2
+    span_max: int = 10
+    static_epochs: int = 0
+    never_mask_ids: tuple[int, ...] = ()  # sorted; never selected (may be drawn as random)
+    vocab_size: int = 0
+    mask_id: int = -1
+    special_ids: tuple[int, ...] = ()  # sorted; never selected, never drawn as a random token
 
     @classmethod
-    def from_config(
-        cls,
-        masking_config: Any,
-        *,
-        seq_len: int,
-        num_steps: int,
-        vocab_size: int,
-        mask_id: int,
-        special_ids: tuple[int, ...] | list[int],
-    ) -> MaskingSpec:
-        """Validates config.masking and resolves K (max_predictions = 0 -> derived).
+    def from_config(cls, masking_config: Any, *, seq_len: int, num_steps: int) -> MaskingSpec:
+        """Checks config.masking and resolves K (max_predictions = 0 -> derived).
 
+        seq_len and num_steps come checked from their own specs (data, train).
         Derived K = ceil(max_ratio * (seq_len - 2)) (a row holds at least [CLS] and [SEP]),
         plus WORD_OVERSHOOT_SLACK for whole_word/span, rounded up to a multiple of 8 and
         clamped to seq_len. max_ratio is the largest ratio the schedule reaches (its larger end).
         """
         m = masking_config
-        ratio = _check_open_unit("masking.ratio", m.ratio)
-        schedule = _check_choice("masking.schedule", m.schedule, SCHEDULES)
-        end_ratio = _check_open_unit("masking.end_ratio", m.end_ratio)
-        strategy = _check_choice("masking.strategy", m.strategy, STRATEGIES)
-        mask_prob = _check_closed_unit("masking.mask_prob", m.mask_prob)
-        random_prob = _check_closed_unit("masking.random_prob", m.random_prob)
-        if mask_prob + random_prob > 1 + 1e-9:
-            raise ValueError(
-                f"masking.mask_prob + masking.random_prob = {mask_prob + random_prob}: "
-                "expected at most 1 (the rest keeps the token)"
-            )
-        span_p = float(m.span_p)
-        if not 0 < span_p <= 1:
-            raise ValueError(f"masking.span_p={m.span_p!r}: expected a float in (0, 1]")
-        span_max = _check_int("masking.span_max", m.span_max, minimum=1)
-        static_epochs = _check_int("masking.static_epochs", m.static_epochs, minimum=0)
-        seq_len = _check_int("data.seq_len", seq_len, minimum=3)
-        num_steps = _check_int("train.num_steps", num_steps, minimum=1)
-        vocab_size = _check_int("vocab_size", vocab_size, minimum=2)
-        special = tuple(sorted({int(i) for i in special_ids} | {int(mask_id)}))
+        schedule = check_choice("masking.schedule", m.schedule, SCHEDULES)
+        strategy = check_choice("masking.strategy", m.strategy, STRATEGIES)
+        ratio = check_float("masking.ratio", m.ratio, low=0, high=1, low_open=True, high_open=True)
+        end_ratio = check_float(
+            "masking.end_ratio", m.end_ratio, low=0, high=1, low_open=True, high_open=True
+        )
+        mask_prob, random_prob = _replacement_split("masking", m.mask_prob, m.random_prob)
+        span_p = check_float("masking.span_p", m.span_p, low=0, high=1, low_open=True)
+        span_max = check_int("masking.span_max", m.span_max, minimum=1)
+        static_epochs = check_int("masking.static_epochs", m.static_epochs, minimum=0)
+        k = check_int("masking.max_predictions", m.max_predictions, minimum=0, maximum=seq_len)
         never = tuple(sorted({int(i) for i in m.never_mask_ids}))
-        for name, ids in (("special_ids", special), ("masking.never_mask_ids", never)):
-            if ids and not (0 <= ids[0] and ids[-1] < vocab_size):
-                raise ValueError(f"{name}={ids}: expected ids in [0, vocab_size={vocab_size})")
-        if len(special) >= vocab_size:
-            raise ValueError(f"special_ids={special}: leave no ordinary token to draw")
-
-        k = _check_int("masking.max_predictions", m.max_predictions, minimum=0)
-        if k > seq_len:
-            raise ValueError(
-                f"masking.max_predictions={k}: expected at most data.seq_len={seq_len}"
-            )
+        if never and never[0] < 0:
+            raise ValueError(f"config.masking.never_mask_ids={never}: expected ids >= 0")
         if k == 0:
             max_ratio = ratio if schedule == "constant" else max(ratio, end_ratio)
-            k = math.ceil(max_ratio * (seq_len - 2))
-            if strategy != "uniform":
-                k += WORD_OVERSHOOT_SLACK
-            k = min(-(-k // 8) * 8, seq_len)
+            k = derived_max_predictions(max_ratio, seq_len, strategy)
+        constant = schedule == "constant"  # nothing else can change its masks: normalised
         return cls(
             strategy=strategy,
             mask_prob=mask_prob,
             random_prob=random_prob,
             max_predictions=k,
-            vocab_size=vocab_size,
-            mask_id=int(mask_id),
-            special_ids=special,
-            never_mask_ids=never,
+            ratio=ratio,
+            end_ratio=ratio if constant else end_ratio,
+            schedule=schedule,
+            num_steps=1 if constant else int(num_steps),
             span_p=span_p,
             span_max=span_max,
             static_epochs=static_epochs,
+            never_mask_ids=never,
+        )
+
+    @classmethod
+    def for_eval(cls, eval_config: Any, *, seq_len: int) -> MaskingSpec:
+        """The masking every run is evaluated with, whatever it trains with: comparable numbers.
+
+        Only eval.* shape it (mask_ratio, strategy, mask_prob, random_prob). The rest of
+        masking.* (K, never_mask_ids, the span shape, static masks) stays at its defaults, so
+        runs that differ there are still scored on the same positions with the same corruption.
+        """
+        e = eval_config
+        ratio = check_float(
+            "eval.mask_ratio", e.mask_ratio, low=0, high=1, low_open=True, high_open=True
+        )
+        strategy = check_choice("eval.strategy", e.strategy, STRATEGIES)
+        mask_prob, random_prob = _replacement_split("eval", e.mask_prob, e.random_prob)
+        return cls(
+            strategy=strategy,
+            mask_prob=mask_prob,
+            random_prob=random_prob,
+            max_predictions=derived_max_predictions(ratio, seq_len, strategy),
             ratio=ratio,
-            end_ratio=end_ratio,
-            schedule=schedule,
-            num_steps=num_steps,
+            end_ratio=ratio,
+        )
+
+    def with_vocab(self, tokenizer) -> MaskingSpec:
+        """The spec with the tokenizer's [MASK] id, special ids and vocabulary size."""
+        vocab_size = int(tokenizer.vocab_size)
+        special = tuple(sorted({int(i) for i in tokenizer.special_ids} | {int(tokenizer.mask_id)}))
+        if self.never_mask_ids and self.never_mask_ids[-1] >= vocab_size:
+            raise ValueError(
+                f"config.masking.never_mask_ids={self.never_mask_ids}: expected ids in "
+                f"[0, vocab_size={vocab_size})"
+            )
+        if special[0] < 0 or special[-1] >= vocab_size or len(special) >= vocab_size:
+            raise ValueError(
+                f"tokenizer special ids {special}: expected ids in [0, {vocab_size}) that leave "
+                "ordinary tokens to draw"
+            )
+        return dataclasses.replace(
+            self, vocab_size=vocab_size, mask_id=int(tokenizer.mask_id), special_ids=special
         )
 
 
-def _check_open_unit(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"{name}={value!r}: expected a float in (0, 1)")
-    return float(value)
+def derived_max_predictions(max_ratio: float, seq_len: int, strategy: str) -> int:
+    """K when masking.max_predictions is 0: room for the largest ratio on a full row."""
+    k = math.ceil(max_ratio * (seq_len - 2))
+    if strategy != "uniform":
+        k += WORD_OVERSHOOT_SLACK
+    return min(-(-k // 8) * 8, seq_len)
 
 
-def _check_closed_unit(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name}={value!r}: expected a float in [0, 1]")
-    return float(value)
+def _replacement_split(section: str, mask_prob: Any, random_prob: Any) -> tuple[float, float]:
+    mask_prob = check_float(f"{section}.mask_prob", mask_prob, low=0, high=1)
+    random_prob = check_float(f"{section}.random_prob", random_prob, low=0, high=1)
+    if mask_prob + random_prob > 1 + 1e-9:
+        raise ValueError(
+            f"config.{section}.mask_prob + {section}.random_prob = "
+            f"{mask_prob + random_prob}: expected at most 1 (the rest keeps the token)"
+        )
+    return mask_prob, random_prob
 
 
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
-    return value
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
-    return int(value)
-
-
-def ratio_at_step(step: Any, masking_config: Any, num_steps: int) -> jax.Array:
+def ratio_at_step(step: Any, spec: MaskingSpec) -> jax.Array:
     """Masking ratio at `step` (float32 scalar; step may be traced).
 
     With t = clip(step / num_steps, 0, 1): constant -> ratio; linear -> ratio + (end - ratio) t;
-    cosine -> end + (ratio - end) (1 + cos(pi t)) / 2. Accepts config.masking or a MaskingSpec.
-    t is the fraction of training done, the clock the learning rate decays on too, so the end
-    ratio is where the schedule arrives after the last step (num_steps - 1 is 1/num_steps short).
+    cosine -> end + (ratio - end) (1 + cos(pi t)) / 2. t is the fraction of training done, the
+    clock the learning rate decays on too, so the end ratio is where the schedule arrives after
+    the last step (num_steps - 1 is 1/num_steps short).
     """
-    m = masking_config
-    schedule = _check_choice("masking.schedule", m.schedule, SCHEDULES)
-    start = _check_open_unit("masking.ratio", m.ratio)
-    if schedule == "constant":
+    start, end = spec.ratio, spec.end_ratio
+    if spec.schedule == "constant":
         return jnp.float32(start)
-    end = _check_open_unit("masking.end_ratio", m.end_ratio)
-    num_steps = _check_int("train.num_steps", num_steps, minimum=1)
-    t = jnp.clip(jnp.asarray(step, jnp.float32) / num_steps, 0.0, 1.0)
-    if schedule == "linear":
+    t = jnp.clip(jnp.asarray(step, jnp.float32) / spec.num_steps, 0.0, 1.0)
+    if spec.schedule == "linear":
         return jnp.float32(start) + (end - start) * t
     return jnp.float32(end) + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
 
@@ -268,8 +272,10 @@ def mask_tokens(
             raise ValueError(f"word_starts {word_starts_BxL.shape}: expected {tokens_BxL.shape}")
     else:
         word_starts_BxL = jnp.ones(tokens_BxL.shape, bool)
-    if isinstance(ratio, (int, float)):
-        _check_open_unit("ratio", ratio)
+    if isinstance(ratio, (int, float)) and not 0 < ratio < 1:
+        raise ValueError(f"ratio={ratio!r}: expected a float in (0, 1)")
+    if spec.vocab_size == 0:
+        raise ValueError("MaskingSpec without a vocabulary: call spec.with_vocab(tokenizer)")
 
     batch = tokens_BxL.shape[0]
     key = jnp.asarray(key)

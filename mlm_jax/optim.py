@@ -1,26 +1,65 @@
-"""AdamW with warmup and decay, gradient clipping, and no weight decay on LayerNorm or biases."""
+"""AdamW with warmup and decay, gradient clipping, and no weight decay on LayerNorm or biases.
+
+One factory for pretraining and fine-tuning: each describes its optimizer as an
+OptimizerSpec (pretraining from config.train, fine-tuning from its own flags) and calls
+`make_optimizer`.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import optax
 
+from mlm_jax.spec_checks import check_choice, check_float, check_int
 
-def learning_rate_schedule(train_config) -> optax.Schedule:
+LR_SCHEDULES = ("linear", "cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimizer and its learning-rate schedule; the constructor checks every field."""
+
+    learning_rate: float  # peak
+    num_steps: int  # the schedule's length: decay reaches 0 after the last step
+    warmup_steps: int = 0
+    lr_schedule: str = "linear"
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-6
+    grad_clip: float = 1.0  # global norm; 0 = off
+
+    def __post_init__(self):
+        check_float("train.learning_rate", self.learning_rate, low=0, low_open=True)
+        check_int("train.num_steps", self.num_steps, minimum=1)
+        check_int("train.warmup_steps", self.warmup_steps, minimum=0, maximum=self.num_steps)
+        check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_float("train.weight_decay", self.weight_decay, low=0)
+        check_float("train.b1", self.b1, low=0, high=1, high_open=True)
+        check_float("train.b2", self.b2, low=0, high=1, high_open=True)
+        check_float("train.eps", self.eps, low=0, low_open=True)
+        check_float("train.grad_clip", self.grad_clip, low=0)
+
+    @classmethod
+    def from_config(cls, train_config: Any) -> OptimizerSpec:
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: train_config[name] for name in names})
+
+
+def learning_rate_schedule(spec: OptimizerSpec) -> optax.Schedule:
     """Linear warmup to the peak, then linear or cosine decay to 0 at the last step (or flat)."""
-    peak = float(train_config.learning_rate)
-    warmup = int(train_config.warmup_steps)
-    total = max(int(train_config.num_steps), warmup + 1)
-    kind = train_config.lr_schedule
-    if kind == "cosine":
+    peak, warmup = spec.learning_rate, spec.warmup_steps
+    total = max(spec.num_steps, warmup + 1)
+    if spec.lr_schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
     warm = optax.linear_schedule(0.0, peak, max(warmup, 1))
-    if kind == "linear":
+    if spec.lr_schedule == "linear":
         after = optax.linear_schedule(peak, 0.0, total - warmup)
-    elif kind == "constant":
-        after = optax.constant_schedule(peak)
     else:
-        raise ValueError(f"config.train.lr_schedule={kind!r}: expected linear, cosine or constant")
+        after = optax.constant_schedule(peak)
     return optax.join_schedules([warm, after], [warmup])
 
 
@@ -34,18 +73,18 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    schedule = learning_rate_schedule(train_config)
+def make_optimizer(spec: OptimizerSpec) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = learning_rate_schedule(spec)
     parts = []
-    if float(train_config.grad_clip) > 0:
-        parts.append(optax.clip_by_global_norm(float(train_config.grad_clip)))
+    if spec.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(spec.grad_clip))
     parts.append(
         optax.adamw(
             schedule,
-            b1=float(train_config.b1),
-            b2=float(train_config.b2),
-            eps=float(train_config.eps),
-            weight_decay=float(train_config.weight_decay),
+            b1=spec.b1,
+            b2=spec.b2,
+            eps=spec.eps,
+            weight_decay=spec.weight_decay,
             mask=decay_mask,
         )
     )

@@ -8,6 +8,7 @@ a `tensor` axis splits heads and MLP columns (Megatron). Changing the mesh is a 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -42,17 +43,44 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
-def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+    """config.mesh resolved for a device count: axis sizes and the logical axis rules."""
+
+    shape: tuple[int, int, int]  # sizes of MESH_AXES
+    rules: Rules  # logical axis name -> mesh axes
+
+    @classmethod
+    def from_config(cls, mesh_config, num_devices: int) -> MeshSpec:
+        return cls(mesh_shape(mesh_config, num_devices), logical_rules(mesh_config))
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return dict(zip(MESH_AXES, self.shape))
+
+    @property
+    def data_parallel_size(self) -> int:
+        """How many ways a global batch is split: the global batch must divide by it."""
+        return math.prod(self.sizes[a] for a in batch_axes(self.rules))
+
+
+def make_mesh(spec: MeshSpec, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh over `devices` (default: every device of every host)."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(mesh_config, len(devices))
+    if math.prod(spec.shape) != len(devices):
+        raise ValueError(
+            f"mesh {spec.sizes} needs {math.prod(spec.shape)} devices, got {len(devices)}"
+        )
     # Auto axes: shardings are chosen by the compiler from the in/out shardings and the
     # model's logical constraints, as in the pjit model.
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    return jax.make_mesh(spec.shape, MESH_AXES, axis_types=auto, devices=devices)
 
 
-def logical_rules(mesh_config) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+def logical_rules(mesh_config) -> Rules:
     """config.mesh.logical_axis_rules as the tuple of pairs Flax expects."""
     rules = []
     for name, axes in mesh_config.logical_axis_rules:
@@ -70,11 +98,6 @@ def batch_axes(rules) -> tuple[str, ...]:
                 return ()
             return (axes,) if isinstance(axes, str) else tuple(axes)
     return ()
-
-
-def data_parallel_size(mesh: Mesh, rules) -> int:
-    """How many ways a global batch is split: the global batch must divide by it."""
-    return math.prod(mesh.shape[a] for a in batch_axes(rules))
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:

@@ -1,348 +1,311 @@
-"""The train state and the sharded train and eval steps (the loop that runs them: loop.py).
+"""The run: set up (or resume) a workdir, then step, log, evaluate and checkpoint until done.
 
-A step is one `jax.jit` over the device mesh: `(state, batch) -> (state, metrics)` with
-explicit shardings and the state donated. Randomness comes only from keys folded from the
-config's seed and the step, so a run is a function of (config, code, data): rerun or resume it
-and the numbers are the same.
+Faults end in a resumable state and lose nothing:
+- a killed process restarts from the last complete checkpoint; batches, masking and dropout
+  are functions of (seed, step) and the checkpointed data position, so the resumed steps are
+  the same steps, and metrics.jsonl is cut back to the restored step so no event repeats;
+- SIGTERM (preemption) saves the current step and exits with code 0 (`Preempted`); on several
+  hosts JAX's preemption sync point picks one step at which every host stops;
+- a half-written checkpoint is ignored (orbax renames a step's folder only when complete);
+- a NaN/Inf loss or gradient stops the run naming the step (train.nan_policy=stop) before any
+  checkpoint holds it, or skips that update and counts it (train.nan_policy=skip);
+- an unwritable workdir fails before compiling; a failed save names the path and exits, the
+  earlier checkpoints untouched.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
-from typing import Any
+import signal
+import time
 
-import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from mlm_jax import config_defaults, masking, optim, sharding
-from mlm_jax.model import BertMLM, ModelConfig, mlm_loss
+from mlm_jax import checkpoint as ckpt
+from mlm_jax import files
+from mlm_jax import metrics as metrics_lib
+from mlm_jax.config_checks import as_config_errors, check_resume_compatible, resolved_config
+from mlm_jax.run_spec import RunSpec, resolve
+from mlm_jax.trainer import Trainer, TrainState
 
 log = logging.getLogger(__name__)
 
-# Independent random streams of a run, all folded from the seed.
-_INIT, _MASK, _DROPOUT, _EVAL = 1, 2, 3, 4
+
+class Preempted(SystemExit):
+    """Raised after the preemption checkpoint is on disk: a clean exit (code 0) to resume."""
+
+    def __init__(self, step: int):
+        super().__init__(0)
+        self.step = step
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array  # int32 scalar: optimizer updates done
-    params: Any
-    opt_state: Any
-    skipped: jax.Array  # int32 scalar: updates skipped for a non-finite loss or gradient
-    first_bad_step: jax.Array  # int32 scalar: first step with a non-finite loss/grad, -1 if none
+class NonFiniteError(FloatingPointError):
+    """A NaN/Inf loss or gradient with train.nan_policy=stop."""
 
 
-def stream_key(seed: int, stream: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.key(seed), stream)
+class StopSignal:
+    """SIGTERM as a flag the loop reads between steps.
 
-
-_SUM_KEYS = ("loss_sum", "correct_sum", "weight_sum")  # sums combine exactly across pieces
-
-
-def _sum_metrics(logits, targets, weights):
-    _, m = mlm_loss(logits, targets, weights)
-    return {k: m[k] for k in _SUM_KEYS}
-
-
-def _skippable_update(finite, new_opt_state, old_opt_state):
-    """The optimizer state after a step that may have been skipped (non-finite, nan_policy=skip).
-
-    A skipped step keeps Adam's moments and count, but the learning-rate schedule's count moves
-    on, as a PyTorch LR scheduler steps whether or not the optimizer did: the rate stays the
-    schedule at the step, as logged and as the masking schedule reads it.
+    One process: a Python handler sets the flag. Several processes: JAX's preemption service
+    (started by jax.distributed.initialize) catches SIGTERM on any host and
+    `reached_preemption_sync_point(step)` becomes true at the same step on all of them, so they
+    save the same checkpoint and none waits in a collective for a host that left.
     """
 
-    def is_schedule(x):
-        return isinstance(x, optax.ScaleByScheduleState)
-
-    def pick(new, old):
-        return new if is_schedule(new) else jnp.where(finite, new, old)
-
-    return jax.tree.map(pick, new_opt_state, old_opt_state, is_leaf=is_schedule)
-
-
-def train_step(state: TrainState, batch: dict, *, model, spec, tx, config) -> tuple:
-    """One optimizer update on a global batch: mask on device, forward, backward, AdamW."""
-    step = state.step
-    ratio = masking.ratio_at_step(step, config.masking, config.train.num_steps)
-    keys = masking.masking_keys(
-        stream_key(config.seed, _MASK),
-        step,
-        batch["example_ids"],
-        batch["epochs"],
-        config.masking.static_epochs,
-    )
-    masked = masking.mask_tokens(
-        keys, batch["tokens"], batch["maskable"], batch["word_starts"], ratio=ratio, spec=spec
-    )
-    dropout_key = jax.random.fold_in(stream_key(config.seed, _DROPOUT), step)
-
-    def loss_sum(params, micro, micro_index):
-        logits = model.apply(
-            {"params": params},
-            micro["inputs"],
-            micro["positions"],
-            document_ids_BxL=micro["document_ids"],
-            deterministic=False,
-            rngs={"dropout": jax.random.fold_in(dropout_key, micro_index)},
-        )
-        sums = _sum_metrics(logits, micro["targets"], micro["weights"])
-        return sums["loss_sum"], sums
-
-    whole = {
-        "inputs": masked.inputs,
-        "positions": masked.positions,
-        "targets": masked.targets,
-        "weights": masked.weights,
-        "document_ids": batch["document_ids"],
-    }
-    grad_fn = jax.grad(loss_sum, has_aux=True)
-    num_micro = int(config.train.microbatches)
-    if num_micro == 1:
-        grads, sums = grad_fn(state.params, whole, 0)
-    else:
-        # [B, ...] -> [M, B/M, ...]; microbatch m takes rows m, m+M, ... so every microbatch
-        # spans all data shards and no resharding is needed.
-        micros = jax.tree.map(
-            lambda x: x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1),
-            whole,
-        )
-
-        def accumulate(carry, inputs):
-            micro, index = inputs
-            g, s = grad_fn(state.params, micro, index)
-            return jax.tree.map(jnp.add, carry, (g, s)), None
-
-        zeros = jax.tree.map(
-            jnp.zeros_like, (state.params, {k: jnp.zeros((), jnp.float32) for k in _SUM_KEYS})
-        )
-        (grads, sums), _ = jax.lax.scan(accumulate, zeros, (micros, jnp.arange(num_micro)))
-
-    # d(mean loss) = d(sum of losses) / number of predictions, exact across microbatches.
-    denom = jnp.maximum(sums["weight_sum"], 1.0)
-    grads = jax.tree.map(lambda g: g / denom, grads)
-    grad_norm = optim.global_norm(grads)
-    loss = sums["loss_sum"] / denom
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optim.apply_updates(state.params, updates)
-    keep_old = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    new_state = state.replace(
-        step=step + 1,
-        params=keep_old(new_params, state.params),
-        opt_state=_skippable_update(finite, new_opt_state, state.opt_state),
-        skipped=state.skipped + (~finite).astype(jnp.int32),
-        first_bad_step=jnp.where(
-            (state.first_bad_step < 0) & ~finite, step + 1, state.first_bad_step
-        ),
-    )
-    metrics = {
-        "loss": loss,
-        "accuracy": sums["correct_sum"] / denom,
-        "grad_norm": grad_norm,
-        "mask_ratio": ratio,
-        "predictions": sums["weight_sum"],
-        "finite": finite,
-    }
-    return new_state, metrics
-
-
-def eval_step(params, batch: dict, key, ratio, *, model, spec) -> dict:
-    """Metric sums on one held-out batch, masked with a fixed key (the same in every run)."""
-    keys = jax.random.split(key, batch["tokens"].shape[0])
-    masked = masking.mask_tokens(
-        keys, batch["tokens"], batch["maskable"], batch["word_starts"], ratio=ratio, spec=spec
-    )
-    logits = model.apply(
-        {"params": params},
-        masked.inputs,
-        masked.positions,
-        document_ids_BxL=batch["document_ids"],
-        deterministic=True,
-    )
-    return _sum_metrics(logits, masked.targets, masked.weights)
-
-
-def eval_masking_config(config):
-    """The masking every run is evaluated with, whatever it trains with: comparable numbers.
-
-    Only eval.* shape it. The rest of masking.* (K, never_mask_ids, the span shape, static
-    masks) stays at its defaults, so runs that differ there are still scored on the same
-    positions with the same corruption.
-    """
-    m = config_defaults.base_config().masking
-    m.ratio = m.end_ratio = float(config.eval.mask_ratio)
-    m.strategy = config.eval.strategy
-    m.mask_prob = float(config.eval.mask_prob)
-    m.random_prob = float(config.eval.random_prob)
-    return m
-
-
-def _masks_alike(spec: masking.MaskingSpec) -> masking.MaskingSpec:
-    """spec with what cannot change its masks normalised (a constant schedule's end and length)."""
-    if spec.schedule != "constant":
-        return spec
-    return dataclasses.replace(spec, end_ratio=spec.ratio, num_steps=1)
-
-
-class Trainer:
-    """Everything a run builds once: mesh, model, masking, optimizer and the jitted steps."""
-
-    def __init__(self, config, vocab, *, devices=None):
-        self.config = config
-        self.mesh = sharding.make_mesh(config.mesh, devices)
-        self.rules = sharding.logical_rules(config.mesh)
-        self.model_config = ModelConfig.from_config(
-            config.model, vocab_size=config.model.vocab_size, pad_id=vocab.pad_id
-        )
-        self.model = BertMLM(self.model_config)
-        specs = dict(
-            seq_len=config.data.seq_len,
-            vocab_size=config.model.vocab_size,
-            mask_id=vocab.mask_id,
-            special_ids=tuple(vocab.special_ids),
-        )
-        self.spec = masking.MaskingSpec.from_config(
-            config.masking, num_steps=config.train.num_steps, **specs
-        )
-        self.eval_spec = masking.MaskingSpec.from_config(
-            eval_masking_config(config), num_steps=config.train.num_steps, **specs
-        )
-        # The run's own masking is evaluated too when it differs from the common one.
-        same = _masks_alike(self.spec) == _masks_alike(self.eval_spec)
-        self.own_spec = None if same else self.spec
-        self.tx, self.lr_schedule = optim.make_optimizer(config.train)
-        self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
-        self._build()
-
-    def _init_state(self, key):
-        tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
-        positions = jnp.zeros((1, self.spec.max_predictions), jnp.int32)
-        variables = self.model.init({"params": key, "dropout": key}, tokens, positions)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=self.tx.init(nn.unbox(params)),
-            skipped=jnp.zeros((), jnp.int32),
-            first_bad_step=jnp.full((), -1, jnp.int32),
-        )
-
-    def _build(self):
-        # Initialisation runs outside the mesh context: out_shardings alone place each
-        # parameter, so no full copy ever sits on one device.
-        boxed = jax.eval_shape(self._init_state, jax.random.key(0))
-        replicated = sharding.replicated(self.mesh)
-        state_sharding = sharding.logical_shardings(boxed, self.mesh, self.rules)
-        # The optimizer state is built from unboxed parameters, so it carries no logical axis
-        # names: its parameter-shaped parts (Adam's moments) take their parameter's sharding,
-        # or fsdp would shard the parameters but keep a full copy of the moments per device.
-        opt_sharding = optax.tree_map_params(
-            self.tx,
-            lambda _, param_sharding: param_sharding,
-            nn.unbox(boxed.opt_state),
-            state_sharding.params,
-            transform_non_params=lambda _: replicated,
-            is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
-        )
-        self.state_sharding = state_sharding.replace(opt_state=opt_sharding)
-        self.abstract_state = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            nn.unbox(boxed),
-            self.state_sharding,
-        )
-        self.init = jax.jit(
-            lambda key: nn.unbox(self._init_state(key)), out_shardings=self.state_sharding
-        )
-        step = functools.partial(
-            train_step, model=self.model, spec=self.spec, tx=self.tx, config=self.config
-        )
-        self.train_step = jax.jit(
-            step,
-            in_shardings=(self.state_sharding, self.batch_sharding),
-            out_shardings=(self.state_sharding, replicated),
-            donate_argnums=0,
-        )
-        self.eval_steps = {}
-        for name, spec in (("eval", self.eval_spec), ("eval_own", self.own_spec)):
-            if spec is None:
-                continue
-            fn = functools.partial(eval_step, model=self.model, spec=spec)
-            self.eval_steps[name] = jax.jit(
-                fn,
-                in_shardings=(self.state_sharding.params, self.batch_sharding, replicated, None),
-                out_shardings=replicated,
-            )
-
-    def activate(self):
-        """Context in which the model's logical activation constraints resolve on this mesh."""
-        return _MeshContext(self.mesh, self.rules)
-
-    def new_state(self) -> TrainState:
-        return self.init(stream_key(self.config.seed, _INIT))
-
-    def global_batch(self, host_batch: dict) -> dict:
-        return sharding.host_to_global(host_batch, self.batch_sharding)
-
-    def evaluate(self, params, eval_batches: list[dict], step) -> dict[str, float]:
-        """Loss, accuracy and perplexity over masked positions of the held-out batches.
-
-        eval_batches are global batches (`global_batch`), placed once for the whole run.
-        """
-        out = {}
-        for name, eval_fn in self.eval_steps.items():
-            if name == "eval":
-                ratio = float(self.config.eval.mask_ratio)
-            else:
-                ratio = masking.ratio_at_step(
-                    step, self.config.masking, self.config.train.num_steps
-                )
-            base = stream_key(self.config.seed, _EVAL)
-            totals = {k: 0.0 for k in _SUM_KEYS}
-            with self.activate():
-                sums = [
-                    eval_fn(params, batch, jax.random.fold_in(base, i), ratio)
-                    for i, batch in enumerate(eval_batches)
-                ]
-            for batch_sums in jax.device_get(sums):  # one host sync per evaluation
-                for k, v in batch_sums.items():
-                    totals[k] += float(v)
-            n = max(totals["weight_sum"], 1.0)
-            loss = totals["loss_sum"] / n
-            out[f"{name}/loss"] = loss
-            out[f"{name}/accuracy"] = totals["correct_sum"] / n
-            out[f"{name}/perplexity"] = float(np.exp(min(loss, 50.0)))
-        return out
-
-
-class _MeshContext:
-    def __init__(self, mesh, rules):
-        self.mesh, self.rules = mesh, rules
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        self._sync = jax.process_count() > 1 and _preemption_service_running()
 
     def __enter__(self):
-        self._rules = nn.logical_axis_rules(self.rules)
-        self._rules.__enter__()
-        self._mesh = jax.set_mesh(self.mesh)
-        self._mesh.__enter__()
+        if self._sync:
+            return self
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, nothing to restore
+            self._previous = None
         return self
 
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint at the current step, then exiting")
+        self.requested = True
+
+    def should_stop(self, step: int) -> bool:
+        """Called once per step by every host, with the same step numbers."""
+        if self._sync:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
     def __exit__(self, *exc):
-        self._mesh.__exit__(*exc)
-        self._rules.__exit__(*exc)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _preemption_service_running() -> bool:
+    from jax._src import distributed
+
+    return distributed.global_state.preemption_sync_manager is not None
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-    """Trains (or resumes) the run described by `config` in `workdir`; returns final metrics.
+    """Trains (or resumes) the run described by `config` in `workdir`; returns final metrics."""
+    from mlm_jax.data import loader  # the input pipeline (grain, TFDS) only where data is read
 
-    The loop, checkpoints and fault handling live in mlm_jax/loop.py.
+    with StopSignal() as stop:  # from here on, SIGTERM is a request, not a kill
+        with as_config_errors():  # nothing compiled, nothing written until these pass
+            run = resolve(config)
+            check_resume_compatible(config, workdir)
+            ckpt.check_writable(workdir)
+            tokenizer = loader.get_tokenizer(run.data, workdir)
+            run = run.with_vocab(tokenizer)
+            config = resolved_config(config, run)
+            trainer = Trainer(run)
+            if run.init_from and ckpt.latest_step(workdir) is None:  # a resume skips it
+                from mlm_jax import hf
+
+                hf.check_init_from(run.init_from, run.model)
+        is_writer = jax.process_index() == 0
+
+        unfinished = ckpt.unfinished_writes(workdir)  # before the manager deletes them
+        manager = ckpt.make_manager(workdir, keep=run.train.checkpoint_keep)
+        writer = None
+        try:
+            start_step = manager.latest_step()
+            if unfinished:
+                log.warning(
+                    "found unfinished checkpoint writes %s (a process stopped while saving); %s",
+                    unfinished,
+                    f"resuming from step {start_step}, the last complete checkpoint"
+                    if start_step is not None
+                    else "no complete checkpoint: starting from step 0",
+                )
+            train_iter = loader.make_train_iterator(
+                run.data, tokenizer, batch_size=run.train.batch_size, seed=run.seed
+            )
+            log_window = []
+            if start_step is not None:
+                state, data_state = ckpt.restore(manager, start_step, trainer.abstract_state)
+                log_window = data_state.pop(_LOG_WINDOW, [])  # (none in older checkpoints)
+                train_iter.set_state(data_state)
+                log.info("resumed from the checkpoint of step %d in %s", start_step, workdir)
+            else:
+                state = trainer.new_state()
+                if run.init_from:
+                    state = _load_pretrained(trainer, state, run.init_from)
+                start_step = 0
+            if is_writer:
+                _write_config(config, workdir)
+            # A resumed run recomputes later events exactly: the writer drops/hides them.
+            writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer, start_step=start_step)
+            host_eval_batches = loader.make_eval_batches(
+                run.data,
+                tokenizer,
+                batch_size=run.train.eval_batch_size,
+                num_batches=run.train.eval_batches,
+                seed=run.seed,
+            )
+            eval_batches = [trainer.global_batch(b) for b in host_eval_batches]  # placed once
+            result, preempted_at = _loop(
+                config,
+                trainer,
+                state,
+                train_iter,
+                eval_batches,
+                manager,
+                writer,
+                start_step,
+                stop,
+                log_window,
+            )
+            ckpt.wait_until_finished(manager)
+        finally:
+            _close(manager, writer)
+    if preempted_at is not None:
+        log.warning("checkpoint of step %d written; exiting for preemption", preempted_at)
+        raise Preempted(preempted_at)
+    return result
+
+
+def _close(manager, writer) -> None:
+    """Lets a save in flight finish (a good checkpoint stays whole) even when the run failed."""
+    try:
+        manager.wait_until_finished()
+        manager.close()
+    except Exception as e:  # the error that stopped the run is the one to report
+        log.error("closing the checkpoint manager: %s", " ".join(str(e).split())[:300])
+    if writer is not None:
+        writer.close()
+
+
+def _load_pretrained(trainer: Trainer, state: TrainState, directory: str) -> TrainState:
+    from mlm_jax import hf
+
+    # Shapes only: with parameters sharded across hosts no process holds them all.
+    template = trainer.abstract_state.params
+    params = hf.load_pretrained_params(directory, trainer.run.model, template)
+    params = jax.device_put(params, trainer.state_sharding.params)
+    opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_sharding.opt_state)(params)
+    log.info("initialised parameters from %s", directory)
+    return state.replace(params=params, opt_state=opt_state)
+
+
+def _write_config(config, workdir: str) -> None:
+    text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+    files.write_text(files.join(workdir, "config.json"), text)
+
+
+_LOG_WINDOW = "log_window"  # key in the saved data state: the open train-log window
+_TRAIN_KEYS = ("loss", "accuracy", "grad_norm", "mask_ratio")  # averaged over a log window
+
+
+def _loop(
+    config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop, log_window
+):
+    """Steps from `start_step` to train.num_steps; returns (final metrics, preempted step).
+
+    config: the resolved ConfigDict, saved into each checkpoint. log_window: the per-step train
+    metrics a checkpoint saved for steps after the last train event, so a resumed run's events
+    average the same steps as an uninterrupted run's.
     """
-    from mlm_jax import loop
+    run = trainer.run
+    num_steps = run.train.num_steps
+    tokens_per_step = run.tokens_per_step
+    log_every = max(run.train.log_every, 1)
+    eval_every = run.train.eval_every
+    ckpt_every = run.train.checkpoint_every
+    progress = metrics_lib.Progress(num_steps, start_step)
+    result: dict[str, float] = {}
 
-    return loop.train_and_evaluate(config, workdir)
+    def run_eval(step):
+        scalars = trainer.evaluate(state.params, eval_batches, step)
+        writer.write(step, scalars)
+        metrics_lib.log_line(
+            f"eval at step {step}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k.startswith("eval/"))
+        )
+        return scalars
+
+    if start_step == 0 and eval_every > 0:
+        result.update(run_eval(0))
+
+    data_states = {}  # step the batch is for -> iterator position after drawing it
+    pending = []  # device metrics of steps not yet pulled to the host
+    window = list(log_window)  # host metrics of pulled steps not yet in a train event
+    steps_timed = 0  # steps this process ran since the last train event (for tokens/s)
+    skipped_so_far = int(jax.device_get(state.skipped))
+    window_start = time.perf_counter()
+
+    def next_batch(for_step):
+        host = next(train_iter)
+        data_states[for_step] = train_iter.get_state()
+        return trainer.global_batch(host)
+
+    step = start_step
+    batch = next_batch(step) if step < num_steps else None
+    with trainer.activate():
+        while step < num_steps:
+            state, step_metrics = trainer.train_step(state, batch)
+            step += 1
+            steps_timed += 1
+            pending.append(step_metrics)
+            if step < num_steps:
+                batch = next_batch(step)  # host work overlaps the step running on device
+            last = step == num_steps
+            preempted = stop.should_stop(step)
+            log_now = step % log_every == 0 or last
+            save = (ckpt_every > 0 and step % ckpt_every == 0) or last or preempted
+            if log_now or save:
+                window += [{k: float(m[k]) for k in _TRAIN_KEYS} for m in jax.device_get(pending)]
+                pending = []
+                _check_finite(run, state)  # (never save a state past a bad step)
+                skipped = int(jax.device_get(state.skipped))
+                if skipped > skipped_so_far:
+                    log.warning(
+                        "skipped %d update(s) with a non-finite loss or gradient by step %d "
+                        "(%d in total; train.nan_policy=skip)",
+                        skipped - skipped_so_far,
+                        step,
+                        skipped,
+                    )
+                    skipped_so_far = skipped
+            if log_now:
+                elapsed = time.perf_counter() - window_start
+                window_start = time.perf_counter()
+                scalars = {
+                    f"train/{k}": float(np.mean([m[k] for m in window])) for k in _TRAIN_KEYS
+                }
+                scalars["train/learning_rate"] = float(trainer.lr_schedule(step - 1))
+                scalars["train/tokens_per_s"] = steps_timed * tokens_per_step / max(elapsed, 1e-9)
+                scalars["train/skipped_updates"] = float(skipped)
+                window, steps_timed = [], 0
+                writer.write(step, scalars)
+                result.update(scalars)
+                metrics_lib.log_line(
+                    progress.line(step, scalars["train/loss"], scalars["train/tokens_per_s"])
+                )
+            if eval_every > 0 and (step % eval_every == 0 or last):
+                result.update(run_eval(step))
+            if save:
+                data_state = {**data_states[step - 1], _LOG_WINDOW: window}
+                ckpt.save(manager, step, state, data_state, config)
+                writer.flush()  # a bucket workdir gets the events this checkpoint covers
+                data_states = {s: v for s, v in data_states.items() if s >= step}
+            if preempted:
+                return result, step
+    return result, None
+
+
+def _check_finite(run: RunSpec, state: TrainState) -> None:
+    """With nan_policy=stop, a non-finite step ends the run before anything is saved."""
+    if run.train.nan_policy != "stop":
+        return
+    bad = int(jax.device_get(state.first_bad_step))
+    if bad >= 0:
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {bad}; the update was not applied and no "
+            "checkpoint was written after it (set config.train.nan_policy=skip to skip such "
+            "updates instead)"
+        )

@@ -3,7 +3,7 @@
 import time
 
 from mlm_jax import checkpoint
-from mlm_jax.train import Trainer
+from mlm_jax.trainer import Trainer
 
 
 class Stop(Exception):

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 from mlm_jax import config_defaults
-from mlm_jax.train import Trainer
+from mlm_jax.run_spec import resolve
+from mlm_jax.trainer import Trainer
 
 VOCAB = types.SimpleNamespace(pad_id=0, unk_id=1, cls_id=2, sep_id=3, mask_id=4, vocab_size=512)
 VOCAB.special_ids = (0, 1, 2, 3, 4)
@@ -66,7 +67,12 @@ def small_trainer(mesh, devices=None, model=None, **kw):
     config = small_config(mesh, **kw)
     config.model.update(model or {})
     devices = devices if devices is not None else jax.devices()[: int(np.prod(mesh))]
-    return Trainer(config, VOCAB, devices=devices)
+    return Trainer(small_run(config, len(devices)), devices=devices)
+
+
+def small_run(config, num_devices: int = 1):
+    """The RunSpec of a small_config on `num_devices`, with the synthetic vocabulary."""
+    return resolve(config, num_devices=num_devices).with_vocab(VOCAB)
 
 
 def run(mesh, num_steps=3, **kw):

@@ -105,7 +105,7 @@ def test_fast_dropout_mask_has_the_rate_and_independent_quarters():
     import jax
     import numpy as np
 
-    from mlm_jax.model import dropout_keep_mask
+    from mlm_jax.layers import dropout_keep_mask
 
     def assert_rate(keep, p):  # 5 binomial standard deviations (~3e-4 here)
         assert abs(keep.mean() - p) < 5 * (p * (1 - p) / keep.size) ** 0.5

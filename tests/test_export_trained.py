@@ -51,7 +51,7 @@ def test_exported_trained_checkpoint_gives_our_logits(trained):
     model_config, params, tokenizer = fill_mask.load_from_workdir(workdir)
     hf_model = transformers.BertForMaskedLM.from_pretrained(out_dir).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out_dir)
-    from mlm_jax.model import BertMLM
+    from mlm_jax.bert import BertMLM
 
     for text in SENTENCES:
         ids = hf_tokenizer(text)["input_ids"]

@@ -9,6 +9,7 @@ from etils import epath
 
 from mlm_jax import checkpoint, files, metrics
 from mlm_jax.data import loader, tokenizer
+from mlm_jax.data.spec import DataSpec
 from mlm_jax.train import train_and_evaluate
 from tests import interrupt
 from tests.configs import resume_test_config, small_run_config
@@ -66,15 +67,15 @@ def test_a_bucket_workdir_holds_the_run_and_resumes_after_a_hard_stop(
 
 def test_a_tokenizer_in_a_bucket_loads_as_the_local_one(data_dir, tmp_path, gcs):
     config = small_run_config(data_dir)
-    local = loader.get_tokenizer(config, str(tmp_path / "run"))
+    local = loader.get_tokenizer(DataSpec.from_config(config.data), str(tmp_path / "run"))
     folder = str(tmp_path / "run" / "tokenizer")
     files.copy_dir(folder, "gs://bucket/vocab")
     text = ["Return the number of items in a container."]
     for path in ("gs://bucket/vocab", "gs://bucket/vocab/vocab.txt"):
         config.data.tokenizer = path
-        loader.validate_data_config(config)
+        DataSpec.from_config(config.data)
         assert tokenizer.load_tokenizer(path).encode(text) == local.encode(text)
     config.data.tokenizer = "gs://bucket/missing"
     with pytest.raises(ValueError, match="data.tokenizer='gs://bucket/missing': no such"):
-        loader.validate_data_config(config)
+        DataSpec.from_config(config.data)
     assert not os.path.exists("gs:")

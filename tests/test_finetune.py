@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from mlm_jax import checkpoint, finetune
+from mlm_jax.bert import BertForSequenceClassification
 from mlm_jax.data.tokenizer import load_tokenizer
-from mlm_jax.model import BertForSequenceClassification
+from mlm_jax.optim import make_optimizer
 from mlm_jax.train import train_and_evaluate
 from tests.configs import small_run_config
 
@@ -128,7 +129,7 @@ def test_weight_decay_spares_layernorm_and_biases():
     """Decoupled weight decay (AdamW: p -= lr * wd * p) on matrices and embeddings only, as in
     BERT and our pretraining; with zero gradients that decay is the whole update."""
     lr, wd = 0.1, 0.5
-    tx = finetune.make_optimizer(lr, total_steps=2, warmup_fraction=0.0, weight_decay=wd)
+    tx, _ = make_optimizer(finetune.optimizer_spec(lr, 2, warmup_fraction=0.0, weight_decay=wd))
     ones = np.ones(3, np.float32)
     params = {
         "encoder": {
@@ -151,7 +152,8 @@ def test_weight_decay_spares_layernorm_and_biases():
 def _tiny_export_with_pad_at_5(directory):
     """A tiny BertForMaskedLM export whose vocab puts real words at 0..4 and [PAD] at 5."""
     from mlm_jax import hf
-    from mlm_jax.model import BertMLM, ModelConfig
+    from mlm_jax.bert import BertMLM
+    from mlm_jax.model_spec import ModelSpec
 
     words = ["a", "b", "c", "d", "e", "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     words += [f"w{i}" for i in range(22)]
@@ -159,7 +161,7 @@ def _tiny_export_with_pad_at_5(directory):
     (directory / "vocab" / "vocab.txt").write_text("\n".join(words) + "\n")
     tokenizer = load_tokenizer(str(directory / "vocab" / "vocab.txt"))
     assert tokenizer.pad_id == 5
-    config = ModelConfig(
+    config = ModelSpec(
         num_layers=1,
         hidden_size=16,
         num_heads=2,
@@ -184,7 +186,7 @@ def test_hf_dir_with_pad_not_zero_masks_pad_not_token_zero(tmp_path):
     import torch
     from transformers import AutoTokenizer, BertModel
 
-    from mlm_jax.model import BertEncoder
+    from mlm_jax.bert import BertEncoder
 
     out = _tiny_export_with_pad_at_5(tmp_path)
     config, encoder, tokenizer, _ = finetune.load_encoder(out)

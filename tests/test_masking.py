@@ -2,6 +2,7 @@
 checked against statistics with stated tolerances, determinism, jit == eager, static keys."""
 
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -50,15 +51,12 @@ def masking_config(**overrides):
     return c
 
 
-def make_spec(seq_len=L, vocab_size=VOCAB, special_ids=SPECIAL, **overrides):
-    return MaskingSpec.from_config(
-        masking_config(**overrides),
-        seq_len=seq_len,
-        num_steps=100,
-        vocab_size=vocab_size,
-        mask_id=MASK,
-        special_ids=special_ids,
+def make_spec(seq_len=L, vocab_size=VOCAB, special_ids=SPECIAL, num_steps=100, **overrides):
+    vocab = types.SimpleNamespace(vocab_size=vocab_size, mask_id=MASK, special_ids=special_ids)
+    spec = MaskingSpec.from_config(
+        masking_config(**overrides), seq_len=seq_len, num_steps=num_steps
     )
+    return spec.with_vocab(vocab)
 
 
 SMALL_SPECS = {
@@ -322,18 +320,18 @@ def test_static_keys_fixed_within_window_and_dynamic_keys_follow_step():
 def test_ratio_schedules():
     n = 1000
     for schedule, mid in (("constant", 0.1), ("linear", 0.25), ("cosine", 0.25)):
-        cfg = masking_config(ratio=0.1, end_ratio=0.4, schedule=schedule)
-        at = jax.jit(lambda s, cfg=cfg: ratio_at_step(s, cfg, n))
+        spec = make_spec(ratio=0.1, end_ratio=0.4, schedule=schedule, num_steps=n)
+        at = jax.jit(lambda s, spec=spec: ratio_at_step(s, spec))
         end = 0.1 if schedule == "constant" else 0.4
         assert float(at(0)) == pytest.approx(0.1)
         assert float(at(n // 2)) == pytest.approx(mid)
         assert float(at(n)) == pytest.approx(end) and float(at(5 * n)) == pytest.approx(end)
         values = np.array([float(at(s)) for s in range(0, n + 1, 50)])
         assert np.all(np.diff(values) >= -1e-7)
-    cfg = masking_config(ratio=0.4, end_ratio=0.1, schedule="cosine")
+    spec = make_spec(ratio=0.4, end_ratio=0.1, schedule="cosine", num_steps=n)
     t = 0.3
     expected = 0.1 + 0.3 * 0.5 * (1 + math.cos(math.pi * t))
-    assert float(ratio_at_step(300, cfg, n)) == pytest.approx(expected, rel=1e-6)
+    assert float(ratio_at_step(300, spec)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_derived_max_predictions():
@@ -371,7 +369,7 @@ def test_unknown_values_list_the_allowed_ones():
     with pytest.raises(ValueError, match="uniform, whole_word, span"):
         make_spec(strategy="words")
     with pytest.raises(ValueError, match="constant, linear, cosine"):
-        ratio_at_step(0, masking_config(schedule="exp"), 10)
+        make_spec(schedule="exp")
 
 
 @pytest.mark.parametrize("strategy", ["whole_word", "span"])

@@ -14,20 +14,15 @@ import pytest
 from jax.ad_checkpoint import print_saved_residuals
 from scipy.special import erf, log_softmax, ndtr
 
-from mlm_jax.model import (
-    BertEncoder,
-    BertForSequenceClassification,
-    BertMLM,
-    ModelConfig,
-    _gelu,
-    mlm_loss,
-    tied_logits,
-)
+from mlm_jax.bert import BertEncoder, BertForSequenceClassification, BertMLM
+from mlm_jax.layers import activation, tied_logits
+from mlm_jax.model import mlm_loss
+from mlm_jax.model_spec import ModelSpec
 
 LOGICAL_NAMES = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers"}
 
 
-def tiny_config(**overrides) -> ModelConfig:
+def tiny_config(**overrides) -> ModelSpec:
     values = dict(
         num_layers=2,
         hidden_size=32,
@@ -41,7 +36,7 @@ def tiny_config(**overrides) -> ModelConfig:
         pad_vocab_multiple=128,
     )
     values.update(overrides)
-    return ModelConfig(**values)
+    return ModelSpec(**values)
 
 
 def random_batch(seed=0, batch=3, length=24, k=5, vocab=90):
@@ -220,14 +215,14 @@ def test_gelu_and_its_derivative_match_float64_references_in_float32_and_bfloat1
         cdf = 0.5 * (1.0 + np.tanh(u))
         dcdf = 0.5 / np.cosh(u) ** 2 * np.sqrt(2.0 / np.pi) * (1.0 + 3 * 0.044715 * x64**2)
     config = tiny_config(gelu=gelu)
-    value, grad = jax.vmap(jax.value_and_grad(lambda v: _gelu(config, v)))(jnp.asarray(x))
+    value, grad = jax.vmap(jax.value_and_grad(lambda v: activation(config, v)))(jnp.asarray(x))
     np.testing.assert_allclose(value, x64 * cdf, rtol=1e-6, atol=1e-6)
     # atol: in the far negative tail 1 - tanh(u)^2 cancels in float32 (the slope, ~1e-6, is 0)
     np.testing.assert_allclose(grad, cdf + x64 * dcdf, rtol=1e-5, atol=1e-5)
     # bfloat16 in: computed in float32, so only the final rounding to bfloat16 (2^-8) differs.
     rounded = np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
-    got = _gelu(config, jnp.asarray(rounded, jnp.bfloat16))
-    expected = _gelu(config, jnp.asarray(rounded))
+    got = activation(config, jnp.asarray(rounded, jnp.bfloat16))
+    expected = activation(config, jnp.asarray(rounded))
     np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=2**-8, atol=1e-30)
 
 
@@ -321,7 +316,7 @@ def test_dropout_is_active_in_training_and_keyed():
 def test_bf16_dropout_keeps_the_expectation():
     """Kept units are x / keep_prob rounded once to bfloat16: over many units the relative error
     averages to ~0 (it was -0.16 % when the scale itself was rounded to bfloat16 first)."""
-    from mlm_jax.model import Dropout
+    from mlm_jax.layers import Dropout
 
     x = jax.random.normal(jax.random.key(0), (1000, 1024), jnp.float32).astype(jnp.bfloat16)
     y = Dropout(0.1).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
@@ -378,13 +373,20 @@ def test_classification_head_shapes_and_logical_names():
     assert logits.shape == (3, 3) and logits.dtype == jnp.float32
 
 
-def test_model_config_from_config_resolves_vocab_and_rejects_bad_values():
+def test_model_spec_from_config_resolves_vocab_and_rejects_bad_values():
+    import types
+
     from ml_collections import config_dict
 
     base = dict(num_layers=1, hidden_size=8, num_heads=2, intermediate_size=16, vocab_size=0)
-    config = ModelConfig.from_config(config_dict.ConfigDict(base), vocab_size=300, pad_id=0)
+    tokenizer = types.SimpleNamespace(vocab_size=300, pad_id=0)
+    config = ModelSpec.from_config(config_dict.ConfigDict(base)).with_vocab(tokenizer)
     assert config.vocab_size == 300 and config.padded_vocab_size == 384
     with pytest.raises(ValueError, match="num_heads"):
-        ModelConfig.from_config(config_dict.ConfigDict({**base, "num_heads": 3}), vocab_size=10)
+        ModelSpec.from_config(config_dict.ConfigDict({**base, "num_heads": 3}))
     with pytest.raises(ValueError, match="remat"):
-        ModelConfig.from_config(config_dict.ConfigDict({**base, "remat": "some"}), vocab_size=10)
+        ModelSpec.from_config(config_dict.ConfigDict({**base, "remat": "some"}))
+    with pytest.raises(ValueError, match="model.vocab_size=200 is smaller than the tokenizer"):
+        ModelSpec.from_config(config_dict.ConfigDict({**base, "vocab_size": 200})).with_vocab(
+            tokenizer
+        )

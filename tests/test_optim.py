@@ -6,12 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlm_jax import optim
-from mlm_jax.model import BertMLM, ModelConfig
+from mlm_jax.bert import BertMLM
+from mlm_jax.model_spec import ModelSpec
 from tests.configs import small_run_config
 
 
 def _model_params():
-    config = ModelConfig(
+    config = ModelSpec(
         num_layers=2, hidden_size=16, num_heads=2, intermediate_size=32, vocab_size=100
     )
     tokens = jnp.zeros((1, 8), jnp.int32)

@@ -12,7 +12,8 @@ import pytest
 
 from mlm_jax import checkpoint, metrics
 from mlm_jax.config_checks import ConfigError
-from mlm_jax.train import Trainer, train_and_evaluate
+from mlm_jax.train import train_and_evaluate
+from mlm_jax.trainer import Trainer
 from tests import interrupt
 from tests.configs import resume_test_config, small_run_config
 
@@ -119,8 +120,7 @@ def test_workdir_of_another_config_is_refused_and_left_intact(data_dir, tmp_path
     from mlm_jax.config_checks import check_resume_compatible
 
     with caplog.at_level("WARNING", logger="mlm_jax.config_checks"):
-        for _ in range(2):  # train_and_evaluate checks twice (before and after the tokenizer)
-            check_resume_compatible(small_run_config(data_dir, num_steps=20), workdir)
+        check_resume_compatible(small_run_config(data_dir, num_steps=20), workdir)
     assert caplog.text.count("train.num_steps 10 -> 20 on resume: the learning-rate schedule") == 1
 
 
@@ -211,15 +211,13 @@ def test_run_starts_from_a_hugging_face_checkpoint(data_dir, tmp_path):
 def test_eval_masking_is_common_whatever_the_run_masks_with():
     """Runs that differ in K, never_mask_ids, span shape or static masks are scored with the
     same eval masking (the defaults plus eval.*), and each keeps its own masking for own_*."""
-    import jax
-
     from tests import sharded_worker
 
     def specs(**masking):
         config = sharded_worker.small_config((1, 1, 1))
         config.masking.update(masking)
-        trainer = Trainer(config, sharded_worker.VOCAB, devices=jax.devices()[:1])
-        return trainer.eval_spec, trainer.own_spec
+        run = sharded_worker.small_run(config)
+        return run.eval_masking, run.own_masking
 
     common, own = specs()
     assert own is None  # the default run trains with the eval masking: no second pass
@@ -239,11 +237,11 @@ def test_never_mask_ids_of_a_large_vocabulary_pass_the_check_before_the_tokenize
     """Before the tokenizer is loaded the vocabulary size is unknown (model.vocab_size=0), so
     the early check must not bound ids by a placeholder (it refused 1500 as >= 1000)."""
     from mlm_jax import config_defaults
-    from mlm_jax.config_checks import validate_config
+    from mlm_jax.run_spec import resolve
 
     config = config_defaults.base_config()
     config.masking.never_mask_ids = (1500, 20000)
-    validate_config(config, num_devices=1)
+    resolve(config, num_devices=1)
 
 
 def test_never_mask_ids_beyond_the_real_vocabulary_stop_the_run_in_one_line(data_dir, tmp_path):
@@ -267,7 +265,7 @@ def test_a_skipped_update_keeps_the_moments_but_not_the_learning_rate_back():
 
     config = sharded_worker.small_config((1, 1, 1), dropout=0.0)
     config.train.nan_policy = "skip"
-    trainer = Trainer(config, sharded_worker.VOCAB, devices=jax.devices()[:1])
+    trainer = Trainer(sharded_worker.small_run(config), devices=jax.devices()[:1])
 
     def parts(opt_state, cls):
         leaves = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, cls))
@@ -306,13 +304,13 @@ def test_a_dimension_the_mesh_cannot_split_is_one_line_before_compiling(mesh, mo
     """The run would otherwise die at initialisation in XLA ("partitioned 8 times, but the
     dimension size is 4"); 8 devices are only counted here, none are used."""
     from mlm_jax import config_defaults
-    from mlm_jax.config_checks import validate_config
+    from mlm_jax.run_spec import resolve
 
     config = config_defaults.base_config()
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
     config.model.update(model)
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate_config(config, num_devices=8)
+        resolve(config, num_devices=8)
 
 
 def test_a_model_parallel_group_spanning_hosts_is_refused():
@@ -320,10 +318,10 @@ def test_a_model_parallel_group_spanning_hosts_is_refused():
     (the losses then drifted from the 1-host run); data=2 x tensor=2 keeps groups on a host."""
     from mlm_jax import config_defaults
     from mlm_jax.config_checks import _check_hosts_feed_whole_groups
-    from mlm_jax.sharding import logical_rules
+    from mlm_jax.sharding import MeshSpec, logical_rules
 
     rules = logical_rules(config_defaults.base_config().mesh)
     with pytest.raises(ConfigError, match=r"\({'tensor': 4}\) hold 4 devices per group"):
-        _check_hosts_feed_whole_groups({"data": 1, "fsdp": 1, "tensor": 4}, rules, 2, 2)
-    _check_hosts_feed_whole_groups({"data": 2, "fsdp": 1, "tensor": 2}, rules, 2, 2)
-    _check_hosts_feed_whole_groups({"data": 1, "fsdp": 1, "tensor": 4}, rules, 4, 1)  # one host
+        _check_hosts_feed_whole_groups(MeshSpec((1, 1, 4), rules), 2, 2)
+    _check_hosts_feed_whole_groups(MeshSpec((2, 1, 2), rules), 2, 2)
+    _check_hosts_feed_whole_groups(MeshSpec((1, 1, 4), rules), 4, 1)  # one host

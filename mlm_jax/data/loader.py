@@ -1,4 +1,4 @@
-"""The per-host input pipeline: config -> tokenizer -> packed rows -> per-host batches.
+"""The per-host input pipeline: DataSpec -> tokenizer -> packed rows -> per-host batches.
 
 Order of the data: the global stream is position p = 0, 1, 2, ... over epochs; position p is
 row shuffle_{seed, epoch}(p mod num_rows) of epoch p // num_rows. Global batch s holds positions
@@ -23,87 +23,37 @@ import grain
 import numpy as np
 
 from mlm_jax import files
-from mlm_jax.data import corpora, packing, text_files
+from mlm_jax.data import corpora, packing
 from mlm_jax.data import tokenizer as tokenizer_lib
+from mlm_jax.data.spec import DataSpec
 
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("tokens", "document_ids", "maskable", "word_starts", "example_ids", "epochs")
-MIN_SEQ_LEN = 8
 _NUM_BATCHES = 2**62  # "infinite": the train stream never ends
 
 
-def validate_data_config(config) -> None:
-    """Cheap checks of config.data (no building, no JAX): one ValueError line per problem."""
-    d = config.data
-    if not isinstance(d.seq_len, int) or d.seq_len < MIN_SEQ_LEN:
-        raise ValueError(f"data.seq_len={d.seq_len!r}: expected an int >= {MIN_SEQ_LEN}")
-    if d.packing not in packing.PACKINGS:
-        raise ValueError(f"data.packing={d.packing!r}: expected one of {packing.PACKINGS}")
-    if d.text_unit not in text_files.TEXT_UNITS:
-        raise ValueError(f"data.text_unit={d.text_unit!r}: expected one of {text_files.TEXT_UNITS}")
-    if not 0.0 < d.heldout_fraction < 1.0:
-        raise ValueError(
-            f"data.heldout_fraction={d.heldout_fraction!r}: expected a fraction in (0, 1)"
-        )
-    if d.prefetch < 0:
-        raise ValueError(f"data.prefetch={d.prefetch}: expected >= 0")
-    if d.num_workers != 0:
-        # Rows are numpy slices of a memory-mapped token cache; in-process prefetch threads
-        # deliver millions of tokens/s (experiments/bench_data.py), and grain's worker
-        # processes would change the iterator state format that checkpoints store.
-        raise ValueError(
-            f"data.num_workers={d.num_workers}: only 0 (in-process prefetch threads) is supported"
-        )
-    if d.tokenizer:
-        path = d.tokenizer if files.is_remote(d.tokenizer) else os.path.expanduser(d.tokenizer)
-        ok = (files.exists(path) and not files.isdir(path)) or any(
-            files.exists(files.join(path, n)) for n in ("tokenizer.json", "vocab.txt")
-        )
-        if not ok:
-            raise ValueError(
-                f"data.tokenizer={d.tokenizer!r}: no such vocab.txt / tokenizer.json (or directory holding one)"
-            )
-    elif d.vocab_size < 64:
-        raise ValueError(
-            f"data.vocab_size={d.vocab_size!r}: expected >= 64 to train a WordPiece vocabulary"
-        )
-    for name in ("train", "eval"):
-        if config[name].batch_size < 1:
-            raise ValueError(f"{name}.batch_size={config[name].batch_size!r}: expected >= 1")
-    corpora.check_dataset(d)
-
-
-def cache_root(config) -> str:
+def cache_root(data: DataSpec) -> str:
     """Where tokenizers and tokenized splits are cached: <data_dir>/mlm_jax (local disk only)."""
-    directory = corpora.data_dir(config.data)
+    directory = corpora.data_dir(data)
     if "://" in directory:  # memory-mapped caches need a local file system
         return os.path.expanduser("~/.cache/mlm_jax")
     return os.path.join(directory, "mlm_jax")
 
 
 @functools.lru_cache(maxsize=8)
-def _corpus(dataset: str, data_dir: str, text_unit: str, heldout_fraction: float) -> corpora.Corpus:
-    import types
-
-    spec = types.SimpleNamespace(
-        dataset=dataset, data_dir=data_dir, text_unit=text_unit, heldout_fraction=heldout_fraction
-    )
-    return corpora.load_corpus(spec)
+def load_corpus(data: DataSpec) -> corpora.Corpus:
+    """The spec's corpus, built on first use (once per process and spec)."""
+    return corpora.load_corpus(data)
 
 
-def load_corpus(config) -> corpora.Corpus:
-    d = config.data
-    return _corpus(d.dataset, d.data_dir, d.text_unit, float(d.heldout_fraction))
-
-
-def get_tokenizer(config, workdir: str | None = None) -> tokenizer_lib.Tokenizer:
+def get_tokenizer(data: DataSpec, workdir: str | None = None) -> tokenizer_lib.Tokenizer:
     """The run's tokenizer: workdir/tokenizer if present (a resumed run), else data.tokenizer,
     else a WordPiece vocabulary trained once per (corpus, vocab_size, lowercase) and cached.
     The chosen files are copied into workdir/tokenizer/ so a checkpoint carries its tokenizer."""
     import jax
 
-    d = config.data
+    d = data
     run_copy = files.join(workdir, "tokenizer") if workdir else None
     if run_copy and files.has_dir(run_copy):
         log.info("using the run's tokenizer %s", run_copy)
@@ -113,9 +63,9 @@ def get_tokenizer(config, workdir: str | None = None) -> tokenizer_lib.Tokenizer
     elif jax.process_count() > 1:
         # Training is not bit-reproducible (tokenizers breaks ties in hash-map order), and each
         # host has its own cache: process 0's vocabulary is the run's, sent to the others.
-        tokenizer = _from_process_0(lambda: _trained_tokenizer(config))
+        tokenizer = _from_process_0(lambda: _trained_tokenizer(data))
     else:
-        tokenizer = _trained_tokenizer(config)
+        tokenizer = _trained_tokenizer(data)
     if run_copy:
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer.save(tmp)
@@ -124,14 +74,12 @@ def get_tokenizer(config, workdir: str | None = None) -> tokenizer_lib.Tokenizer
     return tokenizer
 
 
-def _trained_tokenizer(config) -> tokenizer_lib.Tokenizer:
-    """The cached WordPiece vocabulary of config.data, trained on the train split if missing."""
-    d = config.data
-    corpus = load_corpus(config)
+def _trained_tokenizer(data: DataSpec) -> tokenizer_lib.Tokenizer:
+    """The cached WordPiece vocabulary of the spec, trained on the train split if missing."""
+    d = data
+    corpus = load_corpus(data)
     casing = "uncased" if d.lowercase else "cased"
-    cached = os.path.join(
-        cache_root(config), "tokenizers", f"{corpus.key}-v{d.vocab_size}-{casing}"
-    )
+    cached = os.path.join(cache_root(data), "tokenizers", f"{corpus.key}-v{d.vocab_size}-{casing}")
     if not os.path.isdir(cached):
         log.info("training a %d-token WordPiece vocabulary on %s", d.vocab_size, corpus.key)
         trained = tokenizer_lib.train_wordpiece(
@@ -169,20 +117,20 @@ def _from_process_0(make) -> tokenizer_lib.Tokenizer:
         return tokenizer_lib.load_tokenizer(tmp)
 
 
-def packed_rows(config, tokenizer, split: str) -> packing.PackedRows:
+def packed_rows(data: DataSpec, tokenizer, split: str) -> packing.PackedRows:
     """Rows of the train or heldout split, tokenized once and cached on disk."""
-    corpus = load_corpus(config)
+    corpus = load_corpus(data)
     documents = {"train": corpus.train, "heldout": corpus.heldout}[split]
     cache_dir = os.path.join(
-        cache_root(config), "tokens", corpus.key, f"{split}-{tokenizer.fingerprint()}"
+        cache_root(data), "tokens", corpus.key, f"{split}-{tokenizer.fingerprint()}"
     )
     stream = packing.tokenize_to_stream(documents, tokenizer, cache_dir)
     if stream.num_documents == 0:
         raise ValueError(
-            f"data.dataset={config.data.dataset!r}: the {split} split has no documents"
+            f"config.data.dataset={data.dataset!r}: the {split} split has no documents"
         )
     return packing.PackedRows(
-        stream, seq_len=config.data.seq_len, packing=config.data.packing, tokenizer=tokenizer
+        stream, seq_len=data.seq_len, packing=data.packing, tokenizer=tokenizer
     )
 
 
@@ -243,11 +191,10 @@ class _HostBatches:
 class TrainIterator:
     """Infinite iterator of per-host batches with get_state() / set_state() for checkpoints."""
 
-    def __init__(self, host_batches: _HostBatches, *, prefetch: int, num_workers: int):
+    def __init__(self, host_batches: _HostBatches, *, prefetch: int):
         dataset = grain.MapDataset.range(0, _NUM_BATCHES).map(host_batches)
         options = grain.ReadOptions(num_threads=max(prefetch, 1), prefetch_buffer_size=prefetch)
         dataset = dataset.to_iter_dataset(options)
-        del num_workers  # rows are memory-mapped slices: prefetch threads keep up (validated 0)
         self._dataset = dataset
         self._host_batches = host_batches
         self._iterator = iter(dataset)
@@ -283,38 +230,44 @@ class TrainIterator:
 
 
 def make_train_iterator(
-    config, tokenizer, *, process_index=None, process_count=None
+    data: DataSpec, tokenizer, *, batch_size: int, seed: int, process_index=None, process_count=None
 ) -> TrainIterator:
-    """This host's slice of each global train batch, reshuffled every epoch from config.seed."""
-    rows = packed_rows(config, tokenizer, "train")
-    global_batch = config.train.batch_size
+    """This host's slice of each global train batch of `batch_size` rows, reshuffled every
+    epoch from `seed`."""
+    rows = packed_rows(data, tokenizer, "train")
     host_offset, host_batch = _host_slice(
-        global_batch, process_index, process_count, "train.batch_size"
+        batch_size, process_index, process_count, "train.batch_size"
     )
     host_batches = _HostBatches(
-        rows, global_batch=global_batch, host_offset=host_offset, host_batch=host_batch,
-        seed=int(config.seed), shuffle=True,
+        rows, global_batch=batch_size, host_offset=host_offset, host_batch=host_batch,
+        seed=int(seed), shuffle=True,
     )  # fmt: skip
-    return TrainIterator(
-        host_batches, prefetch=config.data.prefetch, num_workers=config.data.num_workers
-    )
+    return TrainIterator(host_batches, prefetch=data.prefetch)
 
 
-def make_eval_batches(config, tokenizer, *, process_index=None, process_count=None) -> list[dict]:
-    """config.eval.num_batches held-out batches (this host's slices), in a fixed order. If the
-    held-out split has fewer rows than asked for, it wraps around (and says so)."""
-    rows = packed_rows(config, tokenizer, "heldout")
-    global_batch = config.eval.batch_size
+def make_eval_batches(
+    data: DataSpec,
+    tokenizer,
+    *,
+    batch_size: int,
+    num_batches: int,
+    seed: int,
+    process_index=None,
+    process_count=None,
+) -> list[dict]:
+    """`num_batches` held-out batches (this host's slices), in a fixed order. If the held-out
+    split has fewer rows than asked for, it wraps around (and says so)."""
+    rows = packed_rows(data, tokenizer, "heldout")
     host_offset, host_batch = _host_slice(
-        global_batch, process_index, process_count, "eval.batch_size"
+        batch_size, process_index, process_count, "eval.batch_size"
     )
-    wanted = config.eval.num_batches * global_batch
+    wanted = num_batches * batch_size
     if wanted > len(rows):
         log.warning(
             "eval asks for %d rows, the held-out split has %d: rows repeat", wanted, len(rows)
         )
     host_batches = _HostBatches(
-        rows, global_batch=global_batch, host_offset=host_offset, host_batch=host_batch,
-        seed=int(config.seed), shuffle=False,
+        rows, global_batch=batch_size, host_offset=host_offset, host_batch=host_batch,
+        seed=int(seed), shuffle=False,
     )  # fmt: skip
-    return [host_batches(i) for i in range(config.eval.num_batches)]
+    return [host_batches(i) for i in range(num_batches)]

@@ -104,8 +104,6 @@ class PackedRows:
     """Random access to the rows of a token stream; rows(indices) returns a batch of rows."""
 
     def __init__(self, stream: TokenStream, *, seq_len: int, packing: str, tokenizer):
-        if packing not in PACKINGS:
-            raise ValueError(f"data.packing={packing!r}: expected one of {PACKINGS}")
         self.stream = stream
         self.seq_len = seq_len
         self.packing = packing

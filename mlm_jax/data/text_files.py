@@ -114,9 +114,7 @@ def _jsonl_texts(path: str) -> Iterator[str]:
 
 
 def file_documents(path: str, text_unit: str) -> Iterator[str]:
-    """Non-empty documents of one file, stripped."""
-    if text_unit not in TEXT_UNITS:
-        raise ValueError(f"data.text_unit={text_unit!r}: expected one of {TEXT_UNITS}")
+    """Non-empty documents of one file, stripped (text_unit checked by DataSpec)."""
     if ".jsonl" in os.path.basename(path):
         chunks = (
             doc for text in _jsonl_texts(path) for doc in _units(iter(text.split("\n")), text_unit)

@@ -230,9 +230,9 @@ def train_wordpiece(texts: Iterable[str], *, vocab_size: int, lowercase: bool) -
 
 def main(argv=None) -> None:
     import argparse
-    import types
 
     from mlm_jax.data import corpora
+    from mlm_jax.data.spec import DataSpec
 
     parser = argparse.ArgumentParser(
         description="Train a WordPiece vocabulary on a corpus's train split."
@@ -251,14 +251,16 @@ def main(argv=None) -> None:
     parser.add_argument("--heldout_fraction", type=float, default=0.02)
     parser.add_argument("--cased", action="store_true", help="keep case and accents")
     args = parser.parse_args(argv)
-    data_config = types.SimpleNamespace(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        text_unit=args.text_unit,
-        heldout_fraction=args.heldout_fraction,
-    )
     with cli.one_line_errors():
-        corpus = corpora.load_corpus(data_config)
+        data = DataSpec(
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            text_unit=args.text_unit,
+            heldout_fraction=args.heldout_fraction,
+            vocab_size=args.vocab_size,
+            lowercase=not args.cased,
+        )
+        corpus = corpora.load_corpus(data)
         tokenizer = train_wordpiece(
             corpora.iter_training_texts(corpus.train),
             vocab_size=args.vocab_size,

@@ -1,0 +1,286 @@
+"""BERT: embeddings, post- or pre-LN blocks, the encoder stack, MLM and classification heads.
+
+Exactly BERT by default (post-LN, erf GELU, tied decoder), so weights move to and from Hugging
+Face unchanged (hf_convert.py). Every parameter and the main activations carry logical axis
+names (batch, length, embed, heads, kv, mlp, vocab, layers); the mesh mapping lives in the config.
+
+Parameter tree (scan_layers=True stacks the blocks under `layers` with a leading layers axis;
+scan_layers=False names them `layer_0`, `layer_1`, ...):
+
+    encoder/embeddings/{word_embeddings [Vp,E], position_embeddings [P,E],
+                        token_type_embeddings [T,E], norm/{scale,bias}}
+    encoder/layers/{qkv/{kernel [E,3,N,D], bias [3,N,D]}, attention_out/{kernel [N,D,E], bias},
+                    attention_norm, mlp_in/{kernel [E,M], bias}, mlp_out/{kernel [M,E], bias},
+                    mlp_norm}
+    encoder/final_norm                      (pre_ln only)
+    mlm_head/{transform/{kernel [E,E], bias}, norm, output_bias [Vp]}
+    pooler/{kernel,bias}, classifier/{kernel,bias}   (BertForSequenceClassification)
+
+Shape letters: B batch, L length, K predictions per row, E hidden, N heads, D head dim,
+M intermediate, V real vocab, Vp padded vocab, C classes.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mlm_jax.layers import (
+    Dropout,
+    activation,
+    attention_mask,
+    constrain,
+    dense,
+    init_weights,
+    layer_norm,
+    tied_logits,
+)
+from mlm_jax.model_spec import ModelSpec
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing inside a block: recompute it all in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep projection outputs
+}
+
+
+class Embeddings(nn.Module):
+    """Word + learned absolute position + token type embeddings, then LayerNorm and dropout."""
+
+    config: ModelSpec
+
+    def setup(self):
+        c = self.config
+        self.word_embeddings = self.param(
+            "word_embeddings",
+            nn.with_logical_partitioning(init_weights(c), ("vocab", "embed")),
+            (c.padded_vocab_size, c.hidden_size),
+            jnp.float32,
+        )
+        self.position_embeddings = self.param(
+            "position_embeddings",
+            nn.with_logical_partitioning(init_weights(c), (None, "embed")),
+            (c.max_position_embeddings, c.hidden_size),
+            jnp.float32,
+        )
+        self.token_type_embeddings = self.param(
+            "token_type_embeddings",
+            nn.with_logical_partitioning(init_weights(c), (None, "embed")),
+            (c.type_vocab_size, c.hidden_size),
+            jnp.float32,
+        )
+        self.norm = layer_norm(c)
+        self.dropout = Dropout(c.dropout_rate)
+
+    def __call__(self, tokens_BxL, token_types_BxL=None, *, deterministic: bool):
+        c = self.config
+        length = tokens_BxL.shape[1]
+        if length > c.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {length}: longer than "
+                f"config.model.max_position_embeddings={c.max_position_embeddings}"
+            )
+        # The table gathered whole along `embed` first: a lookup into a table split on the
+        # hidden dimension yields activations split on it too, and moving those to the batch
+        # split made XLA's SPMD partitioner replicate the whole [B,L,E] activation.
+        table_VxE = constrain(self.word_embeddings, ("vocab", None))
+        x_BxLxE = jnp.take(table_VxE, tokens_BxL, axis=0)
+        x_BxLxE = x_BxLxE + self.position_embeddings[None, :length]
+        if token_types_BxL is None:
+            x_BxLxE = x_BxLxE + self.token_type_embeddings[0]
+        else:
+            x_BxLxE = x_BxLxE + jnp.take(self.token_type_embeddings, token_types_BxL, axis=0)
+        x_BxLxE = constrain(x_BxLxE.astype(c.compute_dtype), ("batch", "length", "embed"))
+        return self.dropout(self.norm(x_BxLxE), deterministic=deterministic)
+
+    def attend(self, h_BxKxE):
+        """Tied decoder: logits over the padded vocabulary, accumulated in float32."""
+        return tied_logits(h_BxKxE, self.word_embeddings.astype(self.config.compute_dtype))
+
+
+class Block(nn.Module):
+    """One Transformer block: bidirectional self-attention and a GELU MLP, post- or pre-LN."""
+
+    config: ModelSpec
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x_BxLxE, mask_Bx1xLxL):
+        c = self.config
+        n, d = c.num_heads, c.head_dim
+        dropout = Dropout(c.dropout_rate)
+
+        h_BxLxE = layer_norm(c, "attention_norm")(x_BxLxE) if c.pre_ln else x_BxLxE
+        qkv = dense(
+            c, (3, n, d), ("embed", None, "heads", "kv"), name="qkv", separate=not c.fused_qkv
+        )(h_BxLxE)
+        if c.fused_qkv:  # one [E, 3E] matmul, then q, k, v sliced out of its output
+            qkv_BxLx3xNxD = constrain(qkv, ("batch", "length", None, "heads", "kv"))
+            qkv = tuple(qkv_BxLx3xNxD[:, :, i] for i in range(3))
+        q, k, v = (constrain(t_BxLxNxD, ("batch", "length", "heads", "kv")) for t_BxLxNxD in qkv)
+        attn_BxLxNxD = self._attention(q, k, v, mask_Bx1xLxL)
+        attn_BxLxNxD = constrain(attn_BxLxNxD, ("batch", "length", "heads", "kv"))
+        out_BxLxE = dense(
+            c, c.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="attention_out"
+        )(attn_BxLxNxD)
+        x_BxLxE = x_BxLxE + dropout(out_BxLxE, deterministic=self.deterministic)
+        if not c.pre_ln:
+            x_BxLxE = layer_norm(c, "attention_norm")(x_BxLxE)
+        x_BxLxE = constrain(x_BxLxE, ("batch", "length", "embed"))
+
+        h_BxLxE = layer_norm(c, "mlp_norm")(x_BxLxE) if c.pre_ln else x_BxLxE
+        h_BxLxM = dense(c, c.intermediate_size, ("embed", "mlp"), name="mlp_in")(h_BxLxE)
+        h_BxLxM = constrain(activation(c, h_BxLxM), ("batch", "length", "mlp"))
+        h_BxLxE = dense(c, c.hidden_size, ("mlp", "embed"), name="mlp_out")(h_BxLxM)
+        x_BxLxE = x_BxLxE + dropout(h_BxLxE, deterministic=self.deterministic)
+        if not c.pre_ln:
+            x_BxLxE = layer_norm(c, "mlp_norm")(x_BxLxE)
+        return constrain(x_BxLxE, ("batch", "length", "embed")), None
+
+    def _attention(self, q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, mask_Bx1xLxL):
+        c = self.config
+        if self.deterministic or c.attention_dropout_rate == 0.0:
+            # Fused path: XLA/cuDNN pick the kernel; [B,L,N,D] in and out, no transposes here.
+            return jax.nn.dot_product_attention(
+                q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, mask=mask_Bx1xLxL, implementation=c.attention
+            )
+        # Training with attention dropout (BERT's default): dot_product_attention has no
+        # dropout, so spell it out. Set attention_dropout_rate=0 to train on the fused path.
+        scores_BxNxLxL = jnp.einsum(
+            "bqnd,bknd->bnqk", q_BxLxNxD, k_BxLxNxD, preferred_element_type=jnp.float32
+        ) / jnp.sqrt(jnp.float32(c.head_dim))
+        scores_BxNxLxL = jnp.where(mask_Bx1xLxL, scores_BxNxLxL, jnp.finfo(jnp.float32).min)
+        probs_BxNxLxL = jax.nn.softmax(scores_BxNxLxL, axis=-1).astype(c.compute_dtype)
+        probs_BxNxLxL = Dropout(c.attention_dropout_rate)(probs_BxNxLxL, deterministic=False)
+        return jnp.einsum("bnqk,bknd->bqnd", probs_BxNxLxL, v_BxLxNxD)
+
+
+class BertEncoder(nn.Module):
+    """Embeddings and the block stack; returns last hidden states [B,L,E] in the compute dtype."""
+
+    config: ModelSpec
+
+    def setup(self):
+        c = self.config
+        self.embeddings = Embeddings(c)
+        if c.pre_ln:
+            self.final_norm = layer_norm(c)
+
+    def _blocks(self, deterministic: bool):
+        c = self.config
+        block_cls = Block
+        if c.remat != "none":
+            block_cls = nn.remat(
+                block_cls, prevent_cse=not c.scan_layers, policy=_REMAT_POLICIES[c.remat]
+            )
+        if c.scan_layers:
+            stack_cls = nn.scan(
+                block_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=c.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            return [stack_cls(c, deterministic, name="layers")]
+        return [block_cls(c, deterministic, name=f"layer_{i}") for i in range(c.num_layers)]
+
+    @nn.compact
+    def __call__(
+        self, tokens_BxL, *, document_ids_BxL=None, token_types_BxL=None, deterministic=True
+    ):
+        c = self.config
+        mask_Bx1xLxL = attention_mask(
+            tokens_BxL,
+            document_ids_BxL,
+            pad_id=c.pad_id,
+            attend_across_documents=c.attend_across_documents,
+        )
+        x_BxLxE = self.embeddings(tokens_BxL, token_types_BxL, deterministic=deterministic)
+        for block in self._blocks(deterministic):
+            x_BxLxE, _ = block(x_BxLxE, mask_Bx1xLxL)
+        if c.pre_ln:
+            x_BxLxE = self.final_norm(x_BxLxE)
+        return x_BxLxE
+
+
+class BertMLM(nn.Module):
+    """Encoder plus the MLM head, evaluated only at the K masked positions of each row."""
+
+    config: ModelSpec
+
+    def setup(self):
+        c = self.config
+        self.encoder = BertEncoder(c)
+        self.mlm_head = MLMHead(c)
+
+    def __call__(
+        self,
+        tokens_BxL,
+        positions_BxK,
+        *,
+        document_ids_BxL=None,
+        token_types_BxL=None,
+        deterministic=True,
+    ):
+        """Returns float32 logits_BxKxV over the real vocabulary (padding rows never predicted)."""
+        x_BxLxE = self.encoder(
+            tokens_BxL,
+            document_ids_BxL=document_ids_BxL,
+            token_types_BxL=token_types_BxL,
+            deterministic=deterministic,
+        )
+        h_BxKxE = jnp.take_along_axis(x_BxLxE, positions_BxK[:, :, None], axis=1)
+        h_BxKxE = constrain(h_BxKxE, ("batch", "length", "embed"))
+        h_BxKxE = self.mlm_head(h_BxKxE)
+        logits_BxKxVp = self.encoder.embeddings.attend(h_BxKxE) + self.mlm_head.output_bias
+        logits_BxKxVp = constrain(logits_BxKxVp, ("batch", "length", "vocab"))
+        return logits_BxKxVp[..., : self.config.vocab_size]
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction transform (dense + GELU + LayerNorm) and the decoder's output bias."""
+
+    config: ModelSpec
+
+    def setup(self):
+        c = self.config
+        self.transform = dense(c, c.hidden_size, ("embed", "mlp"))
+        self.norm = layer_norm(c)
+        self.output_bias = self.param(
+            "output_bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+            (c.padded_vocab_size,),
+            jnp.float32,
+        )
+
+    def __call__(self, h_BxKxE):
+        # Pinning the transform's output to the batch sharding is not only a hint: without it
+        # XLA's SPMD partitioner (jax 0.10.2) computes wrong gradients for the transform and
+        # everything below it on a mesh with data, fsdp and tensor axes all > 1
+        # (tests/test_sharding.py catches it).
+        h_BxKxE = constrain(self.transform(h_BxKxE), ("batch", "length", "embed"))
+        return self.norm(activation(self.config, h_BxKxE))
+
+
+class BertForSequenceClassification(nn.Module):
+    """Encoder + BERT pooler (dense + tanh on [CLS]) + dropout + linear classifier."""
+
+    config: ModelSpec
+    num_labels: int
+
+    @nn.compact
+    def __call__(self, tokens_BxL, *, document_ids=None, token_types=None, deterministic=True):
+        c = self.config
+        x_BxLxE = BertEncoder(c, name="encoder")(
+            tokens_BxL,
+            document_ids_BxL=document_ids,
+            token_types_BxL=token_types,
+            deterministic=deterministic,
+        )
+        pooled_BxE = jnp.tanh(
+            dense(c, c.hidden_size, ("embed", "mlp"), name="pooler")(x_BxLxE[:, 0])
+        )
+        pooled_BxE = Dropout(c.dropout_rate)(pooled_BxE, deterministic=deterministic)
+        logits_BxC = dense(c, self.num_labels, ("embed", None), name="classifier")(pooled_BxE)
+        return logits_BxC.astype(jnp.float32)

@@ -1,0 +1,236 @@
+"""Layers every encoder family shares: dense, norm, dropout, GELU, attention mask, tied logits.
+
+Each takes the ModelSpec for its numerics (compute dtype, float32 parameters, init range) and
+names its parameters' dims with logical axes (batch, length, embed, heads, kv, mlp, vocab); the
+mesh mapping lives in the config. A family's blocks (bert.py) import these instead of copying.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.random import threefry2x32_p
+
+from mlm_jax.model_spec import ModelSpec
+
+
+def init_weights(spec: ModelSpec):
+    """Truncated normal with the spec's initializer_range, as BERT initialises."""
+    return nn.initializers.truncated_normal(stddev=spec.initializer_range)
+
+
+def constrain(x, names):
+    """Pins an activation's logical axes (a no-op outside a mesh context)."""
+    return nn.with_logical_constraint(x, names)
+
+
+def activation(spec: ModelSpec, x):
+    """BERT's exact GELU, or its tanh approximation (HF's gelu_new) when configured."""
+    return gelu(x, spec.gelu == "tanh")
+
+
+_SQRT_HALF, _SQRT_2_OVER_PI, _TANH_CUBIC = 0.5**0.5, (2.0 / np.pi) ** 0.5, 0.044715
+
+
+def _gelu_cdf_and_slope(x32, approximate: bool):
+    """Phi(x) (or its tanh approximation) and d/dx [x Phi(x)], in float32."""
+    if approximate:
+        tanh_u = jnp.tanh(_SQRT_2_OVER_PI * (x32 + _TANH_CUBIC * x32**3))
+        cdf = 0.5 * (1.0 + tanh_u)
+        du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_CUBIC * x32**2)
+        return cdf, cdf + 0.5 * x32 * (1.0 - tanh_u**2) * du_dx
+    cdf = 0.5 * (1.0 + jax.lax.erf(x32 * _SQRT_HALF))
+    pdf = jnp.exp(-0.5 * x32**2) * (0.5 * _SQRT_2_OVER_PI)
+    return cdf, cdf + x32 * pdf
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def gelu(x, approximate: bool = False):
+    """x Phi(x), computed in float32 whatever x's dtype (as PyTorch, and so HF BERT, does).
+
+    Not jax.nn.gelu: its exact form goes through erfc, which XLA expands into a two-branch
+    polynomial with an exp and two divisions (68 ops per element in the H100 fusion, against 8
+    counting one erf here), over the step's largest activation. The custom JVP keeps one tensor of
+    x's dtype (the slope) for the backward pass where autodiff of the float32 formula would keep
+    several float32 ones.
+    """
+    x32 = x.astype(jnp.float32)
+    cdf, _ = _gelu_cdf_and_slope(x32, approximate)
+    return (x32 * cdf).astype(x.dtype)
+
+
+@gelu.defjvp
+def _gelu_jvp(approximate, primals, tangents):
+    (x,), (t,) = primals, tangents
+    x32 = x.astype(jnp.float32)
+    cdf, slope = _gelu_cdf_and_slope(x32, approximate)
+    return (x32 * cdf).astype(x.dtype), t * slope.astype(t.dtype)
+
+
+class Dense(nn.Module):
+    """A dense layer over the trailing `axis` dims, in the compute dtype with float32 params.
+
+    The kernel is created at its full shape [*in, *out] with its logical names (flax's
+    DenseGeneral creates it flat and reshapes it, which breaks its sharding annotation once a
+    mesh is set).
+    """
+
+    config: ModelSpec
+    features: int | tuple[int, ...]
+    names: tuple[str | None, ...]  # logical names of the kernel's dims, inputs then outputs
+    axis: int | tuple[int, ...] = -1
+    # True: one matmul per index of the first output dim, returned as a tuple (same kernel);
+    # slicing one fused output instead costs a copy per slice where a custom call (cuDNN
+    # attention) consumes it.
+    separate: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        features = self.features if isinstance(self.features, tuple) else (self.features,)
+        axes = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+        axes = tuple(a % x.ndim for a in axes)
+        in_shape = tuple(x.shape[a] for a in axes)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(init_weights(c), self.names),
+            in_shape + features,
+            jnp.float32,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), self.names[len(axes) :]),
+            features,
+            jnp.float32,
+        )
+        dtype = c.compute_dtype
+        x, kernel, bias = x.astype(dtype), kernel.astype(dtype), bias.astype(dtype)
+        contract = (axes, tuple(range(len(axes))))
+        if not self.separate:
+            return jnp.tensordot(x, kernel, contract) + bias
+        kernels = (jnp.take(kernel, i, axis=len(axes)) for i in range(features[0]))
+        return tuple(jnp.tensordot(x, k, contract) + b for k, b in zip(kernels, bias))
+
+
+def dense(config: ModelSpec, features, names, axis=-1, name=None, separate=False):
+    return Dense(config, features, tuple(names), axis, separate, name=name)
+
+
+def layer_norm(config: ModelSpec, name=None):
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.compute_dtype,
+        param_dtype=jnp.float32,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        name=name,
+    )
+
+
+_DROPOUT_LEVELS = 1 << 16  # dropout draws 16-bit uniforms: the rate is rounded to 1/65536
+
+
+def _threefry_halves(key, shape: tuple[int, ...]):
+    """16-bit draws (held in uint32) of `shape`, whose last dim is a multiple of 4.
+
+    jax.random.bits spends one Threefry-2x32 hash per element at any width below 64 bits and
+    XORs the hash's two output words together. Here each hash of a counter (the element's
+    flat index / 4, so values depend on the global shape only, never on sharding) gives both
+    words, i.e. four 16-bit draws. Shifts and masks, not a bitcast, split the words, so XLA
+    can fuse the split into the kernel that compares and writes the mask.
+    """
+    counts_shape = shape[:-1] + (shape[-1] // 4,)
+    counts = jnp.zeros(counts_shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(counts_shape))):
+        iota = jax.lax.broadcasted_iota(jnp.uint32, counts_shape, axis)
+        counts = counts + iota * jnp.uint32(stride)
+        stride *= counts_shape[axis]
+    k1, k2 = jax.random.key_data(key)
+    hi, lo = threefry2x32_p.bind(k1, k2, jnp.zeros_like(counts), counts)
+    halves = [hi >> 16, hi & 0xFFFF, lo >> 16, lo & 0xFFFF]
+    return jnp.stack(halves, axis=-1).reshape(shape)
+
+
+def dropout_keep_mask(key, shape: tuple[int, ...], rate: float):
+    """Boolean keep mask with P(keep) = 1 - round(rate * 2^16) / 2^16, and that probability.
+
+    Why not jax.random.bernoulli: it spends a 32-bit draw (a whole Threefry hash) per element,
+    and on CPU the random bits of BERT's dropout (~40M per step at base size, batch 8) cost ~15%
+    of the train step. With a Threefry key and a last dim divisible by 4, one hash serves four
+    elements here (_threefry_halves); other keys and shapes take one 16-bit draw each. The rate
+    moves by at most 8e-6 and the scaling uses the rounded probability, so the expected output
+    still equals the input exactly.
+    """
+    threshold = round(rate * _DROPOUT_LEVELS)
+    keep_prob = 1.0 - threshold / _DROPOUT_LEVELS
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw uint32 key of the default implementation
+    fast = (
+        str(jax.random.key_impl(key)) == "threefry2x32"
+        and len(shape) > 0
+        and shape[-1] % 4 == 0
+        and int(np.prod(shape)) // 4 < 2**32  # the counter is one 32-bit word
+    )
+    halves = _threefry_halves(key, shape) if fast else jax.random.bits(key, shape, jnp.uint16)
+    return halves >= min(threshold, _DROPOUT_LEVELS - 1), keep_prob
+
+
+class Dropout(nn.Module):
+    """Inverted dropout drawing from the "dropout" RNG stream, with the cheap mask above."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool):
+        threshold = round(self.rate * _DROPOUT_LEVELS)
+        if deterministic or threshold == 0:
+            return x
+        if threshold >= _DROPOUT_LEVELS:
+            return jnp.zeros_like(x)
+        keep, keep_prob = dropout_keep_mask(self.make_rng("dropout"), x.shape, self.rate)
+        # Scaled in float32: 1/0.9 rounded to bfloat16 first (1.109375) shrank every kept unit.
+        kept = (x.astype(jnp.float32) * (1.0 / keep_prob)).astype(x.dtype)
+        return jnp.where(keep, kept, jnp.zeros_like(x))
+
+
+def attention_mask(tokens_BxL, document_ids_BxL, *, pad_id: int, attend_across_documents: bool):
+    """Boolean [B,1,L,L] (query, key) mask.
+
+    Padding is document_ids == 0 when given, else tokens == pad_id. Padding queries get a
+    harmless non-empty row (no NaNs, no effect on real positions, which never see padding keys).
+    """
+    if document_ids_BxL is None:
+        real_BxL = tokens_BxL != pad_id
+        doc_BxL = real_BxL.astype(jnp.int32)  # 1 = real, 0 = padding
+    else:
+        real_BxL = document_ids_BxL != 0
+        doc_BxL = document_ids_BxL
+    if attend_across_documents or document_ids_BxL is None:
+        mask_BxLxL = real_BxL[:, None, :] | ~real_BxL[:, :, None]
+    else:
+        mask_BxLxL = doc_BxL[:, :, None] == doc_BxL[:, None, :]
+    return mask_BxLxL[:, None, :, :]
+
+
+@jax.custom_jvp
+def tied_logits(h_BxKxE, table_VxE):
+    """h @ table^T in float32, whose backward matmuls run in h's dtype (as mixed precision does).
+
+    Autodiff of the float32-accumulated einsum would meet the float32 cotangent with the
+    bfloat16 table and run both backward matmuls ([B*K, Vp] by [Vp, E]) in float32 (TF32 on a
+    GPU, half the bfloat16 rate). The tangent is computed in the compute dtype and only then
+    widened, so its transpose narrows the cotangent first. Nothing changes in float32.
+    """
+    return jnp.einsum("bke,ve->bkv", h_BxKxE, table_VxE, preferred_element_type=jnp.float32)
+
+
+@tied_logits.defjvp
+def _tied_logits_jvp(primals, tangents):
+    (h, table), (dh, dtable) = primals, tangents
+    tangent = jnp.einsum("bke,ve->bkv", dh, table) + jnp.einsum("bke,ve->bkv", h, dtable)
+    return tied_logits(h, table), tangent.astype(jnp.float32)

@@ -1,0 +1,137 @@
+"""A run's config, resolved once into frozen, typed specs: what the trainer, eval and loader read.
+
+    run = resolve(config)               # every field checked, before anything is built or written
+    run = run.with_vocab(tokenizer)     # once the tokenizer is known: vocabulary sizes and ids
+
+Each section's spec checks its own fields in its constructor (ModelSpec: model.*, MaskingSpec:
+masking.* and eval's masking, OptimizerSpec: the optimizer's train.*, DataSpec: data.*,
+TrainSpec: the loop's train.*, log.*, eval.*, checkpoint.*, MeshSpec: mesh.*); config_checks
+holds the checks that span sections. Nothing after `resolve` reads the ConfigDict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from mlm_jax import config_checks, sharding
+from mlm_jax.data.spec import DataSpec
+from mlm_jax.masking import MaskingSpec
+from mlm_jax.model_spec import ModelSpec
+from mlm_jax.optim import OptimizerSpec
+from mlm_jax.spec_checks import check_choice, check_int
+
+NAN_POLICIES = ("stop", "skip")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """The loop: how many steps of what batch, and how often it logs, evaluates and saves."""
+
+    num_steps: int
+    batch_size: int  # global, in sequences
+    microbatches: int = 1
+    nan_policy: str = "stop"
+    log_every: int = 50
+    eval_every: int = 500  # 0 = never
+    eval_batches: int = 8
+    eval_batch_size: int = 32
+    checkpoint_every: int = 500  # 0 = only at the end (and on SIGTERM)
+    checkpoint_keep: int = 2
+
+    def __post_init__(self):
+        check_int("train.num_steps", self.num_steps, minimum=1)
+        check_int("train.batch_size", self.batch_size, minimum=1)
+        check_int("train.microbatches", self.microbatches, minimum=1)
+        check_choice("train.nan_policy", self.nan_policy, NAN_POLICIES)
+        check_int("log.every_steps", self.log_every, minimum=0)
+        check_int("eval.every_steps", self.eval_every, minimum=0)
+        check_int("eval.num_batches", self.eval_batches, minimum=1)
+        check_int("eval.batch_size", self.eval_batch_size, minimum=1)
+        check_int("checkpoint.every_steps", self.checkpoint_every, minimum=0)
+        check_int("checkpoint.keep", self.checkpoint_keep, minimum=1)
+
+    @classmethod
+    def from_config(cls, config: Any) -> TrainSpec:
+        t, e, ck = config.train, config.eval, config.checkpoint
+        return cls(
+            num_steps=t.num_steps,
+            batch_size=t.batch_size,
+            microbatches=t.microbatches,
+            nan_policy=t.nan_policy,
+            log_every=config.log.every_steps,
+            eval_every=e.every_steps,
+            eval_batches=e.num_batches,
+            eval_batch_size=e.batch_size,
+            checkpoint_every=ck.every_steps,
+            checkpoint_keep=ck.keep,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything a run is, resolved; hashable, so jitted functions may close over it."""
+
+    seed: int
+    model: ModelSpec
+    masking: MaskingSpec  # what the run trains with
+    eval_masking: MaskingSpec  # what every run is evaluated with (eval.*)
+    optimizer: OptimizerSpec
+    data: DataSpec
+    train: TrainSpec
+    mesh: sharding.MeshSpec
+    init_from: str = ""  # Hugging Face BERT directory to start from ("" = random init)
+
+    @property
+    def own_masking(self) -> MaskingSpec | None:
+        """The run's own masking when it differs from the common eval masking (then also
+        evaluated, as eval_own/*), else None."""
+        return None if self.masking == self.eval_masking else self.masking
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.data.seq_len
+
+    def with_vocab(self, tokenizer) -> RunSpec:
+        """Vocabulary sizes and special ids from the tokenizer (checked against the config)."""
+        return dataclasses.replace(
+            self,
+            model=self.model.with_vocab(tokenizer),
+            masking=self.masking.with_vocab(tokenizer),
+            eval_masking=self.eval_masking.with_vocab(tokenizer),
+        )
+
+
+def resolve(
+    config: Any,
+    *,
+    num_devices: int | None = None,
+    local_devices: int | None = None,
+    num_hosts: int | None = None,
+) -> RunSpec:
+    """Checks every field of `config` and returns its specs; one ValueError line per problem.
+
+    Device and host counts default to this process's JAX runtime.
+    """
+    import jax
+
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    local_devices = jax.local_device_count() if local_devices is None else local_devices
+    num_hosts = jax.process_count() if num_hosts is None else num_hosts
+    train = TrainSpec.from_config(config)
+    data = DataSpec.from_config(config.data)
+    run = RunSpec(
+        seed=check_int("seed", config.seed, minimum=0),
+        model=ModelSpec.from_config(config.model),
+        masking=MaskingSpec.from_config(
+            config.masking, seq_len=data.seq_len, num_steps=train.num_steps
+        ),
+        eval_masking=MaskingSpec.for_eval(config.eval, seq_len=data.seq_len),
+        optimizer=OptimizerSpec.from_config(config.train),
+        data=data,
+        train=train,
+        mesh=sharding.MeshSpec.from_config(config.mesh, num_devices),
+        init_from=str(config.model.init_from),
+    )
+    config_checks.check_run(run, local_devices=local_devices, num_hosts=num_hosts)
+    return run
