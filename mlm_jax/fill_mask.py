@@ -13,43 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlm_jax import cli, files, hf
-from mlm_jax.data.tokenizer import load_tokenizer
+from mlm_jax import cli, pretrained
 from mlm_jax.model import mlm_model
 from mlm_jax.model_spec import ModelSpec
 
 MASK_TEXT = "[MASK]"
-
-
-def load_from_workdir(workdir: str):
-    """(ModelSpec, params, Tokenizer) of a training run's latest checkpoint."""
-    from mlm_jax.checkpoint import load_trained
-
-    params, config = load_trained(workdir)
-    tokenizer = load_tokenizer(files.join(workdir, "tokenizer"))
-    model_config = ModelSpec.from_config(config.model).with_vocab(tokenizer)
-    return model_config, params, tokenizer
-
-
-def load_from_hf_dir(hf_dir: str):
-    """(ModelSpec, params, Tokenizer) of a Hugging Face BERT directory with an MLM head.
-
-    A checkpoint without one (BertModel, sentence-transformers) is refused: hf_to_params would
-    fill in a random head, and its fillers would look confident and mean nothing.
-    """
-    tokenizer = load_tokenizer(hf.tokenizer_dir(hf_dir))
-    hf_config, tensors = hf.read_checkpoint(hf_dir)
-    if not hf.has_mlm_head(tensors):
-        raise ValueError(
-            f"--hf_dir={hf_dir}: the checkpoint has no MLM head (cls.predictions.*), "
-            "so its predictions would be random"
-        )
-    model_config = ModelSpec(
-        **hf.model_overrides(hf_config), pad_vocab_multiple=1, pad_id=tokenizer.pad_id
-    )
-    params = hf.hf_to_params(tensors, model_config, where=hf_dir)
-    params.pop("pooler", None)
-    return model_config, params, tokenizer
 
 
 def encode_with_masks(text: str, tokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -102,12 +70,20 @@ def main(argv: list[str] | None = None) -> None:
         if no_mask:  # checked before the weights load
             raise ValueError(f"text {no_mask[0]!r}: contains no {MASK_TEXT}")
         if args.workdir:
-            model_config, params, tokenizer = load_from_workdir(args.workdir)
+            if not pretrained.is_run_dir(args.workdir):
+                raise ValueError(f"--workdir={args.workdir!r}: no checkpoints/ there")
+            model = pretrained.load(args.workdir)
         else:
-            model_config, params, tokenizer = load_from_hf_dir(args.hf_dir)
+            model = pretrained.load(args.hf_dir)
+            if not model.has_mlm_head:  # BertModel, sentence-transformers: a random head's
+                raise ValueError(  # fillers would look confident and mean nothing
+                    f"--hf_dir={args.hf_dir}: the checkpoint has no MLM head "
+                    "(cls.predictions.*), so its predictions would be random"
+                )
     for text in args.texts:
         print(text)
-        for k, fillers in enumerate(fill_mask(text, model_config, params, tokenizer, args.top_k)):
+        fillers_per_mask = fill_mask(text, model.spec, model.params, model.tokenizer, args.top_k)
+        for k, fillers in enumerate(fillers_per_mask):
             print(f"  {MASK_TEXT} #{k + 1}: " + "  ".join(f"{t} {p:.3f}" for t, p in fillers))
 
 

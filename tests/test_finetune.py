@@ -60,13 +60,14 @@ def run_dir(data_dir, tmp_path_factory):
 
 def test_pretrained_init_carries_the_runs_encoder_and_random_does_not(run_dir):
     saved, _ = checkpoint.load_trained(run_dir)
-    config, encoder, tokenizer, seq_len = finetune.load_encoder(run_dir)
+    source = finetune.load_encoder(run_dir)
+    config, tokenizer, seq_len = source.spec, source.tokenizer, source.seq_len
     assert seq_len == 64 and tokenizer.vocab_size == config.vocab_size
     model = BertForSequenceClassification(config, num_labels=3)
-    params = finetune._init_params(model, config, encoder, seq_len, seed=0)
+    params = finetune._init_params(model, source, seq_len, seed=0)
     assert set(params) == {"encoder", "pooler", "classifier"}
     jax.tree.map(np.testing.assert_array_equal, params["encoder"], saved["encoder"])
-    fresh = finetune._init_params(model, config, None, seq_len, seed=0)
+    fresh = finetune._init_params(model, None, seq_len, seed=0)
     word = ("embeddings", "word_embeddings")
     a, b = fresh["encoder"], saved["encoder"]
     for k in word:
@@ -151,7 +152,7 @@ def test_weight_decay_spares_layernorm_and_biases():
 
 def _tiny_export_with_pad_at_5(directory):
     """A tiny BertForMaskedLM export whose vocab puts real words at 0..4 and [PAD] at 5."""
-    from mlm_jax import hf
+    from mlm_jax import hf_dir
     from mlm_jax.bert import BertMLM
     from mlm_jax.model_spec import ModelSpec
 
@@ -176,7 +177,7 @@ def _tiny_export_with_pad_at_5(directory):
     tokens = np.zeros((1, 8), np.int32)
     params = BertMLM(config).init(jax.random.key(0), tokens, tokens[:, :1])["params"]
     out = str(directory / "hf")
-    hf.export_hf(params, config, tokenizer, out)
+    hf_dir.export_hf(params, config, tokenizer, out)
     return out
 
 
@@ -189,7 +190,8 @@ def test_hf_dir_with_pad_not_zero_masks_pad_not_token_zero(tmp_path):
     from mlm_jax.bert import BertEncoder
 
     out = _tiny_export_with_pad_at_5(tmp_path)
-    config, encoder, tokenizer, _ = finetune.load_encoder(out)
+    source = finetune.load_encoder(out)
+    config, tokenizer = source.spec, source.tokenizer
     assert config.pad_id == tokenizer.pad_id == 5
     max_len = 12
     split = finetune.Split(["a b w3 a", "w7 a"], ["c a", "w1"], np.zeros(2, np.int32))
@@ -202,7 +204,7 @@ def test_hf_dir_with_pad_not_zero_masks_pad_not_token_zero(tmp_path):
     assert (data["tokens"] == 0).any() and not real.all()  # both cases present
 
     model = BertForSequenceClassification(config, num_labels=2)
-    params = finetune._init_params(model, config, encoder, max_len, seed=0)
+    params = finetune._init_params(model, source, max_len, seed=0)
     ours = BertEncoder(config).apply(
         {"params": params["encoder"]}, data["tokens"], token_types_BxL=data["token_types"]
     )
@@ -229,7 +231,8 @@ def test_finetunes_from_a_sentence_transformers_dir_without_mlm_head(tmp_path):
     (tmp_path / "st" / "modules.json").write_text("[]")
     pretrained = str(tmp_path / "st")
 
-    config, encoder, tokenizer, _ = finetune.load_encoder(pretrained)
+    source = finetune.load_encoder(pretrained)
+    config, tokenizer = source.spec, source.tokenizer
     texts = ["Paris is the capital of France.", "Short one."]
     want = AutoTokenizer.from_pretrained(MINILM_DIR)(texts, max_length=16, padding="max_length")
     data = finetune.encode(tokenizer, finetune.Split(texts, None, np.zeros(2, np.int32)), 16)
@@ -237,7 +240,7 @@ def test_finetunes_from_a_sentence_transformers_dir_without_mlm_head(tmp_path):
     assert config.pad_id == tokenizer.pad_id == 0
 
     model = BertForSequenceClassification(config, num_labels=2)
-    params = finetune._init_params(model, config, encoder, 16, seed=0)
+    params = finetune._init_params(model, source, 16, seed=0)
     tensors = load_file(os.path.join(MINILM_DIR, "model.safetensors"))
     assert not any(k.startswith("cls.") for k in tensors)
     words = params["encoder"]["embeddings"]["word_embeddings"]

