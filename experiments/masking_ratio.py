@@ -16,10 +16,9 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from absl import app
 
-import sweep  # noqa: E402  (experiments/sweep.py)
-from absl import app  # noqa: E402
+from experiments import sweep
 
 RATIOS = "0.15,0.3,0.4,0.6,0.8"
 SPLITS = "0.8/0.1,1.0/0.0"  # (mask_prob/random_prob): 80/10/10 and 100/0/0
@@ -27,7 +26,9 @@ PRESET = [
     f"--sweep=masking.ratio={RATIOS}",
     f"--sweep=masking.mask_prob/masking.random_prob={SPLITS}",
 ]
-DEFAULT_CONFIG = os.path.join(sweep.REPO_ROOT, "configs", "tiny.py")
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py"
+)
 
 
 def preset_argv(argv: list[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""experiments/sweep.py: axes, skipping and resuming, failures, the report, and the command line."""
+"""mlm_jax.sweep and its command line experiments/sweep.py: axes, skipping and resuming,
+failures, the report."""
 
 import csv
 import io
@@ -14,12 +15,13 @@ import pytest
 
 from mlm_jax import checkpoint, files
 from mlm_jax.config_defaults import base_config
+from mlm_jax.sweep import SweepError, execution, run_state
+from mlm_jax.sweep.axes import apply_settings, expand, format_value, parse_axes, run_name
+from mlm_jax.sweep.execution import run_sweep
+from mlm_jax.sweep.report import write_markdown, write_report
 from tests.configs import small_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "experiments"))
-
-import sweep  # noqa: E402
 
 
 def _flat(d, prefix=""):
@@ -39,11 +41,11 @@ def small_overrides(data_dir: str, num_steps: int) -> list[str]:
     spec.loader.exec_module(tiny_module)
     tiny = dict(_flat(tiny_module.get_config().to_dict()))
     small = dict(_flat(small_run_config(data_dir, num_steps=num_steps).to_dict()))
-    return [f"--config.{k}={sweep.format_value(v)}" for k, v in small.items() if tiny.get(k) != v]
+    return [f"--config.{k}={format_value(v)}" for k, v in small.items() if tiny.get(k) != v]
 
 
 def _sweep_cli(*args, env_extra=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     env.update(env_extra or {})
     return subprocess.run(
@@ -100,7 +102,7 @@ def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_p
     import shutil
 
     shutil.rmtree(os.path.join(runs["0.4"], "checkpoints", "10"))
-    os.remove(os.path.join(runs["0.4"], sweep.DONE_MARKER))
+    os.remove(os.path.join(runs["0.4"], run_state.DONE_MARKER))
     resumed = _sweep_cli(*common)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "1 of 2 runs to train" in resumed.stderr
@@ -154,10 +156,10 @@ def _fake_trainer(fail_ratio):
 
 
 def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "_train_in_process", _fake_trainer(fail_ratio=0.3))
+    monkeypatch.setattr(execution, "_train_in_process", _fake_trainer(fail_ratio=0.3))
     config = small_run_config(str(tmp_path / "unused"), num_steps=7)
     workdir = str(tmp_path / "sweep")
-    sweep.run_sweep(config, workdir, ["masking.ratio=0.3,0.5", "seed=0,1,2"], base_args=[])
+    run_sweep(config, workdir, ["masking.ratio=0.3,0.5", "seed=0,1,2"], base_args=[])
     rows = _read_csv(os.path.join(workdir, "results.csv"))
     assert len(rows) == 6
     by_status = {}
@@ -175,9 +177,9 @@ def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
     # Finished elsewhere since (e.g. its --launch=print command): done, whatever the old marker.
     finished_elsewhere = os.path.join(workdir, "masking.ratio=0.3,seed=0")
     _fake_trainer(fail_ratio=None)(
-        sweep.apply_settings(config, {"masking.ratio": 0.3, "seed": 0}), finished_elsewhere
+        apply_settings(config, {"masking.ratio": 0.3, "seed": 0}), finished_elsewhere
     )
-    sweep.write_report(workdir)
+    write_report(workdir)
     rows = {r["run"]: r for r in _read_csv(os.path.join(workdir, "results.csv"))}
     assert rows["masking.ratio=0.3,seed=0"]["status"] == "done"
     assert rows["masking.ratio=0.3,seed=1"]["status"] == "failed"
@@ -197,14 +199,12 @@ def test_a_sweep_in_a_bucket_trains_fine_tunes_reports_and_skips_what_is_done(
     def fake_finetune(run_dir, task, out, **kwargs):
         files.write_text(files.join(out, finetune.RESULT_FILE), json.dumps({"dev/accuracy": 0.75}))
 
-    monkeypatch.setattr(sweep, "_train_in_process", train)
+    monkeypatch.setattr(execution, "_train_in_process", train)
     monkeypatch.setattr(finetune, "finetune", fake_finetune)
     config = small_run_config(str(tmp_path / "unused"), num_steps=7)
     workdir = "gs://bucket/sweep"
     for _ in range(2):
-        sweep.run_sweep(
-            config, workdir, ["masking.ratio=0.3,0.5"], base_args=[], finetune_task="tsv:a,b"
-        )
+        run_sweep(config, workdir, ["masking.ratio=0.3,0.5"], base_args=[], finetune_task="tsv:a,b")
     # The finished run is skipped the second time; the failed one is tried again.
     assert trained == ["masking.ratio=0.3", "masking.ratio=0.5", "masking.ratio=0.5"]
     table = csv.DictReader(io.StringIO(files.read_text(f"{workdir}/results.csv")))
@@ -221,8 +221,8 @@ def test_a_sweep_in_a_bucket_trains_fine_tunes_reports_and_skips_what_is_done(
 def test_values_that_would_share_a_directory_are_refused(tmp_path):
     config = base_config()
     spec = "data.dataset=text:/corpora/wiki en/*.txt,text:/corpora/wiki_en/*.txt"
-    with pytest.raises(sweep.SweepError, match="would share the directory"):
-        sweep.run_sweep(config, str(tmp_path / "sweep"), [spec], base_args=[], launch="print")
+    with pytest.raises(SweepError, match="would share the directory"):
+        run_sweep(config, str(tmp_path / "sweep"), [spec], base_args=[], launch="print")
     assert not os.path.exists(tmp_path / "sweep")
 
 
@@ -241,22 +241,22 @@ def test_finetuning_is_redone_for_another_task_or_checkpoint(tmp_path, monkeypat
     run_dir = str(tmp_path / "run")
     _fake_trainer(fail_ratio=None)(config, run_dir)
     for task in ("tsv:a,b", "tsv:a,b", "tsv:c,d", "tsv:c,d"):
-        sweep._finetune_run(run_dir, task, epochs=3, max_len=64)
+        execution._finetune_run(run_dir, task, epochs=3, max_len=64)
     assert calls == ["tsv:a,b", "tsv:c,d"]  # the same request again reuses the result
     longer = small_run_config(str(tmp_path / "unused"), num_steps=9)
-    assert sweep.finetune_accuracy(run_dir, 7) == pytest.approx(0.7)
+    assert run_state.finetune_accuracy(run_dir, 7) == pytest.approx(0.7)
     _fake_trainer(fail_ratio=None)(longer, run_dir)  # trained further since: step 9
-    assert sweep.finetune_accuracy(run_dir, 9) is None  # the report shows no stale result
-    sweep._finetune_run(run_dir, "tsv:c,d", epochs=3, max_len=64)
+    assert run_state.finetune_accuracy(run_dir, 9) is None  # the report shows no stale result
+    execution._finetune_run(run_dir, "tsv:c,d", epochs=3, max_len=64)
     assert calls == ["tsv:a,b", "tsv:c,d", "tsv:c,d"]
-    assert sweep.finetune_accuracy(run_dir, 9) == pytest.approx(0.8)
+    assert run_state.finetune_accuracy(run_dir, 9) == pytest.approx(0.8)
 
 
 def test_launch_print_gives_one_main_command_per_run(tmp_path, capsys):
     config = base_config()
     workdir = str(tmp_path / "sweep")
     base = ["--config=configs/tiny.py", "--config.train.num_steps=5"]
-    sweep.run_sweep(
+    run_sweep(
         config,
         workdir,
         ["masking.mask_prob/masking.random_prob=0.8/0.1,1.0/0.0", "seed=3"],
@@ -289,23 +289,23 @@ def test_launch_print_gives_one_main_command_per_run(tmp_path, capsys):
     ],
 )
 def test_bad_sweep_inputs_are_one_line(spec, fragment):
-    with pytest.raises(sweep.SweepError) as info:
-        sweep.parse_axes([spec], base_config())
+    with pytest.raises(SweepError) as info:
+        parse_axes([spec], base_config())
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_values_take_the_type_of_the_config_field():
-    axes = sweep.parse_axes(
+    axes = parse_axes(
         ["masking.ratio=1,0.5", "seed=2", "model.pre_ln=true", "masking.strategy=span"],
         base_config(),
     )
     values = [points for _, points in axes]
     assert values == [[(1.0,), (0.5,)], [(2,)], [(True,)], [("span",)]]
     assert isinstance(values[0][0][0], float)
-    names = [sweep.run_name(s) for s in sweep.expand(axes)]
+    names = [run_name(s) for s in expand(axes)]
     assert names[0] == "masking.ratio=1.0,seed=2,model.pre_ln=true,masking.strategy=span"
-    assert sweep.run_name({"data.dataset": "text:/a b/*.txt"}) == "data.dataset=text__a_b__.txt"
+    assert run_name({"data.dataset": "text:/a b/*.txt"}) == "data.dataset=text__a_b__.txt"
 
 
 def test_bad_sweep_on_the_command_line_stops_before_any_run(tmp_path):
@@ -322,13 +322,13 @@ def test_bad_sweep_on_the_command_line_stops_before_any_run(tmp_path):
 
 def test_parallel_slots_divide_the_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in sweep._device_envs(2)] == ["0,1", "2,3"]
-    with pytest.raises(sweep.SweepError):
-        sweep._device_envs(5)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in execution._device_envs(2)] == ["0,1", "2,3"]
+    with pytest.raises(SweepError):
+        execution._device_envs(5)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    monkeypatch.setattr(sweep, "_visible_gpus", lambda: [])
+    monkeypatch.setattr(execution, "_visible_gpus", lambda: [])
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_foo")
-    envs = sweep._device_envs(4)
+    envs = execution._device_envs(4)
     assert all("--xla_force_host_platform_device_count=2" in e["XLA_FLAGS"] for e in envs)
     assert all(
         e["XLA_FLAGS"].count("device_count") == 1 and "--xla_foo" in e["XLA_FLAGS"] for e in envs
@@ -344,7 +344,7 @@ def test_a_mean_over_fewer_runs_than_the_seeds_says_so(tmp_path):
         for s in range(3)
     ]  # fmt: skip
     path = str(tmp_path / "results.md")
-    sweep.write_markdown(path, [["masking.ratio"], ["seed"]], rows)
+    write_markdown(path, [["masking.ratio"], ["seed"]], rows)
     line = [x for x in open(path) if x.startswith("| 0.3 |")][0]
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
     header = [c.strip() for c in open(path).readline().strip().strip("|").split("|")]

@@ -1,0 +1,255 @@
+"""Running a sweep's points: in this process, as --parallel subprocesses, or printed for a launcher.
+
+run_sweep is the whole sweep: axes -> sweep.json -> the unfinished runs -> (fine-tuning) ->
+the report. Where the runs go is one branch in it (`launch`); each way of running leaves the
+same markers (run_state), so the report and a rerun cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as pylogging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+from mlm_jax import files
+from mlm_jax.sweep import SweepError, report, run_state
+from mlm_jax.sweep.axes import (
+    apply_settings,
+    check_names,
+    expand,
+    format_value,
+    parse_axes,
+    run_name,
+)
+from mlm_jax.sweep.run_state import FINETUNE_DIR, FINETUNE_REQUEST, is_finished, one_line
+
+log = pylogging.getLogger("mlm_jax.sweep")
+
+
+def config_args(argv: list[str]) -> list[str]:
+    """The `--config...` flags of this command line, as `--name=value` (forwarded to each run)."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if name == "--config" or name.startswith("--config."):
+            if "=" not in arg and i + 1 < len(argv):
+                arg = f"{arg}={argv[i + 1]}"
+                i += 1
+            out.append(arg)
+        i += 1
+    return out
+
+
+def run_command(base_args: list[str], run_dir: str, settings: dict) -> list[str]:
+    overrides = [f"--config.{k}={format_value(v)}" for k, v in settings.items()]
+    return [sys.executable, "-m", "mlm_jax.main", *base_args, f"--workdir={run_dir}", *overrides]
+
+
+def _train_in_process(config, run_dir: str) -> None:
+    from mlm_jax import train
+
+    train.train_and_evaluate(config, run_dir)
+
+
+def _device_envs(parallel: int) -> list[dict]:
+    """One environment per concurrent slot, each seeing its share of the devices."""
+    env = dict(os.environ)
+    gpus = _visible_gpus()
+    if gpus:
+        if parallel > len(gpus):
+            raise SweepError(f"--parallel={parallel} exceeds the {len(gpus)} visible GPUs")
+        per = len(gpus) // parallel
+        return [
+            {**env, "CUDA_VISIBLE_DEVICES": ",".join(gpus[i * per : (i + 1) * per])}
+            for i in range(parallel)
+        ]
+    flags_text = env.get("XLA_FLAGS", "")
+    found = re.search(r"--xla_force_host_platform_device_count=(\d+)", flags_text)
+    per = max(1, (int(found.group(1)) if found else 1) // parallel)
+    rest = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags_text).strip()
+    forced = f"{rest} --xla_force_host_platform_device_count={per}".strip()
+    return [{**env, "XLA_FLAGS": forced} for _ in range(parallel)]
+
+
+def _visible_gpus() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip()]
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(listing.stdout.splitlines()) if line.startswith("GPU")]
+
+
+def _prepare_data(configs: list) -> None:
+    """Builds each distinct corpus, tokenizer and token cache once, before subprocesses start:
+    runs starting together would otherwise race to build the same TFDS folder."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # parent: no GPU memory
+    from mlm_jax.data import loader
+    from mlm_jax.data.spec import DataSpec
+
+    seen = set()
+    for config in configs:
+        key = json.dumps(config.data.to_dict(), sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            data = DataSpec.from_config(config.data)
+            tokenizer = loader.get_tokenizer(data)
+            for split in ("train", "heldout"):
+                loader.packed_rows(data, tokenizer, split)
+        except Exception as e:  # noqa: BLE001 - the run itself reports it, once, in results.csv
+            log.warning("could not prepare the data ahead of the runs: %s", one_line(e))
+
+
+def _run_parallel(todo: list[tuple[str, dict]], base_args: list[str], parallel: int) -> None:
+    envs = _device_envs(parallel)
+    free, running = list(range(parallel)), {}
+    queue = list(todo)
+    while queue or running:
+        while queue and free:
+            run_dir, settings = queue.pop(0)
+            slot = free.pop(0)
+            log_path = _local_log(run_dir)
+            logfile = open(log_path, "a")  # noqa: SIM115
+            command = run_command(base_args, run_dir, settings)
+            log.info("starting %s", " ".join(shlex.quote(c) for c in command))
+            process = subprocess.Popen(
+                command, env=envs[slot], stdout=logfile, stderr=subprocess.STDOUT
+            )
+            running[process] = (run_dir, slot, logfile, log_path, time.perf_counter())
+        time.sleep(0.5)
+        for process in [p for p in running if p.poll() is not None]:
+            run_dir, slot, logfile, log_path, start = running.pop(process)
+            logfile.close()
+            if files.is_remote(run_dir):
+                files.upload_file(log_path, files.join(run_dir, "sweep.log"))
+            free.append(slot)
+            if process.returncode == 0:
+                run_state.mark_done(run_dir, time.perf_counter() - start)
+                log.info("finished %s", os.path.basename(run_dir))
+            else:
+                with open(log_path) as f:
+                    reason = one_line(f.read()[-4000:])
+                run_state.mark_failed(run_dir, f"exit {process.returncode}: {reason}")
+                log.warning("run %s failed: %s", os.path.basename(run_dir), reason)
+
+
+def _local_log(run_dir: str) -> str:
+    """Where a run's subprocess output goes: run_dir/sweep.log, or for a run in a bucket (which
+    cannot be appended to) a local file that is uploaded there when the run ends."""
+    if not files.is_remote(run_dir):
+        os.makedirs(run_dir, exist_ok=True)
+        return os.path.join(run_dir, "sweep.log")
+    folder = os.path.join(tempfile.gettempdir(), "mlm_jax_sweep_logs")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, run_dir.replace("://", "/").replace("/", "_") + ".log")
+
+
+def _run_in_process(todo: list[tuple[str, dict, object]]) -> None:
+    """One run after another; one failing run must not stop the sweep."""
+    for run_dir, _, run_config in todo:
+        log.info("training %s", os.path.basename(run_dir))
+        start = time.perf_counter()
+        try:
+            _train_in_process(run_config, run_dir)
+        except Exception as e:
+            log.warning("run %s failed: %s", os.path.basename(run_dir), one_line(e))
+            run_state.mark_failed(run_dir, f"{type(e).__name__}: {one_line(e)}")
+            continue
+        run_state.mark_done(run_dir, time.perf_counter() - start)
+
+
+def _print_commands(todo: list[tuple[str, dict, object]], base_args: list[str]) -> None:
+    """--launch=print: one `python -m mlm_jax.main ...` line per unfinished run, on stdout."""
+    for run_dir, settings, _ in todo:
+        command = ["python", *run_command(base_args, run_dir, settings)[1:]]
+        print(" ".join(shlex.quote(c) for c in command))
+
+
+def run_sweep(
+    config,
+    workdir: str,
+    sweep_specs: list[str],
+    *,
+    base_args: list[str],
+    parallel: int = 1,
+    launch: str = "local",
+    finetune_task: str = "",
+    finetune_epochs: int = 3,
+    finetune_max_len: int = 0,
+) -> list[dict]:
+    """Validates the axes, runs (or prints) every unfinished run, then writes the report."""
+    if parallel < 1:
+        raise SweepError(f"--parallel={parallel}: expected >= 1")
+    axes = parse_axes(sweep_specs, config)
+    runs = expand(axes)
+    configs = [apply_settings(config, settings) for settings in runs]
+    names = [run_name(settings) for settings in runs]
+    check_names(names, runs)
+    sweep_record = {
+        "axes": [list(keys) for keys, _ in axes],
+        "runs": [{"name": n, "settings": s} for n, s in zip(names, runs)],
+        "config_args": base_args,
+    }
+    files.write_text(files.join(workdir, run_state.SWEEP_FILE), json.dumps(sweep_record, indent=2))
+    todo = []
+    for name, settings, run_config in zip(names, runs, configs):
+        run_dir = files.join(workdir, name)
+        if is_finished(run_dir, run_config):
+            log.info("skipping finished run %s", name)
+            if launch == "print":
+                print(f"# finished: {name}", file=sys.stderr)
+            continue
+        todo.append((run_dir, settings, run_config))
+    if launch == "print":
+        _print_commands(todo, base_args)
+        return []
+    log.info("%d of %d runs to train", len(todo), len(runs))
+    if parallel > 1 and todo:
+        _prepare_data([c for _, _, c in todo])
+        _run_parallel([(d, s) for d, s, _ in todo], base_args, parallel)
+    else:
+        _run_in_process(todo)
+    if finetune_task:
+        for name in names:
+            _finetune_run(
+                files.join(workdir, name), finetune_task, finetune_epochs, finetune_max_len
+            )
+    return report.write_report(workdir)
+
+
+def _finetune_run(run_dir: str, task: str, epochs: int, max_len: int) -> None:
+    from mlm_jax import checkpoint as ckpt
+    from mlm_jax import finetune
+
+    out = files.join(run_dir, FINETUNE_DIR)
+    if not is_finished(run_dir):
+        return
+    # A result counts only for the same request on the same checkpoint (another task, or a run
+    # trained further since, fine-tunes again).
+    request = {
+        "task": task,
+        "epochs": epochs,
+        "max_len": max_len,
+        "step": ckpt.latest_step(run_dir),
+    }
+    result_file = files.join(out, finetune.RESULT_FILE)
+    request_file = files.join(out, FINETUNE_REQUEST)
+    if files.exists(result_file) and run_state.read_json(request_file) == request:
+        return
+    files.remove(result_file)
+    files.write_text(request_file, json.dumps(request))
+    try:
+        finetune.finetune(run_dir, task, out, epochs=epochs, max_len=max_len)
+    except Exception as e:  # noqa: BLE001 - recorded in the table, the sweep goes on
+        log.warning("fine-tuning %s failed: %s", os.path.basename(run_dir), one_line(e))

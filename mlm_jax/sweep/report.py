@@ -1,0 +1,167 @@
+"""A sweep's tables, from its run directories alone: results.csv (one row per run) and
+results.md (mean and sample std over seeds), plus the plots.
+
+Nothing here needs the process that trained the runs, so `--report` rebuilds everything from
+a copied or half-finished sweep directory.
+"""
+
+from __future__ import annotations
+
+import io
+import logging as pylogging
+import math
+import os
+
+from mlm_jax import files
+from mlm_jax.sweep import SweepError, plots
+from mlm_jax.sweep.run_state import (
+    DONE_MARKER,
+    FAILED_MARKER,
+    METRICS,
+    SWEEP_FILE,
+    final_eval,
+    finetune_accuracy,
+    is_finished,
+    read_json,
+)
+
+log = pylogging.getLogger("mlm_jax.sweep")
+
+
+def collect(workdir: str) -> tuple[list[list[str]], list[dict]]:
+    """(axes, one row per run) read from the sweep's workdirs only."""
+    from mlm_jax import checkpoint as ckpt
+    from mlm_jax import metrics as metrics_lib
+
+    sweep = read_json(files.join(workdir, SWEEP_FILE))
+    if sweep is None:
+        raise SweepError(f"{files.join(workdir, SWEEP_FILE)} not found: not a sweep directory")
+    rows = []
+    for run in sweep["runs"]:
+        run_dir = files.join(workdir, run["name"])
+        row = {"run": run["name"], **run["settings"]}
+        events = metrics_lib.read_metrics(run_dir)
+        row.update(final_eval(events))
+        saved = read_json(files.join(run_dir, "config.json"))
+        step = ckpt.latest_step(run_dir) if files.isdir(run_dir) else None
+        if saved and step is not None:
+            row["tokens_seen"] = step * saved["train"]["batch_size"] * saved["data"]["seq_len"]
+        done = read_json(files.join(run_dir, DONE_MARKER))
+        failed = read_json(files.join(run_dir, FAILED_MARKER))
+        row["wall_s"] = round(done["wall_s"], 1) if done else None
+        row["finetune_accuracy"] = finetune_accuracy(run_dir, step)
+        if is_finished(run_dir):  # (a run that failed once and was finished since is done)
+            row["status"], row["reason"] = "done", ""
+        elif failed:
+            row["status"], row["reason"] = "failed", failed["reason"]
+        else:
+            row["status"], row["reason"] = ("partial" if events else "missing"), ""
+        rows.append(row)
+    return sweep["axes"], rows
+
+
+def _columns(axes) -> tuple[list[str], list[str]]:
+    keys = [k for group in axes for k in group]
+    values = [name for name, _ in METRICS] + ["finetune_accuracy", "tokens_seen", "wall_s"]
+    return keys, values
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def write_csv(path: str, axes, rows: list[dict]) -> None:
+    import csv
+
+    keys, values = _columns(axes)
+    header = ["run", *keys, "status", "step", *values, "reason"]
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_cell(row.get(h)) for h in header])
+    files.write_text(path, text.getvalue())
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def group_over_seeds(axes, rows: list[dict]) -> list[dict]:
+    """One entry per setting of the non-seed keys: mean and sample std of each metric."""
+    keys, values = _columns(axes)
+    group_keys = [k for k in keys if k != "seed"]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["status"] == "done":
+            groups.setdefault(tuple(row[k] for k in group_keys), []).append(row)
+    out = []
+    for setting, members in groups.items():
+        entry = {"settings": dict(zip(group_keys, setting)), "n": len(members), "counts": {}}
+        for name in values:
+            got = [float(m[name]) for m in members if m.get(name) is not None]
+            entry[name] = _mean_std(got) if got else None
+            entry["counts"][name] = len(got)  # runs behind this metric's mean (<= n)
+        out.append(entry)
+    return out
+
+
+def write_markdown(path: str, axes, rows: list[dict]) -> None:
+    keys, values = _columns(axes)
+    group_keys = [k for k in keys if k != "seed"]
+    grouped = group_over_seeds(axes, rows)
+    header = [*group_keys, "seeds", *values]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for entry in grouped:
+        cells = [_cell(entry["settings"][k]) for k in group_keys] + [str(entry["n"])]
+        for name in values:
+            stat = entry[name]
+            if stat is None:
+                cells.append("")
+            elif name in ("tokens_seen", "wall_s"):
+                cells.append(f"{stat[0]:.0f}")
+            else:
+                mean, std = stat
+                cell = f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+                if entry["counts"][name] < entry["n"]:  # e.g. a fine-tune that failed
+                    cell += f" (n={entry['counts'][name]})"
+                cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [r for r in rows if r["status"] != "done"]
+    notes = [
+        "",
+        "eval_* = held-out MLM at the common eval masking (eval.mask_ratio); own_* = at the "
+        "run's training masking. Mean ± sample std over seeds; (n=k) marks a mean over fewer "
+        "runs than the seeds column.",
+    ]
+    for r in failed:
+        notes.append(f"- {r['run']}: {r['status']} {r.get('reason', '')}".rstrip())
+    files.write_text(path, "\n".join(lines + notes) + "\n")
+
+
+def write_report(workdir: str) -> list[dict]:
+    """results.csv, results.md and the plots in `workdir`; returns the rows."""
+    axes, rows = collect(workdir)
+    write_csv(files.join(workdir, "results.csv"), axes, rows)
+    write_markdown(files.join(workdir, "results.md"), axes, rows)
+    metric_plots = plots.plot_metrics(workdir, axes, group_over_seeds(axes, rows))
+    curves = plots.plot_curves(workdir, rows)
+    done = sum(r["status"] == "done" for r in rows)
+    log.info(
+        "report: %d/%d runs done; wrote results.csv, results.md, %s",
+        done,
+        len(rows),
+        ", ".join(os.path.basename(p) for p in [*metric_plots, curves] if p),
+    )
+    return rows

@@ -1,0 +1,103 @@
+"""What a sweep run's directory says about the run: finished, failed, its last eval, its fine-tune.
+
+Execution writes the markers; the report reads them. Everything here reads files only, so a
+run trained elsewhere (--launch=print) or in a bucket is judged the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from mlm_jax import files
+
+SWEEP_FILE = "sweep.json"  # in the sweep directory: its axes and runs
+DONE_MARKER = "sweep_done.json"
+FAILED_MARKER = "sweep_failed.json"
+FINETUNE_DIR = "finetune"
+FINETUNE_REQUEST = "sweep_request.json"  # in FINETUNE_DIR: what its result.json answers
+
+# (column in results.csv, key in metrics.jsonl) of a run's final eval.
+METRICS = (
+    ("eval_loss", "eval/loss"),
+    ("eval_accuracy", "eval/accuracy"),
+    ("own_loss", "eval_own/loss"),
+    ("own_accuracy", "eval_own/accuracy"),
+)
+
+
+def read_json(path: str):
+    try:
+        return json.loads(files.read_text(path))
+    except (OSError, ValueError):
+        return None
+
+
+def _num_steps(run_dir: str, config=None) -> int | None:
+    if config is not None:
+        return int(config.train.num_steps)
+    saved = read_json(files.join(run_dir, "config.json"))
+    return int(saved["train"]["num_steps"]) if saved else None
+
+
+def is_finished(run_dir: str, config=None) -> bool:
+    """The latest checkpoint is the last step, or (checkpoints since deleted) the marker says so.
+
+    Reading the checkpoint first means a run launched elsewhere (--launch=print) counts, and a
+    run whose last checkpoint was lost counts as unfinished even if an old marker remains.
+    """
+    from mlm_jax import checkpoint as ckpt
+
+    step, total = ckpt.latest_step(run_dir), _num_steps(run_dir, config)
+    if step is not None:
+        return total is not None and step >= total
+    marker = read_json(files.join(run_dir, DONE_MARKER))
+    return marker is not None and marker.get("num_steps") == total
+
+
+def mark_done(run_dir: str, wall_s: float) -> None:
+    previous = read_json(files.join(run_dir, DONE_MARKER)) or {}
+    files.remove(files.join(run_dir, FAILED_MARKER))
+    record = {
+        "wall_s": previous.get("wall_s", 0.0) + wall_s,  # all attempts that ran to their end
+        "num_steps": _num_steps(run_dir),
+        "time": time.time(),
+    }
+    files.write_text(files.join(run_dir, DONE_MARKER), json.dumps(record))
+
+
+def mark_failed(run_dir: str, reason: str) -> None:
+    record = {"reason": reason, "time": time.time()}
+    files.write_text(files.join(run_dir, FAILED_MARKER), json.dumps(record))
+
+
+def one_line(text: str) -> str:
+    """The last non-empty line of an error or a log, at most 300 characters: a table cell."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    line = lines[-1] if lines else "unknown error"
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def final_eval(events: list[dict]) -> dict:
+    """The METRICS columns (and step) of the run's last eval in metrics.jsonl; {} if none."""
+    evals = [e for e in events if "eval/loss" in e]
+    if not evals:
+        return {}
+    last = evals[-1]
+    out = {name: last.get(key) for name, key in METRICS}
+    if out["own_loss"] is None:  # trained at the eval masking: the same numbers
+        out["own_loss"], out["own_accuracy"] = out["eval_loss"], out["eval_accuracy"]
+    out["step"] = last["step"]
+    return out
+
+
+def finetune_accuracy(run_dir: str, step: int | None) -> float | None:
+    """The fine-tune result of the run's checkpoint at `step`; None if none, or an older one's."""
+    out = files.join(run_dir, FINETUNE_DIR)
+    result, request = (
+        read_json(files.join(out, "result.json")),
+        read_json(files.join(out, FINETUNE_REQUEST)),
+    )
+    if result is None or request is None or request.get("step") != step:
+        return None
+    return result["dev/accuracy"]
