@@ -4,22 +4,15 @@
         --config.model.dtype=float32 --config.train.batch_size=8
     python experiments/benchmark.py --config=configs/bert.py:large --compile_scaling
 
-Runs the real jitted train step (mlm_jax.train.Trainer: masking, forward, backward, AdamW,
-donated state) on synthetic token ids of the config's vocabulary (config.model.vocab_size, or
-data.vocab_size when that is 0; no corpus, no tokenizer). Compile and --warmup steps are
-excluded; the step time is the median of --steps timed steps, each blocked until ready.
+Runs the real jitted train step (mlm_jax.trainer.Trainer: masking, forward, backward, AdamW,
+donated state) on synthetic token ids of the config's vocabulary (mlm_jax.synthetic:
+config.model.vocab_size, or data.vocab_size when that is 0; no corpus, no tokenizer). Compile
+and --warmup steps are excluded; the step time is the median of --steps timed steps, each
+blocked until ready.
 
-Model FLOPs per token (the FLOPs the objective needs; a multiply-add is 2 FLOPs, backward is
-twice the forward, so a weight matmul costs 6 x its parameters per row it sees):
-
-    6 * layers * (4 E^2 + 2 E M)              encoder projections (qkv, out, mlp in/out)
-  + 12 * layers * L * E                       attention scores Q K^T and the weighted sum P V
-  + 6 * (E^2 + E V) * K / L                   MLM head (transform + tied decoder over the real
-                                              vocabulary V), only at the K prediction slots
-                                              per row of L tokens
-
-Embedding lookups, biases, LayerNorm, GELU, softmax and the optimizer are not counted (as in
-the usual 6N convention); padding rows of the embedding table (Vp - V) are not counted either.
+Model FLOPs per token are mlm_jax.flops.flops_per_token (its docstring has the formula: the
+FLOPs the objective needs, 6 x parameters per token for the matmuls, plus attention and the
+MLM head at the prediction slots only).
 
 The peak is measured in the same run: the median over bursts of [N, N] @ [N, N] matmuls of
 random operands in the compute dtype, one per device of the mesh at once, dispatched back to back
@@ -40,20 +33,17 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from mlm_jax import masking  # noqa: E402
-from mlm_jax.config_checks import as_config_errors  # noqa: E402
-from mlm_jax.run_spec import resolve  # noqa: E402
-from mlm_jax.trainer import Trainer, stream_key  # noqa: E402
+from mlm_jax import masking
+from mlm_jax.flops import flops_per_token
+from mlm_jax.synthetic import compile_train_step, make_trainer, synthetic_batch, vocab_size_of
+from mlm_jax.trainer import stream_key
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/<exp>.py[:arg]).", lock_config=True
@@ -92,9 +82,6 @@ _DATA_BATCHES = flags.DEFINE_integer(
     "batches and report the loader's tokens/s (builds the corpus: ~1 min on 2 cores).",
 )
 
-# Synthetic vocabulary: ids 0..4 are the specials, everything above an ordinary token.
-PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
-
 # bfloat16 dense datasheet peaks, FLOP/s, matched by substring of device_kind (first match).
 DATASHEET_BF16 = (
     ("H200", 989e12),
@@ -110,54 +97,6 @@ DATASHEET_BF16 = (
     ("TPU v6 lite", 918e12),  # v6e (Trillium)
     ("TPU v6e", 918e12),
 )
-
-
-def vocab_size_of(config) -> int:
-    return int(config.model.vocab_size) or int(config.data.vocab_size)
-
-
-def synthetic_vocab(vocab_size: int):
-    """What Trainer needs from a tokenizer, without one."""
-    if vocab_size <= MASK + 1:
-        raise ValueError(f"vocab_size={vocab_size}: expected > {MASK + 1} (ids 0..4 are specials)")
-    return types.SimpleNamespace(
-        pad_id=PAD,
-        unk_id=UNK,
-        cls_id=CLS,
-        sep_id=SEP,
-        mask_id=MASK,
-        vocab_size=vocab_size,
-        special_ids=(PAD, UNK, CLS, SEP, MASK),
-    )
-
-
-def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict:
-    """Full rows of one document each: [CLS] random ordinary ids [SEP], 75% word starts."""
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(MASK + 1, vocab_size, (batch_size, seq_len)).astype(np.int32)
-    tokens[:, 0] = CLS
-    tokens[:, -1] = SEP
-    return {
-        "tokens": tokens,
-        "document_ids": np.ones((batch_size, seq_len), np.int32),
-        "maskable": tokens > MASK,
-        "word_starts": rng.random((batch_size, seq_len)) < 0.75,
-        "example_ids": np.arange(batch_size, dtype=np.int32),
-        "epochs": np.zeros(batch_size, np.int32),
-    }
-
-
-def flops_per_token(model_config, seq_len: int, max_predictions: int) -> dict[str, float]:
-    """Model FLOPs per input token, by part (see the module docstring for the formula)."""
-    n, e, m = model_config.num_layers, model_config.hidden_size, model_config.intermediate_size
-    v = model_config.vocab_size
-    parts = {
-        "encoder_matmuls": 6.0 * n * (4 * e * e + 2 * e * m),
-        "attention": 12.0 * n * seq_len * e,
-        "mlm_head": 6.0 * (e * e + e * v) * max_predictions / seq_len,
-    }
-    parts["total"] = sum(parts.values())
-    return parts
 
 
 def median_seconds(fn, runs: int, warmup: int = 1) -> float:
@@ -209,32 +148,6 @@ def memory_report(devices) -> dict:
         return {"peak_memory_gib": peak / 2**30, "peak_memory_kind": "device peak_bytes_in_use"}
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {"peak_memory_gib": rss_kib / 2**20, "peak_memory_kind": "host max RSS (process)"}
-
-
-def make_trainer(config, devices=None) -> Trainer:
-    """The run's Trainer with model.vocab_size resolved from the synthetic vocabulary."""
-    vocab = synthetic_vocab(vocab_size_of(config))
-    num_devices = None if devices is None else len(devices)
-    with as_config_errors():
-        run = resolve(config, num_devices=num_devices).with_vocab(vocab)
-    return Trainer(run, devices=devices)
-
-
-def compile_train_step(config, devices=None, compiler_options=None):
-    """The Trainer, its train step compiled from abstract shapes (no parameters allocated), and
-    the seconds that lowering and compiling took (the Trainer's own setup left out)."""
-    trainer = make_trainer(config, devices)
-    shape = (int(config.train.batch_size), int(config.data.seq_len))
-    batch = synthetic_batch(*shape, vocab_size_of(config))
-    abstract_batch = {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
-        for k, v in batch.items()
-    }
-    with trainer.activate():
-        start = time.perf_counter()
-        lowered = trainer.train_step.lower(trainer.abstract_state, abstract_batch)
-        compiled = lowered.compile(compiler_options=compiler_options)
-    return trainer, compiled, time.perf_counter() - start
 
 
 def compile_seconds(config) -> float:

@@ -2,7 +2,7 @@
 
     # once: a virtual environment whose jaxlib carries the CUDA plugin (XLA's GPU compiler)
     python -m venv /tmp/cuda-venv
-    /tmp/cuda-venv/bin/pip install -r requirements.txt "jax[cuda12]==0.10.2"
+    /tmp/cuda-venv/bin/pip install -r requirements.txt -e . "jax[cuda12]==0.10.2"
     # then, on any machine (no GPU, no driver needed)
     /tmp/cuda-venv/bin/python experiments/gpu_estimate.py --config=configs/bert.py:large \\
         --config.model.attention=cudnn --config.model.attention_dropout_rate=0
@@ -11,9 +11,10 @@
 
 How: JAX's topology API hands XLA a description of an H100 instead of a device (deviceless
 ahead-of-time compilation), and the train step is compiled for it exactly as benchmark.py
-compiles it. The optimized HLO is then what an H100 would run (fusions, cuBLAS calls and their
-epilogues, cuDNN attention, remat, buffers) except for autotuning, which needs a device: every
-matmul goes to cuBLAS here, while a real run may move a few into Triton kernels.
+compiles it (mlm_jax.synthetic.compile_train_step; model FLOPs from mlm_jax.flops). The
+optimized HLO is then what an H100 would run (fusions, cuBLAS calls and their epilogues, cuDNN
+attention, remat, buffers) except for autotuning, which needs a device: every matmul goes to
+cuBLAS here, while a real run may move a few into Triton kernels.
 
 The estimate is a roofline per kernel, summed over the step (while loops count their trip
 count): a matmul at GEMM_FLOPS (TF32_FLOPS with float32 operands); cuDNN attention at the rates
@@ -32,14 +33,16 @@ import json
 import math
 import os
 import re
-import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the H100; run nothing anywhere
 os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no driver to check against
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import benchmark  # noqa: E402  (defines --config)
 from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mlm_jax.flops import flops_per_token  # noqa: E402
+
+FLAGS = flags.FLAGS
 
 GEMM_FLOPS = 770e12  # bf16 cuBLAS matmuls in the H100 profile
 TF32_FLOPS = 385e12  # float32 operands run as TF32 at half that (the profile's two: 252, 428)
@@ -75,12 +78,19 @@ dnn_version_info { major: 9 minor: 8 }
 device_description_str: "NVIDIA H100 80GB HBM3"
 """
 
-_HLO = flags.DEFINE_string("hlo", "", "Estimate this optimized HLO text instead of compiling.")
-_HLO_OUT = flags.DEFINE_string("hlo_out", "", "Also write the compiled step's optimized HLO here.")
-_TOP = flags.DEFINE_integer("top", 12, "Kernels to list, longest total time first.")
-_PEAK = flags.DEFINE_float(
-    "peak_tflops", 758.0, "Matmul peak for the MFU line (the H100's measured one, README)."
-)
+
+def define_flags() -> None:
+    """The command line; defined on demand so importing this module (tests) defines no flags."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment config file (configs/<exp>.py[:arg]).", lock_config=True
+    )
+    flags.DEFINE_string("hlo", "", "Estimate this optimized HLO text instead of compiling.")
+    flags.DEFINE_string("hlo_out", "", "Also write the compiled step's optimized HLO here.")
+    flags.DEFINE_integer("top", 12, "Kernels to list, longest total time first.")
+    flags.DEFINE_float(
+        "peak_tflops", 758.0, "Matmul peak for the MFU line (the H100's measured one, README)."
+    )
+
 
 _SHAPE = re.compile(r"(pred|bf16|[suf]\d+)\[([\d,]*)\]")
 _HEADER = re.compile(r"^(ENTRY )?%(\S+) \(.*\{$")
@@ -253,11 +263,13 @@ def compile_for_h100(config):
     """(optimized HLO, memory line, model FLOPs per token) of config's step on one H100."""
     from jax.experimental import topologies
 
+    from mlm_jax.synthetic import compile_train_step
+
     topology = topologies.get_topology_desc(
         "h100", platform="cuda", target_config=H100_TARGET, topology="1x1x1"
     )
     # Triton gemm fusions are chosen by timing them on a device; without one, cuBLAS.
-    trainer, compiled, _ = benchmark.compile_train_step(
+    trainer, compiled, _ = compile_train_step(
         config, list(topology.devices), {"xla_gpu_enable_triton_gemm": False}
     )
     m = compiled.memory_analysis()
@@ -266,23 +278,21 @@ def compile_for_h100(config):
         f"{m.alias_size_in_bytes / 2**30:.2f}), temporaries {m.temp_size_in_bytes / 2**30:.2f} GiB"
     )
     seq_len = int(config.data.seq_len)
-    flops = benchmark.flops_per_token(
-        trainer.run.model, seq_len, trainer.run.masking.max_predictions
-    )
+    flops = flops_per_token(trainer.run.model, seq_len, trainer.run.masking.max_predictions)
     return compiled.as_text(), memory, flops["total"]
 
 
 def main(argv):
     del argv
-    config = benchmark._CONFIG.value
-    if _HLO.value:
-        hlo_text, memory, flops_per_token = open(_HLO.value).read(), "", 0.0
+    config = FLAGS.config
+    if FLAGS.hlo:
+        hlo_text, memory, model_flops = open(FLAGS.hlo).read(), "", 0.0
     elif config is None:
         raise app.UsageError("give --config (to compile) or --hlo (to estimate a dump)")
     else:
-        hlo_text, memory, flops_per_token = compile_for_h100(config)
-        if _HLO_OUT.value:
-            with open(_HLO_OUT.value, "w") as f:
+        hlo_text, memory, model_flops = compile_for_h100(config)
+        if FLAGS.hlo_out:
+            with open(FLAGS.hlo_out, "w") as f:
                 f.write(hlo_text)
     by_kind, kernels = estimate(hlo_text)
     step_s = sum(by_kind.values())
@@ -291,15 +301,16 @@ def main(argv):
         print(memory)
     for kind, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:<16}{seconds * 1e3:8.1f} ms")
-    for seconds, times, kind, name in kernels[: _TOP.value]:
+    for seconds, times, kind, name in kernels[: FLAGS.top]:
         print(f"    {seconds * 1e3:7.2f} ms  {times:>3} x  {kind:<16} {name}")
-    if flops_per_token:
+    if model_flops:
         tokens = int(config.train.batch_size) * int(config.data.seq_len)
-        mfu = flops_per_token * tokens / step_s / (_PEAK.value * 1e12)
+        mfu = model_flops * tokens / step_s / (FLAGS.peak_tflops * 1e12)
         print(
-            f"predicted {tokens / step_s:,.0f} tokens/s, MFU {100 * mfu:.1f} % of {_PEAK.value:g} TFLOP/s"
+            f"predicted {tokens / step_s:,.0f} tokens/s, MFU {100 * mfu:.1f} % of {FLAGS.peak_tflops:g} TFLOP/s"
         )
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

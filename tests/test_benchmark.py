@@ -28,13 +28,8 @@ TINY = [
 
 
 def _run(*args):
-    env = dict(os.environ, PYTHONPATH=ROOT)
     done = subprocess.run(
-        [sys.executable, SCRIPT, *TINY, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+        [sys.executable, SCRIPT, *TINY, *args], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -91,7 +86,6 @@ def test_unknown_override_fails():
         [sys.executable, SCRIPT, *TINY, "--config.model.no_such_key=1"],
         capture_output=True,
         text=True,
-        env=dict(os.environ, PYTHONPATH=ROOT),
         timeout=120,
     )
     assert done.returncode != 0
@@ -132,8 +126,7 @@ def test_fast_dropout_mask_has_the_rate_and_independent_quarters():
 
 def test_profile_summary_splits_device_time_by_kind(tmp_path):
     """A hand-made trace: two steps of known kernels on a device, plus host events it skips."""
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
-    import profile_summary
+    from experiments import profile_summary
 
     meta = [
         {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
@@ -173,8 +166,7 @@ def test_gpu_estimate_counts_loop_trips_and_reads_one_slice_of_a_stack(tmp_path)
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
-    import gpu_estimate
+    from experiments import gpu_estimate
 
     def ten_steps(carry_NxN, stack_10xNxN):
         return jax.lax.scan(lambda c, s: (c * 2.0 + s, None), carry_NxN, stack_10xNxN)[0]
@@ -206,8 +198,7 @@ def test_gpu_estimate_prices_the_cublas_and_cudnn_calls_of_an_h100_module():
             attention = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
             return x @ w, attention, a @ b  # a [64,128], b [128,256]: float32 (TF32)
     """
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
-    import gpu_estimate
+    from experiments import gpu_estimate
 
     with open(os.path.join(ROOT, "tests", "data", "h100_matmul_attention.hlo.txt")) as f:
         by_kind, kernels = gpu_estimate.estimate(f.read())
@@ -222,8 +213,7 @@ def test_gpu_estimate_prices_the_cublas_and_cudnn_calls_of_an_h100_module():
 def test_gpu_estimate_prices_a_float32_gemm_fusion_at_the_tf32_rate():
     """A Triton gemm fusion (what autotuning on a real GPU picks) with float32 operands runs
     as TF32, at TF32_FLOPS; the same fusion in bfloat16 at GEMM_FLOPS. Hand-written HLO."""
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
-    import gpu_estimate
+    from experiments import gpu_estimate
 
     n = 2048  # large enough that the FLOPs, not the bytes, bound both
 
@@ -253,8 +243,7 @@ ENTRY %main (a: {t}, b: {t}) -> {t} {{
 def test_datasheet_peak_tells_the_h100_variants_apart():
     """NVIDIA's bf16 dense figures: SXM 989, PCIe 756, NVL 835 TFLOP/s (device_kind strings as
     JAX reports them)."""
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
-    import benchmark
+    from experiments import benchmark
 
     assert benchmark.datasheet_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
     assert benchmark.datasheet_peak("NVIDIA H100 PCIe", "bfloat16") == 756e12

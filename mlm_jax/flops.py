@@ -1,0 +1,36 @@
+"""Model FLOPs per token of the MLM train step: what MFU divides by, in the benchmark and the
+GPU estimate alike.
+
+These are the FLOPs the objective needs, not what XLA executes: a multiply-add is 2 FLOPs and
+the backward pass costs twice the forward, so a weight matmul costs 6 x its parameters per row
+it sees. With E = hidden size, M = intermediate size, L = tokens per row, V = the real
+vocabulary and K = prediction slots per row (masking's max_predictions):
+
+    6 * layers * (4 E^2 + 2 E M)              encoder projections (qkv, out, mlp in/out)
+  + 12 * layers * L * E                       attention scores Q K^T and the weighted sum P V
+  + 6 * (E^2 + E V) * K / L                   MLM head (transform + tied decoder over the real
+                                              vocabulary V), only at the K prediction slots
+                                              per row of L tokens
+
+Embedding lookups, biases, LayerNorm, GELU, softmax and the optimizer are not counted (as in
+the usual 6N convention); padding rows of the embedding table (Vp - V) are not counted either.
+"""
+
+from __future__ import annotations
+
+
+def flops_per_token(model_config, seq_len: int, max_predictions: int) -> dict[str, float]:
+    """Model FLOPs per input token, by part and "total" (the formula is the module docstring).
+
+    `model_config` needs num_layers, hidden_size, intermediate_size and vocab_size (the real
+    vocabulary, as in mlm_jax.model_spec.ModelSpec).
+    """
+    n, e, m = model_config.num_layers, model_config.hidden_size, model_config.intermediate_size
+    v = model_config.vocab_size
+    parts = {
+        "encoder_matmuls": 6.0 * n * (4 * e * e + 2 * e * m),
+        "attention": 12.0 * n * seq_len * e,
+        "mlm_head": 6.0 * (e * e + e * v) * max_predictions / seq_len,
+    }
+    parts["total"] = sum(parts.values())
+    return parts

@@ -1,0 +1,82 @@
+"""The real train step on synthetic token ids: no corpus, no tokenizer.
+
+What experiments/benchmark.py times and experiments/gpu_estimate.py compiles for a device it
+does not have. The vocabulary is the config's size (model.vocab_size, or data.vocab_size when
+that is 0) with ids 0..4 as the specials; a batch is full rows of one document each.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+
+import jax
+import numpy as np
+
+from mlm_jax.config_checks import as_config_errors
+from mlm_jax.run_spec import resolve
+from mlm_jax.trainer import Trainer
+
+# Synthetic vocabulary: ids 0..4 are the specials, everything above an ordinary token.
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+
+
+def vocab_size_of(config) -> int:
+    return int(config.model.vocab_size) or int(config.data.vocab_size)
+
+
+def synthetic_vocab(vocab_size: int):
+    """What Trainer needs from a tokenizer, without one."""
+    if vocab_size <= MASK + 1:
+        raise ValueError(f"vocab_size={vocab_size}: expected > {MASK + 1} (ids 0..4 are specials)")
+    return types.SimpleNamespace(
+        pad_id=PAD,
+        unk_id=UNK,
+        cls_id=CLS,
+        sep_id=SEP,
+        mask_id=MASK,
+        vocab_size=vocab_size,
+        special_ids=(PAD, UNK, CLS, SEP, MASK),
+    )
+
+
+def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict:
+    """Full rows of one document each: [CLS] random ordinary ids [SEP], 75% word starts."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(MASK + 1, vocab_size, (batch_size, seq_len)).astype(np.int32)
+    tokens[:, 0] = CLS
+    tokens[:, -1] = SEP
+    return {
+        "tokens": tokens,
+        "document_ids": np.ones((batch_size, seq_len), np.int32),
+        "maskable": tokens > MASK,
+        "word_starts": rng.random((batch_size, seq_len)) < 0.75,
+        "example_ids": np.arange(batch_size, dtype=np.int32),
+        "epochs": np.zeros(batch_size, np.int32),
+    }
+
+
+def make_trainer(config, devices=None) -> Trainer:
+    """The run's Trainer with model.vocab_size resolved from the synthetic vocabulary."""
+    vocab = synthetic_vocab(vocab_size_of(config))
+    num_devices = None if devices is None else len(devices)
+    with as_config_errors():
+        run = resolve(config, num_devices=num_devices).with_vocab(vocab)
+    return Trainer(run, devices=devices)
+
+
+def compile_train_step(config, devices=None, compiler_options=None):
+    """The Trainer, its train step compiled from abstract shapes (no parameters allocated), and
+    the seconds that lowering and compiling took (the Trainer's own setup left out)."""
+    trainer = make_trainer(config, devices)
+    shape = (int(config.train.batch_size), int(config.data.seq_len))
+    batch = synthetic_batch(*shape, vocab_size_of(config))
+    abstract_batch = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
+        for k, v in batch.items()
+    }
+    with trainer.activate():
+        start = time.perf_counter()
+        lowered = trainer.train_step.lower(trainer.abstract_state, abstract_batch)
+        compiled = lowered.compile(compiler_options=compiler_options)
+    return trainer, compiled, time.perf_counter() - start
