@@ -11,23 +11,12 @@ sees. Compare (2) with the train step's batch_size * seq_len tokens per step.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-)  # run from a checkout
-
-
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from mlm_jax.config_files import load_config_file
 
 
 def main() -> None:
@@ -44,7 +33,7 @@ def main() -> None:
     from mlm_jax.data import loader, packing
     from mlm_jax.data.spec import DataSpec
 
-    config = load_config(args.config)
+    config = load_config_file(args.config)
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="bench_data_")
     config.data.data_dir = data_dir
     data = DataSpec.from_config(config.data)

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import statistics
-import sys
 import time
 import types
 
@@ -22,10 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from mlm_jax.config_files import load_config_file
+from mlm_jax.masking import STRATEGIES, MaskingSpec, mask_tokens
 
-from configs.tiny import get_config  # noqa: E402
-from mlm_jax.masking import STRATEGIES, MaskingSpec, mask_tokens  # noqa: E402
+TINY_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py"
+)
 
 VOCAB = 8192
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
@@ -64,7 +65,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
 
-    config = get_config()
+    config = load_config_file(TINY_CONFIG)
     config.masking.ratio = config.masking.end_ratio = args.ratio  # K follows the ratio timed
     tokens, maskable, word_starts, document_ids = map(
         jnp.asarray, synthetic_batch(args.batch_size, args.seq_len)

@@ -25,9 +25,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from mlm_jax.data.python_docs import heldout_by_hash, stdlib_documents  # noqa: E402
+from mlm_jax.data.python_docs import heldout_by_hash, stdlib_documents
 
 _WORD = re.compile(r"^[A-Za-z][A-Za-z'-]*,?$")
 

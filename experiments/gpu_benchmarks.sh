@@ -23,6 +23,8 @@ mkdir -p "$out" && touch "$out/results.jsonl"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3 JAX_PLATFORMS=${JAX_PLATFORMS:-cuda,cpu}
 exec > >(tee -a "$out/log.txt") 2>&1
 cd "$(dirname "$0")/.."
+# The scripts run as `python3 -m experiments.<name>` from the checkout root, so this needs the
+# requirements only, not `pip install -e .`.
 
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,driver_version --format=csv
 python3 - <<'EOF'
@@ -41,7 +43,7 @@ bench() {  # NAME ARGS...: one benchmark.py run; its JSON line goes to results.j
     return
   fi
   echo "== $name ($SECONDS s): $*"
-  timeout 300 python3 experiments/benchmark.py "$@" | tee "/tmp/bench_$name.txt"
+  timeout 300 python3 -m experiments.benchmark "$@" | tee "/tmp/bench_$name.txt"
   grep '^{' "/tmp/bench_$name.txt" | python3 -c '
 import json, sys
 name, args = sys.argv[1], sys.argv[2:]
@@ -84,13 +86,13 @@ if wanted profile && ((SECONDS <= budget)); then
     export XLA_FLAGS="${XLA_FLAGS:-} $dump"
     bench profile "${large[@]}" "${fast[@]}" --profile_dir="$out/profile"
   )
-  python3 experiments/profile_summary.py "$out/profile"
+  python3 -m experiments.profile_summary "$out/profile"
   # Flat copies of the two files worth keeping (the folders above nest deeply).
   find "$out/profile" -name perfetto_trace.json.gz -exec cp {} "$out/profile_trace.json.gz" \;
   find "$out/hlo" -name '*jit_train_step*after_optimizations.txt' \
     -exec cp {} "$out/train_step_after_optimizations.txt" \;
   # The roofline estimate of the same HLO, to check it against the trace just summarised.
-  python3 experiments/gpu_estimate.py --hlo="$out/train_step_after_optimizations.txt" --top=20
+  python3 -m experiments.gpu_estimate --hlo="$out/train_step_after_optimizations.txt" --top=20
 fi
 echo "== done ($SECONDS s)"
 python3 - "$out/results.jsonl" <<'EOF'

