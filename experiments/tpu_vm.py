@@ -14,7 +14,7 @@ Steps (the first argument; `up` does create, copy, install and run in order):
            Refused on a worker where a run this script started is still alive, as is `run`:
            `up` on a READY VM never replaces the code under a live run or starts a second one.
   install  make a Python 3.11 venv ~/mlm_jax_venv (the pins need >= 3.11; TPU VM images have
-           3.10, so python3.11 comes from the deadsnakes PPA) and pip install requirements.txt
+           3.10, so python3.11 comes from the deadsnakes PPA) and pip install requirements.txt and the package
            plus jax[tpu] at the jax version pinned there. `run` activates that venv, so the
            command may say `python` or `python3`.
   run      start the command given after `--` (or --command, a shell string, for pipelines and
@@ -177,7 +177,7 @@ def install_command(tpu: Tpu, jax_version_pin: str) -> list[str]:
         f"{apt} install -y {PYTHON} {PYTHON}-venv; fi"
     )
     pip = (
-        f"{REMOTE_VENV}/bin/python -m pip install -r requirements.txt "
+        f"{REMOTE_VENV}/bin/python -m pip install -r requirements.txt -e . "
         f'"jax[tpu]=={jax_version_pin}" -f {LIBTPU_RELEASES}'
     )
     remote = f"cd {REMOTE_CODE_DIR} && {get_python} && {PYTHON} -m venv {REMOTE_VENV} && {pip}"

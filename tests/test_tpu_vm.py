@@ -85,7 +85,7 @@ def install_line() -> str:
         "sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "
         "install -y python3.11 python3.11-venv; fi && "
         "python3.11 -m venv ~/mlm_jax_venv && "
-        "~/mlm_jax_venv/bin/python -m pip install -r requirements.txt "
+        "~/mlm_jax_venv/bin/python -m pip install -r requirements.txt -e . "
         f'"jax[tpu]=={pinned_jax()}" '
         "-f https://storage.googleapis.com/jax-releases/libtpu_releases.html'"
     )
