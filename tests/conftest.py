@@ -1,9 +1,21 @@
-"""Shared test setup: quiet JAX on CPU, and small configs built from the real defaults."""
+"""Shared test setup: quiet JAX on CPU, one compilation cache per session, shared fixtures."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Many tests compile the same small train step (in this process and in the runs they start as
+# subprocesses, which inherit the environment): JAX's persistent compilation cache compiles it
+# once per session. The folder is new for every session, so no test reads a cache it did not
+# fill, and it goes at exit.
+_XLA_CACHE = tempfile.mkdtemp(prefix="mlm_jax-tests-xla-cache-")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 

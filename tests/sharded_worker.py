@@ -92,5 +92,8 @@ def run(mesh, num_steps=3, **kw):
 
 
 if __name__ == "__main__":
-    args = json.loads(sys.argv[1])
-    print(json.dumps(run(tuple(args.pop("mesh")), **args)))
+    # One run's arguments, or a list of them: one process start (JAX's import, the device
+    # setup) then serves every run, each printed as one JSON line in order.
+    runs = json.loads(sys.argv[1])
+    for args in runs if isinstance(runs, list) else [runs]:
+        print(json.dumps(run(tuple(args.pop("mesh")), **args)), flush=True)

@@ -37,6 +37,7 @@ def _run(*args):
     return json.loads(lines[0]), done.stdout
 
 
+@pytest.mark.slow
 def test_train_step_line_has_the_fields_and_consistent_numbers():
     result, stdout = _run("--steps=2", "--warmup=1", "--peak_size=256", "--peak_runs=1")
     assert result["bench"] == "train_step"
@@ -74,6 +75,7 @@ def test_train_step_line_has_the_fields_and_consistent_numbers():
     assert "MFU" in stdout and "tokens/s" in stdout  # the table follows the JSON line
 
 
+@pytest.mark.slow
 def test_compile_scaling_reports_both_depths():
     result, _ = _run("--compile_scaling", "--config.model.num_layers=4")
     assert result["bench"] == "compile_scaling"

@@ -14,6 +14,8 @@ from mlm_jax import fill_mask, pretrained
 from mlm_jax.train import train_and_evaluate
 from tests.configs import small_run_config
 
+pytestmark = pytest.mark.slow  # end-to-end: every test here trains
+
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
@@ -70,17 +72,20 @@ def test_exported_trained_checkpoint_gives_our_logits(trained):
 def test_fill_mask_cli_ranks_like_the_transformers_pipeline(trained):
     workdir, out_dir = trained
     pipe = transformers.pipeline("fill-mask", model=out_dir, top_k=5, device="cpu")
-    for text in SENTENCES:
-        out = subprocess.run(
-            [sys.executable, "-m", "mlm_jax.fill_mask", f"--workdir={workdir}", text],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+    out = subprocess.run(  # one command, every sentence: each printed, then its fillers
+        [sys.executable, "-m", "mlm_jax.fill_mask", f"--workdir={workdir}", *SENTENCES],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    blocks = out.split("\n")
+    starts = [blocks.index(text) for text in SENTENCES]
+    printed = ["\n".join(blocks[a:b]) for a, b in zip(starts, [*starts[1:], len(blocks)])]
+    loaded = pretrained.load(workdir)
+    for text, block in zip(SENTENCES, printed):
         theirs = [r["token_str"].replace(" ", "") for r in pipe(text)]
         for token in theirs:
-            assert token in out, (text, theirs, out)
-        loaded = pretrained.load(workdir)
+            assert token in block, (text, theirs, block)
         mine = fill_mask.fill_mask(text, loaded.spec, loaded.params, loaded.tokenizer, top_k=5)[0]
         assert [t for t, _ in mine] == [r["token_str"] for r in pipe(text)]

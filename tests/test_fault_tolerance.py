@@ -20,6 +20,8 @@ import pytest
 
 from mlm_jax import checkpoint, metrics
 
+pytestmark = pytest.mark.slow  # end-to-end: every test here trains
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 20
 CKPT_EVERY = 10

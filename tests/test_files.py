@@ -35,6 +35,7 @@ def _events(workdir):  # all but the wall-clock rate
     ]
 
 
+@pytest.mark.slow
 def test_a_bucket_workdir_holds_the_run_and_resumes_after_a_hard_stop(
     data_dir, gcs, monkeypatch, uninterrupted_run
 ):

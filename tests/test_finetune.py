@@ -57,6 +57,7 @@ def run_dir(data_dir, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_pretrained_init_carries_the_runs_encoder_and_random_does_not(run_dir):
     saved, _ = checkpoint.load_trained(run_dir)
     source = finetune.load_encoder(run_dir)
@@ -79,6 +80,7 @@ def _write_tsv(path, rows):
         f.writelines("\t".join(r) + "\n" for r in rows)
 
 
+@pytest.mark.slow
 def test_finetune_learns_a_keyword_task_and_records_dev_accuracy(run_dir, tmp_path):
     """Label = which of two disjoint word sets the texts are drawn from: learnable in seconds."""
     rng = np.random.default_rng(0)
@@ -180,6 +182,7 @@ def _tiny_export_with_pad_at_5(directory):
     return out
 
 
+@pytest.mark.slow
 def test_hf_dir_with_pad_not_zero_masks_pad_not_token_zero(tmp_path):
     """The loaded model masks [PAD] (id 5) and attends "a" (id 0), as transformers does with the
     attention_mask its own tokenizer returns."""
@@ -217,6 +220,7 @@ def test_hf_dir_with_pad_not_zero_masks_pad_not_token_zero(tmp_path):
     np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_finetunes_from_a_sentence_transformers_dir_without_mlm_head(tmp_path):
     """DIR/0_Transformer holds config, weights and tokenizer (no cls.* tensors): the same
     directories hf and fill_mask accept, and fine-tuning needs no MLM head."""
@@ -257,6 +261,7 @@ def test_finetunes_from_a_sentence_transformers_dir_without_mlm_head(tmp_path):
     assert np.isfinite(result["dev/loss"]) and result["train_examples"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["order", "same_doc"])
 def test_python_docs_task_has_no_dev_text_seen_in_pretraining_and_no_repeats(tmp_path, kind):
     """experiments/finetune_python_docs.py: dev rows come from held-out documents, and no dev

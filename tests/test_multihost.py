@@ -117,6 +117,7 @@ def runs(tmp_path_factory, data_dir):
     }
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_four_devices(runs):
     one, two = _losses(runs["one"]), _losses(runs["two"])
     assert sorted(one) == sorted(two) == list(range(1, NUM_STEPS + 1))
@@ -124,6 +125,7 @@ def test_two_processes_match_one_process_with_four_devices(runs):
     np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_hosts_train_on_process_0s_vocabulary(runs):
     trained = f"training a {VOCAB_SIZE}-token WordPiece vocabulary"
     host0, host1 = runs["host_logs"]
@@ -132,6 +134,7 @@ def test_hosts_train_on_process_0s_vocabulary(runs):
     assert len(vocab) - (vocab[-1] == "") == VOCAB_SIZE
 
 
+@pytest.mark.slow
 def test_processes_read_disjoint_halves_of_each_global_batch(runs):
     oracle = _recorded(f"{runs['one']}.ids.0")
     host0, host1 = _recorded(f"{runs['two']}.ids.0"), _recorded(f"{runs['two']}.ids.1")
@@ -141,6 +144,7 @@ def test_processes_read_disjoint_halves_of_each_global_batch(runs):
         assert host0[batch] + host1[batch] == oracle[batch], batch
 
 
+@pytest.mark.slow
 def test_only_process_0_writes_metrics_and_config(runs):
     two = runs["two"]
     steps = [e["step"] for e in metrics.read_metrics(two)]
@@ -155,6 +159,7 @@ def test_only_process_0_writes_metrics_and_config(runs):
     ]
 
 
+@pytest.mark.slow
 def test_two_process_checkpoint_resumes_in_one_process(runs):
     assert f"resumed from the checkpoint of step {CKPT_EVERY}" in runs["resume_log"]
     assert "process_0-of-2.json (written by a run on another host count)" in runs["resume_log"]

@@ -37,8 +37,35 @@ def _last_json_line(*python_args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _run(**args):
-    return _last_json_line(os.path.join(ROOT, "tests", "sharded_worker.py"), json.dumps(args))
+# Every sharded run the tests compare, made in one 8-device subprocess (one JAX start-up).
+RUNS = {
+    "oracle": dict(mesh=[1, 1, 1]),
+    "8x1x1": dict(mesh=[8, 1, 1]),
+    "2x2x2": dict(mesh=[2, 2, 2]),
+    "1x4x2": dict(mesh=[1, 4, 2]),
+    "2x2x2 unfused qkv": dict(mesh=[2, 2, 2], model={"fused_qkv": False}),
+    "whole batch": dict(mesh=[2, 1, 1], dropout=0.0),
+    "4 microbatches": dict(mesh=[2, 1, 1], dropout=0.0, microbatches=4),
+}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """name -> the losses and parameters sharded_worker.py printed for RUNS[name]."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tests", "sharded_worker.py"),
+            json.dumps(list(RUNS.values())),
+        ],
+        env=_eight_cpu_devices_env(),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()[-len(RUNS) :]
+    return dict(zip(RUNS, map(json.loads, lines)))
 
 
 def _assert_close(a, b, rtol):
@@ -50,27 +77,23 @@ def _assert_close(a, b, rtol):
         assert np.abs(x - y).max() / scale <= rtol, name
 
 
-@pytest.fixture(scope="module")
-def oracle():
-    return _run(mesh=[1, 1, 1])
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", ["8x1x1", "2x2x2", "1x4x2"])
+def test_sharded_steps_match_single_device(runs, mesh):
+    _assert_close(runs[mesh], runs["oracle"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("mesh", [[8, 1, 1], [2, 2, 2], [1, 4, 2]])
-def test_sharded_steps_match_single_device(oracle, mesh):
-    _assert_close(_run(mesh=mesh), oracle, rtol=1e-5)
-
-
-def test_q_k_v_as_three_matmuls_on_a_3_axis_mesh_match_the_fused_single_device_run(oracle):
+@pytest.mark.slow
+def test_q_k_v_as_three_matmuls_on_a_3_axis_mesh_match_the_fused_single_device_run(runs):
     # model.fused_qkv changes how q, k, v are computed (and sharded), not the function.
-    _assert_close(_run(mesh=[2, 2, 2], model={"fused_qkv": False}), oracle, rtol=1e-5)
+    _assert_close(runs["2x2x2 unfused qkv"], runs["oracle"], rtol=1e-5)
 
 
-def test_gradient_accumulation_matches_one_big_batch():
+@pytest.mark.slow
+def test_gradient_accumulation_matches_one_big_batch(runs):
     # Without dropout the microbatch split is the only difference: the mean loss gradient
     # summed over microbatches equals the one of the whole batch.
-    whole = _run(mesh=[2, 1, 1], dropout=0.0)
-    split = _run(mesh=[2, 1, 1], dropout=0.0, microbatches=4)
-    _assert_close(split, whole, rtol=1e-5)
+    _assert_close(runs["4 microbatches"], runs["whole batch"], rtol=1e-5)
 
 
 class _Mesh(dict):
@@ -93,6 +116,7 @@ def test_mesh_that_does_not_fit_the_devices_is_rejected(sizes):
         sharding.mesh_shape(mesh, 8)
 
 
+@pytest.mark.slow
 def test_train_step_compiles_without_replicating_whole_tensors_on_a_3_axis_mesh():
     """XLA's SPMD partitioner warns when the only reshard it finds replicates a whole tensor
     (the global [B,L,E] activations on every device, at pod scale out of memory). The embedding
@@ -141,6 +165,7 @@ print(json.dumps({"params": params, "opt_state": bytes_on(state.opt_state),
 """
 
 
+@pytest.mark.slow
 def test_fsdp_shards_adams_moments_like_the_parameters():
     """On a data=2 x fsdp=4 mesh a device holds a quarter of the parameters, and its share of
     the AdamW state is two such quarters (mu and nu) plus scalar counts, not two whole copies."""

@@ -72,6 +72,7 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_path):
     workdir = str(tmp_path / "sweep")
     common = [

@@ -24,6 +24,7 @@ def _events(workdir, key):
     return {e["step"]: e[key] for e in metrics.read_metrics(workdir) if key in e}
 
 
+@pytest.mark.slow
 def test_small_run_learns_and_writes_its_outputs(data_dir, tmp_path):
     config = small_run_config(data_dir, num_steps=60)
     config.eval.every_steps = 30
@@ -48,6 +49,7 @@ def test_small_run_learns_and_writes_its_outputs(data_dir, tmp_path):
         assert np.isfinite(event[key])
 
 
+@pytest.mark.slow
 def test_stopped_and_restarted_run_equals_uninterrupted_run(
     data_dir, tmp_path, monkeypatch, uninterrupted_run
 ):
@@ -105,6 +107,7 @@ def test_bad_config_fails_before_writing_anything(data_dir, tmp_path, override, 
     assert not workdir.exists() or not any(workdir.iterdir())
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_is_refused_and_left_intact(data_dir, tmp_path, caplog):
     config = small_run_config(data_dir, num_steps=10)
     workdir = str(tmp_path / "run")
@@ -188,6 +191,7 @@ def test_init_from_with_another_activation_is_refused_before_anything_is_written
     assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
 
 
+@pytest.mark.slow
 def test_run_starts_from_a_hugging_face_checkpoint(data_dir, tmp_path):
     from mlm_jax import pretrained
 
@@ -253,6 +257,7 @@ def test_never_mask_ids_beyond_the_real_vocabulary_stop_the_run_in_one_line(data
     assert checkpoint.latest_step(str(tmp_path / "run")) is None
 
 
+@pytest.mark.slow
 def test_a_skipped_update_keeps_the_moments_but_not_the_learning_rate_back():
     """nan_policy=skip: Adam's moments and count stay as they were, while the LR schedule's
     count follows the step, so the rate applied next is the one logged for that step."""
