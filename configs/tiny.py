@@ -16,7 +16,6 @@ def get_config():
     c.data.dataset = "python_docs"  # built into the project: needs no network
     c.data.vocab_size = 8192  # WordPiece vocabulary trained on the corpus on first use
     c.data.seq_len = 128  # tokens per packed row
-    c.data.heldout_fraction = 0.05  # ~200 held-out rows of 128 tokens
 
     c.model.num_layers = 4  # a 4-layer, 128-wide BERT: 1.9M parameters with this vocabulary
     c.model.hidden_size = 128

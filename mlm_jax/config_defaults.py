@@ -22,9 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.seq_len = 128  # tokens per packed row, [CLS] and [SEP] included
     d.packing = "concat"  # concat: documents joined and cut into rows | pad: one document per row
     d.text_unit = "paragraph"  # text:<glob> documents: paragraph | line | file
-    d.heldout_fraction = (
-        0.02  # text:<glob> and python_docs: fraction of documents held out for eval
-    )
+    # text:<glob>, python_docs and tfds sets without a held-out split: fraction of documents
+    # held out for eval (a hash of each document's text decides; the tokenizer CLI's default too)
+    d.heldout_fraction = 0.05
     d.prefetch = 2  # batches prepared ahead on background threads
     d.num_workers = 0  # grain worker processes (0 = in-process)
 

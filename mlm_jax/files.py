@@ -44,6 +44,13 @@ def isdir(path) -> bool:
     return epath.Path(path).is_dir() if is_remote(path) else os.path.isdir(path)
 
 
+def listdir(path) -> list[str]:
+    """Names in a folder (a bucket: the objects and prefixes directly under it)."""
+    if is_remote(path):
+        return sorted(child.name for child in epath.Path(path).iterdir())
+    return sorted(os.listdir(path))
+
+
 def read_text(path) -> str:
     if is_remote(path):
         return epath.Path(path).read_text()
@@ -153,3 +160,21 @@ def local_copy(path, names: tuple[str, ...] | None = None) -> Iterator[str]:
             with open(local, "wb") as f:
                 f.write(remote.read_bytes())
         yield local
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str) -> Iterator[None]:
+    """Holds an exclusive lock on the local file `path` (made if missing) for the block: other
+    processes on this machine wait at the same call. (A bucket path locks nothing.)"""
+    if is_remote(path):
+        yield
+        return
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -144,3 +144,53 @@ def test_missing_tokenizer_file_is_one_clear_line(tmp_path):
         tokenizer_lib.load_tokenizer(str(tmp_path / "nope.txt"))
     with pytest.raises(ValueError, match="neither tokenizer.json nor vocab.txt"):
         tokenizer_lib.load_tokenizer(str(tmp_path))
+
+
+_TRAIN_AND_SAVE = """
+import sys
+from test_data_tokenizer import real_sentences
+from mlm_jax.data.tokenizer import train_wordpiece
+train_wordpiece(real_sentences(), vocab_size=600, lowercase=True).save(sys.argv[1])
+"""
+
+
+def test_training_twice_gives_the_same_bytes_whatever_the_thread_count(tmp_path):
+    """Two processes (their own hash seeds), one and two tokenizer threads: the same files."""
+    import subprocess
+    import sys
+
+    outs = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"threads_{threads}"
+        env = dict(os.environ, RAYON_NUM_THREADS=threads)
+        subprocess.run(
+            [sys.executable, "-c", _TRAIN_AND_SAVE, str(out)],
+            env=env,
+            cwd=os.path.dirname(__file__),
+            check=True,
+            capture_output=True,
+        )
+        outs.append(out)
+    for name in ("vocab.txt", "tokenizer.json"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_trained_vocabulary_is_wordpiece_trainers_up_to_its_ties(sentences):
+    """tokenizers' own WordPieceTrainer on the same texts picks the same pieces but for the
+    merges its hash order breaks ties between (a few percent of the vocabulary)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    reference = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    reference.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    reference.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=600, min_frequency=2, special_tokens=list(tokenizer_lib.BERT_SPECIALS),
+        continuing_subword_prefix="##", show_progress=False,
+    )  # fmt: skip
+    reference.train_from_iterator(sentences, trainer=trainer)
+    theirs = set(reference.get_vocab())
+    ours = set(
+        tokenizer_lib.train_wordpiece(sentences, vocab_size=600, lowercase=True).hf.get_vocab()
+    )
+    assert len(ours) == len(theirs)
+    assert len(ours ^ theirs) <= 0.05 * len(ours), sorted(ours ^ theirs)

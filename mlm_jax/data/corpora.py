@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mlm_jax import files
 from mlm_jax.data import python_docs, text_files
 
 HELDOUT_SPLITS = ("validation", "test")  # tfds:<name>: the first one present is held out
@@ -127,9 +128,16 @@ def check_dataset(data_config) -> None:
         _check_tfds(name, feature, data_dir(data_config))
 
 
-def _build(builder: tfds.core.DatasetBuilder) -> dict:
+def _build(make_builder, directory: str) -> dict:
+    """Prepares the dataset once: processes that start together (the hosts of a run on one
+    machine, a sweep's runs) wait for the first one's build instead of racing into its folder.
+    A builder made before another process finished the build does not see it: make a new one."""
+    builder = make_builder()
     if not builder.is_prepared():
-        builder.download_and_prepare(file_format="array_record")
+        with files.exclusive_lock(os.path.join(directory, ".mlm_jax-build.lock")):
+            builder = make_builder()
+            if not builder.is_prepared():
+                builder.download_and_prepare(file_format="array_record")
     return builder.as_data_source()
 
 
@@ -146,8 +154,10 @@ def load_corpus(data_config) -> Corpus:
                 name, data_config.text_unit, data_config.heldout_fraction
             )
             builder_cls, prefix = text_files.TextFiles, "text_files"
-        builder = builder_cls(config=config, data_dir=directory, file_format="array_record")
-        splits = _build(builder)
+        splits = _build(
+            lambda: builder_cls(config=config, data_dir=directory, file_format="array_record"),
+            directory,
+        )
         corpus = Corpus(
             f"{prefix}-{config.name}",
             DocumentSource(splits["train"], "text"),

@@ -17,6 +17,7 @@ import ast
 import dataclasses
 import hashlib
 import inspect
+import logging
 import pathlib
 import sys
 import sysconfig
@@ -70,6 +71,19 @@ def stdlib_documents() -> list[str]:
     return unique
 
 
+class LoggedBuild:
+    """A builder of this project's own corpora: one log line when it builds, instead of TFDS'
+    "Downloading and preparing dataset Unknown size ..." for data that downloads nothing."""
+
+    def _log_download_bytes(self) -> None:
+        logging.getLogger("mlm_jax.data").info(
+            "building the %s corpus once into %s", self.name, self.data_dir
+        )
+
+    def _log_download_done(self) -> None:
+        pass
+
+
 @dataclasses.dataclass
 class PythonDocsConfig(tfds.core.BuilderConfig):
     heldout_fraction: float = 0.02
@@ -81,7 +95,7 @@ def config_for(heldout_fraction: float) -> PythonDocsConfig:
     return PythonDocsConfig(name=name, heldout_fraction=basis_points / 10_000)
 
 
-class PythonDocs(tfds.core.GeneratorBasedBuilder):
+class PythonDocs(LoggedBuild, tfds.core.GeneratorBasedBuilder):
     """Standard-library docstrings and pydoc topics, one document per example."""
 
     VERSION = tfds.core.Version("1.0.0")

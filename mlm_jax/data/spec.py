@@ -22,17 +22,18 @@ MIN_TRAINED_VOCAB = 64  # a trained WordPiece vocabulary needs room beyond the a
 class DataSpec:
     """Where the text comes from, how it is tokenized and how it is packed into rows."""
 
-    dataset: str = "python_docs"
-    data_dir: str = ""
-    tokenizer: str = ""
-    vocab_size: int = 8192
-    lowercase: bool = True
-    seq_len: int = 128
-    packing: str = "concat"
-    text_unit: str = "paragraph"
-    heldout_fraction: float = 0.02
-    prefetch: int = 2
-    num_workers: int = 0
+    # (no defaults here: config_defaults.py holds them, once)
+    dataset: str
+    data_dir: str
+    tokenizer: str
+    vocab_size: int
+    lowercase: bool
+    seq_len: int
+    packing: str
+    text_unit: str
+    heldout_fraction: float
+    prefetch: int
+    num_workers: int
 
     def __post_init__(self):
         check_int("data.seq_len", self.seq_len, minimum=MIN_SEQ_LEN)
@@ -59,9 +60,10 @@ class DataSpec:
         corpora.check_dataset(self)
 
     @classmethod
-    def from_config(cls, data_config: Any) -> DataSpec:
+    def from_config(cls, data_config: Any, **overrides) -> DataSpec:
+        """From config.data (a ConfigDict or mapping), with `overrides` of some fields."""
         names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{name: data_config[name] for name in names})
+        return cls(**{name: overrides.get(name, data_config[name]) for name in names})
 
 
 def _check_tokenizer_path(path: str) -> None:

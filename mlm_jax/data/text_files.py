@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
-from mlm_jax.data.python_docs import heldout_by_hash
+from mlm_jax.data.python_docs import LoggedBuild, heldout_by_hash
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def config_for(pattern: str, text_unit: str, heldout_fraction: float) -> TextFil
     )
 
 
-class TextFiles(tfds.core.GeneratorBasedBuilder):
+class TextFiles(LoggedBuild, tfds.core.GeneratorBasedBuilder):
     """Documents of local text files; see the module docstring."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -22,16 +22,26 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from mlm_jax import cli, files
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Beside a vocabulary this project trained: what it was trained on (dataset, held-out fraction),
+# so a run can tell when its vocabulary has seen the documents it evaluates on.
+TRAINED_ON = "mlm_jax_trained_on.json"
 
 
 class Tokenizer:
     """Ids of the special tokens plus batched encoding with word starts."""
 
-    def __init__(self, hf: tokenizers.Tokenizer, *, lowercase: bool | None = None):
+    def __init__(
+        self,
+        hf: tokenizers.Tokenizer,
+        *,
+        lowercase: bool | None = None,
+        trained_on: dict | None = None,
+    ):
         hf.no_truncation()  # a shipped tokenizer.json may truncate/pad to 128; packing cuts rows
         hf.no_padding()
         self.hf = hf
         self.lowercase = lowercase
+        self.trained_on = trained_on  # {"dataset", "heldout_fraction", "corpus"} if we trained it
         vocab = hf.get_vocab(with_added_tokens=True)
         missing = [t for t in BERT_SPECIALS if t not in vocab]
         if missing:
@@ -128,6 +138,16 @@ class Tokenizer:
             json.dump(config, f, indent=2)
         with open(os.path.join(directory, "special_tokens_map.json"), "w") as f:
             json.dump(specials, f, indent=2)
+        if self.trained_on is not None:
+            with open(os.path.join(directory, TRAINED_ON), "w") as f:
+                json.dump(self.trained_on, f, indent=2, sort_keys=True)
+
+    def same_vocabulary(self, other: Tokenizer) -> bool:
+        """Whether both map every piece to the same id and normalise text alike."""
+        return (
+            self.hf.get_vocab(with_added_tokens=True) == other.hf.get_vocab(with_added_tokens=True)
+            and self.lowercase == other.lowercase
+        )
 
 
 def _bert_pipeline(
@@ -167,7 +187,9 @@ def load_tokenizer(path: str) -> Tokenizer:
             raise ValueError(f"data.tokenizer={path!r}: no such file or folder")
         folder, name = (path, "") if files.isdir(path) else path.rstrip("/").rsplit("/", 1)
         wanted = (name,) if name else ("tokenizer.json", "vocab.txt")
-        with files.local_copy(folder, names=wanted + ("tokenizer_config.json",)) as local:
+        with files.local_copy(
+            folder, names=wanted + ("tokenizer_config.json", TRAINED_ON)
+        ) as local:
             return load_tokenizer(os.path.join(local, name))
     path = os.path.expanduser(path)
     if os.path.isdir(path):
@@ -181,8 +203,22 @@ def load_tokenizer(path: str) -> Tokenizer:
         raise ValueError(
             f"data.tokenizer={path!r}: no such file (expected a vocab.txt or tokenizer.json)"
         )
+    tokenizer = _read(path)
+    trained_on = os.path.join(os.path.dirname(path), TRAINED_ON)
+    if os.path.exists(trained_on):
+        with open(trained_on) as f:
+            tokenizer.trained_on = json.load(f)
+    return tokenizer
+
+
+def _read(path: str) -> Tokenizer:
+    """A tokenizer.json or vocab.txt file; one ValueError naming the file if it is not one."""
     if path.endswith(".json"):
-        hf = tokenizers.Tokenizer.from_file(path)
+        try:
+            hf = tokenizers.Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises its own exception for a malformed file
+            detail = " ".join(str(e).split())[:200]
+            raise ValueError(f"{path}: not a readable tokenizer.json ({detail})") from None
         lowercase = None
         norm = json.loads(hf.to_str()).get("normalizer") or {}
         if "lowercase" in norm:
@@ -191,11 +227,16 @@ def load_tokenizer(path: str) -> Tokenizer:
     # vocab.txt: rebuild what transformers' BertTokenizerFast(vocab_file) builds.
     lowercase = _lowercase_from_config_file(os.path.dirname(path))
     vocab = {}
-    with open(path, encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            # A token's id is its line, so it indexes the checkpoint's embedding rows; a repeated
-            # token takes its last line (both as transformers' BertTokenizer reads the file).
-            vocab[line.rstrip("\n")] = index
+    try:
+        with open(path, encoding="utf-8") as f:
+            for index, line in enumerate(f):
+                # A token's id is its line, so it indexes the checkpoint's embedding rows; a
+                # repeated token takes its last line (both as transformers' BertTokenizer reads it).
+                vocab[line.rstrip("\n")] = index
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not a vocab.txt (not UTF-8 text at byte {e.start}); expected one token per line"
+        ) from None
     if not vocab:
         raise ValueError(f"data.tokenizer={path!r}: empty vocabulary file")
     hf = tokenizers.Tokenizer(
@@ -210,29 +251,89 @@ def load_tokenizer(path: str) -> Tokenizer:
 
 
 def train_wordpiece(texts: Iterable[str], *, vocab_size: int, lowercase: bool) -> Tokenizer:
-    """Trains a BERT-style WordPiece vocabulary (specials first: [PAD]=0 [UNK] [CLS] [SEP] [MASK])."""
-    hf = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    hf.normalizer = normalizers.BertNormalizer(
+    """Trains a BERT-style WordPiece vocabulary (specials first: [PAD]=0 [UNK] [CLS] [SEP] [MASK]).
+
+    The same texts give byte-identical files on every machine and thread count. tokenizers'
+    WordPieceTrainer does not (its issue #1794): it is BPE training whose "##" pieces get ids in
+    hash-map order, and the merge order breaks ties between equal counts by id, so two runs
+    pick different merges. Here every word-internal character c is first spelt as its own code
+    point in a private-use plane (`_continuation`), so every starting piece is in the alphabet
+    the trainer sorts, the same BPE merges run with ids that do not depend on hash order, and the
+    pieces are spelt back with "##" afterwards: the WordPiece vocabulary WordPieceTrainer would
+    make with ties broken by character order.
+    """
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
     )
-    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words_per_text = []
+    alphabet: set[str] = set()
+    for text in texts:
+        words = [w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
+        words = [w for w in (_without_private_planes(w) for w in words) if w]
+        alphabet.update(*words)
+        words_per_text.append(words)
+    spell = {ord(c): _continuation(c) for c in alphabet}
+    spelt = (" ".join(w[0] + w[1:].translate(spell) for w in words) for words in words_per_text)
+
+    bpe = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=list(BERT_SPECIALS),
-        continuing_subword_prefix="##",
+        initial_alphabet=sorted(alphabet),  # every character may start a word, as in WordPiece
         show_progress=False,
     )
-    hf.train_from_iterator(texts, trainer=trainer)
+    bpe.train_from_iterator(spelt, trainer=trainer)
+    unspell = {ord(_continuation(c)): c for c in alphabet}
+    vocab = {}
+    for piece, index in bpe.get_vocab(with_added_tokens=True).items():
+        if piece not in BERT_SPECIALS and _is_continuation(piece[0]):
+            piece = "##" + piece.translate(unspell)
+        else:
+            piece = piece.translate(unspell)
+        vocab[piece] = index
+    hf = tokenizers.Tokenizer(
+        models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100)
+    )
+    hf.add_special_tokens([tokenizers.AddedToken(t, special=True) for t in BERT_SPECIALS])
     _bert_pipeline(hf, lowercase=lowercase, strip_accents=lowercase)
     return Tokenizer(hf, lowercase=lowercase)
+
+
+# Word-internal characters are spelt in Unicode's private-use planes 15 and 16 while training:
+# Basic Multilingual Plane characters in plane 15, plane-1 characters (emoji, ...) in plane 16.
+# Higher planes are CJK (split into one-character words by the normalizer) and rarer scripts,
+# which keep their own code point; characters of planes 15 and 16 themselves are not trained on.
+_PLANE_15, _PLANE_16 = 0xF0000, 0x100000
+
+
+def _continuation(c: str) -> str:
+    code = ord(c)
+    if code < 0x10000:
+        return chr(_PLANE_15 + code)
+    if code < 0x20000:
+        return chr(_PLANE_16 + code - 0x10000)
+    return c
+
+
+def _is_continuation(c: str) -> bool:
+    return ord(c) >= _PLANE_15
+
+
+def _without_private_planes(word: str) -> str:
+    return "".join(c for c in word if ord(c) < _PLANE_15) if max(word) >= "\U000f0000" else word
 
 
 def main(argv=None) -> None:
     import argparse
 
-    from mlm_jax.data import corpora
+    from mlm_jax.config_defaults import base_config
+    from mlm_jax.data import loader
     from mlm_jax.data.spec import DataSpec
+
+    defaults = base_config().data
 
     parser = argparse.ArgumentParser(
         description="Train a WordPiece vocabulary on a corpus's train split."
@@ -242,17 +343,24 @@ def main(argv=None) -> None:
         default="python_docs",
         help="python_docs | text:<glob> | tfds:<name>[:<feature>]",
     )
-    parser.add_argument("--vocab_size", type=int, default=8192)
+    parser.add_argument("--vocab_size", type=int, default=defaults.vocab_size)
     parser.add_argument(
         "--out", required=True, help="directory to write vocab.txt, tokenizer.json, ..."
     )
     parser.add_argument("--data_dir", default="")
-    parser.add_argument("--text_unit", default="paragraph")
-    parser.add_argument("--heldout_fraction", type=float, default=0.02)
+    parser.add_argument("--text_unit", default=defaults.text_unit)
+    parser.add_argument(
+        "--heldout_fraction",
+        type=float,
+        default=defaults.heldout_fraction,
+        help="documents held out from training, as the runs hold them out (default: the "
+        f"configs' data.heldout_fraction, {defaults.heldout_fraction})",
+    )
     parser.add_argument("--cased", action="store_true", help="keep case and accents")
     args = parser.parse_args(argv)
     with cli.one_line_errors():
-        data = DataSpec(
+        data = DataSpec.from_config(
+            defaults,
             dataset=args.dataset,
             data_dir=args.data_dir,
             text_unit=args.text_unit,
@@ -260,12 +368,7 @@ def main(argv=None) -> None:
             vocab_size=args.vocab_size,
             lowercase=not args.cased,
         )
-        corpus = corpora.load_corpus(data)
-        tokenizer = train_wordpiece(
-            corpora.iter_training_texts(corpus.train),
-            vocab_size=args.vocab_size,
-            lowercase=not args.cased,
-        )
+        tokenizer = loader.train_tokenizer(data)
         tokenizer.save(args.out)
     print(f"wrote a {tokenizer.vocab_size}-token WordPiece vocabulary to {args.out}")
 
