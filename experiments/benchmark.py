@@ -40,7 +40,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mlm_jax import masking
+from mlm_jax import cli, masking
 from mlm_jax.flops import flops_per_token
 from mlm_jax.synthetic import compile_train_step, make_trainer, synthetic_batch, vocab_size_of
 from mlm_jax.trainer import stream_key
@@ -357,4 +357,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(main, flags_parser=cli.absl_flags_parser(__doc__, __name__))

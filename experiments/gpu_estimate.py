@@ -40,6 +40,7 @@ os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no driver to ch
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from mlm_jax import cli  # noqa: E402
 from mlm_jax.flops import flops_per_token  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -313,4 +314,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.absl_flags_parser(__doc__, __name__))

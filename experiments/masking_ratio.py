@@ -19,6 +19,7 @@ import sys
 from absl import app
 
 from experiments import sweep
+from mlm_jax import cli
 
 RATIOS = "0.15,0.3,0.4,0.6,0.8"
 SPLITS = "0.8/0.1,1.0/0.0"  # (mask_prob/random_prob): 80/10/10 and 100/0/0
@@ -41,4 +42,4 @@ def preset_argv(argv: list[str]) -> list[str]:
 if __name__ == "__main__":
     sys.argv = preset_argv(sys.argv)
     sweep.define_flags()
-    app.run(sweep.main)
+    app.run(sweep.main, flags_parser=cli.absl_flags_parser(__doc__, "experiments.sweep"))

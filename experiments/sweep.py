@@ -103,4 +103,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.absl_flags_parser(__doc__, __name__))

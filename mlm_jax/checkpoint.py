@@ -1,10 +1,13 @@
 """Orbax checkpoints of a run: train state, per-host data iterator state and the config.
 
 Layout: `workdir/checkpoints/<step>/` holds `state/` (the TrainState pytree, restored
-already sharded), `data/` (one JSON file per host: where its input iterator stands) and
-`config/` (the resolved config). Orbax writes each step into a temporary folder and renames it
-when complete, so a process killed mid-write leaves no numbered folder behind and the next start
-takes the last complete one.
+already sharded), `data/` (one JSON file per host: where its input iterator stands), `config/`
+(the resolved config) and `fingerprint/` (integer checksums of every array of the state).
+Orbax writes each step into a temporary folder and renames it when complete, so a process
+killed mid-write leaves no numbered folder behind and the next start takes the last complete
+one. Restoring recomputes the fingerprint: a checkpoint whose bytes were damaged after it was
+written, or that cannot be read, is set aside (renamed, never deleted) with one warning and the
+run resumes from the newest intact one; it never trains from damaged bytes.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def make_manager(workdir: str, *, keep: int | None = None, read_only: bool = Fal
             "state": ocp.StandardCheckpointHandler(),
             "data": grain.checkpoint.CheckpointHandler(),
             "config": ocp.JsonCheckpointHandler(),
+            "fingerprint": ocp.JsonCheckpointHandler(),
         },
     )
 
@@ -127,10 +131,12 @@ def latest_step(workdir: str) -> int | None:
     return max(steps) if steps else None
 
 
-def save(manager, step: int, state, data_state: dict, config) -> None:
+def save(manager, step: int, state, data_state: dict, config, replicated) -> None:
     """Starts an asynchronous save of one step; returns once the arrays are copied.
 
-    Waits for the previous save first (orbax does), so an error of that one surfaces here too.
+    Waits for the previous save first (orbax does), so an error of that one surfaces here too;
+    `pending_step` tells the loop which step a later error belongs to. replicated: a sharding
+    replicated over the run's mesh, for the fingerprint.
     """
     try:
         manager.save(
@@ -139,11 +145,100 @@ def save(manager, step: int, state, data_state: dict, config) -> None:
                 state=ocp.args.StandardSave(state),
                 data=grain.checkpoint.CheckpointSave(IteratorState(data_state)),
                 config=ocp.args.JsonSave(config.to_dict()),
+                fingerprint=ocp.args.JsonSave(fingerprint(state, replicated)),
             ),
             force=True,
         )
     except Exception as e:
         raise _write_error(manager, step, e) from e
+
+
+def check_saved(manager, step: int) -> None:
+    """Raises CheckpointWriteError naming `step` if its (asynchronous) save has failed."""
+    try:
+        manager.check_for_errors()
+    except Exception as e:
+        raise _write_error(manager, step, e) from e
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def _leaf_checksums(x):
+    """[sum, position-weighted sum] of x's bits as uint32, wrapping: integer sums give the same
+    value however the array is sharded and summed, unlike float sums."""
+    import jax.numpy as jnp
+
+    if x.dtype.itemsize == 4:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif x.dtype.itemsize == 2:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    else:
+        bits = x.astype(jnp.uint32)
+    index = jax.lax.iota(jnp.uint32, bits.size).reshape(bits.shape)
+    weights = index * jnp.uint32(2654435761) + jnp.uint32(1)  # Knuth's multiplicative hash
+    return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)])
+
+
+_FINGERPRINT_FNS: dict = {}
+
+
+def fingerprint(state, replicated) -> dict[str, list[int]]:
+    """Per-leaf checksums of `state`, computed on device: path -> [sum, weighted sum]."""
+    fn = _FINGERPRINT_FNS.get(replicated)
+    if fn is None:
+        fn = _FINGERPRINT_FNS[replicated] = jax.jit(
+            lambda tree: jax.tree.map(_leaf_checksums, tree), out_shardings=replicated
+        )
+    sums = fn(state)
+    out = {}
+    for path, value in jax.tree_util.tree_flatten_with_path(sums)[0]:
+        local = np.asarray(value.addressable_shards[0].data)  # replicated: any shard is all of it
+        out[jax.tree_util.keystr(path)] = [int(v) for v in local]
+    return out
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint whose arrays differ from the fingerprint saved with them."""
+
+
+def restore_newest_intact(manager, abstract_state, replicated):
+    """(step, state, data_state) of the newest checkpoint that reads and matches its
+    fingerprint, or None if there is none. Each newer one that does not is set aside."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state, data_state = restore(manager, step, abstract_state, replicated)
+            return step, state, data_state
+        except Exception as e:  # unreadable, truncated, or damaged: never train from it
+            kept = _set_aside(manager, step)
+            detail = " ".join(str(e).split())[:200] or type(e).__name__
+            log.warning(
+                "the checkpoint of step %d is damaged or incomplete (%s: %s); set aside as %s, "
+                "resuming from an earlier one",
+                step,
+                type(e).__name__,
+                detail,
+                kept,
+            )
+    return None
+
+
+def _set_aside(manager, step: int) -> str:
+    """Renames checkpoints/<step> to checkpoints/<step>.damaged (another suffix if taken)."""
+    source = epath.Path(manager.directory) / str(step)
+    target = source.with_name(f"{step}.damaged")
+    n = 1
+    while target.exists():
+        n += 1
+        target = source.with_name(f"{step}.damaged{n}")
+    if jax.process_index() == 0:
+        source.rename(target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"mlm_jax: set aside checkpoint {step}")
+    manager.reload()
+    return os.fspath(target)
 
 
 def wait_until_finished(manager) -> None:
@@ -164,34 +259,57 @@ def _write_error(manager, step, error: Exception) -> CheckpointWriteError:
     )
 
 
-def restore(manager, step: int, abstract_state) -> tuple:
-    """(state, data_state) of `step`, the state placed with the shardings of `abstract_state`.
+def restore(manager, step: int, abstract_state, replicated) -> tuple:
+    """(state, data_state) of `step`, the state placed with the shardings of `abstract_state`,
+    checked against the fingerprint saved with it (DamagedCheckpoint if they differ).
 
     grain saves one iterator file per host, `process_<i>-of-<n>.json`. Every host saves the
     same position (the index of the next *global* batch), so a run restored on another host
     count reads host 0's file.
     """
-    data_dir = epath.Path(manager.directory) / str(step) / "data"
+    step_dir = epath.Path(manager.directory) / str(step)
+    data_dir = step_dir / "data"
     own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     args = {"state": ocp.args.StandardRestore(abstract_state)}
     if own.exists():
         args["data"] = grain.checkpoint.CheckpointRestore(IteratorState())
+    has_fingerprint = (step_dir / "fingerprint").exists()
+    if has_fingerprint:
+        args["fingerprint"] = ocp.args.JsonRestore()
     restored = manager.restore(step, args=ocp.args.Composite(**args))
+    state = restored["state"]
+    if has_fingerprint:
+        saved, now = restored["fingerprint"], fingerprint(state, replicated)
+        differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if differ:
+            raise DamagedCheckpoint(f"arrays differ from their fingerprint: {differ[:3]}")
     if own.exists():
-        return restored["state"], restored["data"].state
-    saved = sorted(data_dir.glob("process_0-of-*.json"))
-    if not saved:
+        return state, restored["data"].state
+    saved_positions = sorted(data_dir.glob("process_0-of-*.json"))
+    if not saved_positions:
         raise FileNotFoundError(f"{data_dir}: no data iterator state (process_0-of-N.json)")
-    log.info("data iterator position from %s (written by a run on another host count)", saved[0])
-    return restored["state"], json.loads(saved[0].read_text())
+    log.info("data position from %s (written by a run on another host count)", saved_positions[0])
+    return state, json.loads(saved_positions[0].read_text())
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
-    """The resolved config a workdir's run was started with (None for a fresh workdir)."""
+    """The resolved config a workdir's run was started with (None for a fresh workdir): the
+    newest checkpoint's own copy, else config.json."""
+    directory = checkpoint_dir(workdir)
+    names = [p.name for p in directory.iterdir()] if directory.exists() else []
+    for step in sorted((int(n) for n in names if n.isdigit()), reverse=True):
+        path = directory / str(step) / "config" / "metadata"
+        try:
+            return ml_collections.ConfigDict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue  # unreadable: an older checkpoint or config.json says it
     path = files.join(workdir, "config.json")
     if not files.exists(path):
         return None
-    return ml_collections.ConfigDict(json.loads(files.read_text(path)))
+    try:
+        return ml_collections.ConfigDict(json.loads(files.read_text(path)))
+    except ValueError as e:
+        raise ValueError(f"{path}: not the JSON config this project writes ({e})") from None
 
 
 def load_trained(workdir: str, step: int | None = None):

@@ -15,6 +15,24 @@ from typing import NoReturn
 BAD_INPUT = (ValueError, FileNotFoundError)  # what a missing or malformed input raises
 
 
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
+
+
+def absl_flags_parser(doc: str, module_name: str):
+    """A flags_parser for absl's app.run whose --help prints `doc` and the module's flags and
+    exits 0 (absl's own exits 1, which scripts read as a failure)."""
+
+    def parse(argv: list[str]) -> list[str]:
+        from absl import flags
+
+        if any(arg in HELP_FLAGS for arg in argv[1:]):
+            print(doc.strip() + "\n\nflags:\n" + flags.FLAGS.module_help(module_name))
+            raise SystemExit(0)
+        return flags.FLAGS(argv)
+
+    return parse
+
+
 def fail(message, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
@@ -29,3 +47,31 @@ def one_line_errors(
         yield
     except errors as e:
         fail(e, code)
+
+
+class _KnownNoise:
+    """Drops library log lines that report nothing wrong on an ordinary run."""
+
+    def __init__(self):
+        import importlib.util
+
+        self._no_tpu = importlib.util.find_spec("libtpu") is None
+
+    def filter(self, record) -> bool:
+        message = str(record.msg)
+        if "tensorflow_datasets" in record.pathname and message.startswith(
+            ("Variant folder", "Using custom data configuration")
+        ):
+            return False  # our builders pass their config objects, and build variants on use
+        if self._no_tpu and message.startswith("Unable to initialize backend 'tpu'"):
+            return False  # no TPU runtime installed: JAX's probe for one cannot succeed
+        return True
+
+
+def quiet_library_noise() -> None:
+    """Keeps known harmless library lines out of a run's log (real warnings stay)."""
+    import logging
+
+    noise = _KnownNoise()
+    for name in ("absl", "jax._src.xla_bridge"):
+        logging.getLogger(name).addFilter(noise)

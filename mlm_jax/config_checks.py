@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING
 
 import ml_collections
+import numpy as np
 
 from mlm_jax import checkpoint as ckpt
 from mlm_jax import sharding
@@ -93,6 +94,41 @@ def check_run(run: RunSpec, *, local_devices: int, num_hosts: int) -> None:
     )
     _check_split_dims(run.model, mesh)
     _check_hosts_feed_whole_groups(mesh, local_devices, num_hosts)
+    _check_ratios_select_something(run)
+
+
+def _check_ratios_select_something(run: RunSpec) -> None:
+    """A ratio that selects no token of a full row trains on nothing (loss 0.0, which reads as
+    a perfect score) or evaluates on nothing."""
+    full = run.data.seq_len - 2  # a full row's maskable tokens: all but [CLS] and [SEP]
+    m = run.masking
+    ratios = [("masking.ratio", m.ratio), ("eval.mask_ratio", run.eval_masking.ratio)]
+    if m.schedule != "constant":
+        ratios.append(("masking.end_ratio", m.end_ratio))
+    for key, ratio in ratios:
+        _require(
+            round(ratio * full) > 0,
+            f"config.{key}={ratio} selects round({ratio} x {full}) = 0 of the {full} maskable "
+            f"tokens of a full {run.data.seq_len}-token row, so no position would be predicted; "
+            f"expected a ratio above {0.5 / full:.3g}",
+        )
+
+
+def check_eval_batches(run: RunSpec, host_batches: list[dict]) -> None:
+    """Refuses held-out batches in which the eval masking would select nothing (a loss over no
+    prediction is not a score), before anything compiles."""
+    spec = run.eval_masking
+    excluded = list(spec.special_ids + spec.never_mask_ids)
+    predicted = 0
+    for batch in host_batches:
+        eligible = (batch["maskable"] & ~np.isin(batch["tokens"], excluded)).sum(axis=1)
+        predicted += int(np.round(spec.ratio * eligible).sum())
+    _require(
+        predicted > 0,
+        f"the held-out batches ({len(host_batches)} of {run.train.eval_batch_size} rows) hold "
+        f"no token the eval masking (eval.mask_ratio={spec.ratio}) would select: add held-out "
+        "text (data.heldout_fraction) or longer documents",
+    )
 
 
 def _check_split_dims(model: ModelSpec, mesh: sharding.MeshSpec) -> None:

@@ -192,7 +192,9 @@ def encode(tokenizer, split: Split, max_len: int) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- model
 
 
-def load_encoder(path: str, tokenizer_path: str = "") -> pretrained_lib.Pretrained:
+def load_encoder(
+    path: str, tokenizer_path: str = "", *, weights: bool = True
+) -> pretrained_lib.Pretrained:
     """The model to fine-tune: a run directory or a Hugging Face BERT directory
     (pretrained_lib.load), or, with path '', the default architecture with no weights
     (params {}) and the tokenizer given."""
@@ -208,7 +210,7 @@ def load_encoder(path: str, tokenizer_path: str = "") -> pretrained_lib.Pretrain
         return pretrained_lib.Pretrained(spec, {}, tokenizer, 128, has_mlm_head=False, where="")
     if not files.isdir(path):
         raise ValueError(f"--pretrained={path!r} is not a directory")
-    return pretrained_lib.load(path, tokenizer=tokenizer_path)
+    return pretrained_lib.load(path, tokenizer=tokenizer_path, weights=weights)
 
 
 def _init_params(model, source: pretrained_lib.Pretrained | None, seq_len: int, seed: int):
@@ -279,7 +281,7 @@ def finetune(
         raise ValueError(f"--init={init!r}: expected pretrained or random")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs={epochs}, batch_size={batch_size}: expected both >= 1")
-    source = load_encoder(pretrained, tokenizer)
+    source = load_encoder(pretrained, tokenizer, weights=init == "pretrained")
     config, tok = source.spec, source.tokenizer
     max_len = int(max_len) or source.seq_len
     if max_len > config.max_position_embeddings:
@@ -287,7 +289,7 @@ def finetune(
     spec = load_task(task, data_dir)
     train_data, dev_data = encode(tok, spec.train, max_len), encode(tok, spec.dev, max_len)
     model = classifier(config, spec.num_labels)
-    params = _init_params(model, source if init == "pretrained" else None, max_len, seed)
+    params = _init_params(model, source, max_len, seed)
 
     steps_per_epoch = math.ceil(len(train_data["labels"]) / batch_size)
     total = steps_per_epoch * epochs
@@ -417,7 +419,7 @@ def main(argv=None) -> None:
             f"(majority class {result['dev/majority_accuracy']:.4f})"
         )
 
-    app.run(run, argv)
+    app.run(run, argv, flags_parser=cli.absl_flags_parser(__doc__, __name__))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,13 @@ def export_hf(params: Any, model_config: ModelSpec, tokenizer: Any, out_dir: str
 
     state = hf_bert.params_to_hf(params, model_config)
     os.makedirs(out_dir, exist_ok=True)
-    save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    weights = os.path.join(out_dir, "model.safetensors")
+    save_file(state, weights, metadata={"format": "pt"})
+    # safetensors writes through a private temporary file (mode 0600): give the weights the
+    # mode every other file here gets, so whoever may read the directory may read them.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(weights, 0o666 & ~umask)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_bert.hf_config_dict(model_config), f, indent=2)
     if hasattr(tokenizer, "save"):

@@ -1,12 +1,21 @@
-"""Entry point: `python -m mlm_jax.main --config=configs/tiny.py --workdir=DIR [--config.x=y]`.
+"""Train (or resume) a masked language model.
 
-Parses flags, starts the distributed runtime when asked, and calls train_and_evaluate.
+    python -m mlm_jax.main --config=configs/tiny.py --workdir=DIR [--config.KEY=VALUE ...]
+    python -m mlm_jax.main --config=configs/tiny.py --print_config [--workdir=DIR]
+
+Every config field, its value and what it means: --print_config (nothing is trained, written or
+compiled; with --workdir it also says what a run there would do: start, resume from step S, or
+nothing left to do). The defaults and their comments live in mlm_jax/config_defaults.py;
+configs/*.py override a few. Override any field with --config.KEY=VALUE (a misspelt key is an
+error). This module parses flags, starts the distributed runtime when asked, and calls
+train.train_and_evaluate.
 """
 
 from __future__ import annotations
 
 import logging as pylogging
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -17,12 +26,18 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/<exp>.py[:arg]).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config",
+    False,
+    "Print every config field with its value and meaning (and, with --workdir, what a run "
+    "there would do), then exit: nothing is trained, written or compiled.",
+)
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process runs off Cloud TPU."
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (0-based).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def _maybe_initialize_distributed() -> None:
@@ -53,7 +68,9 @@ def _maybe_initialize_distributed() -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a missing --config file or an override naming no config field
-    reported as one `error:` line (exit 2), not a traceback."""
+    reported as one `error:` line (exit 2), not a traceback; --help exits 0."""
+    if any(arg in cli.HELP_FLAGS for arg in argv[1:]):
+        cli.absl_flags_parser(__doc__, __name__)(argv)
     for arg in argv[1:]:
         if arg.startswith("--config="):
             path = arg.split("=", 1)[1].split(":", 1)[0]
@@ -77,6 +94,12 @@ def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # libraries: warnings only
     pylogging.getLogger("mlm_jax").setLevel(pylogging.INFO)  # the run's own progress lines
+    cli.quiet_library_noise()
+    if _PRINT_CONFIG.value:
+        _print_config()
+        return
+    if not _WORKDIR.value:
+        cli.fail("--workdir: required (the run's directory), or --print_config to look only")
     _maybe_initialize_distributed()
     import tensorflow_datasets as tfds
 
@@ -87,9 +110,31 @@ def main(argv) -> None:
 
     failed_run = (train.NonFiniteError, checkpoint.CheckpointWriteError)
     # Bad config, flag or workdir: found before compiling (2); a run that failed on its way (1).
-    with cli.one_line_errors((ConfigError,)), cli.one_line_errors(failed_run, code=1):
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    # train.Preempted is a SystemExit with code 0: the checkpoint is written, resume later.
+    try:
+        with cli.one_line_errors((ConfigError,)), cli.one_line_errors(failed_run, code=1):
+            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except train.Preempted:
+        # Exit 0 at once: its checkpoint is written, or nothing new existed to save (a SIGTERM
+        # during compilation leaves XLA's compile thread running, which must not delay it).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pylogging.shutdown()
+        os._exit(0)
+
+
+def _print_config() -> None:
+    """The config's fields with values and comments; with --workdir, what a run would do."""
+    from mlm_jax import config_doc, train
+    from mlm_jax.config_checks import ConfigError
+
+    config = _CONFIG.value
+    if _WORKDIR.value:
+        with cli.one_line_errors((ConfigError,)):
+            checked = train.check(config, _WORKDIR.value)
+        config = checked.config
+    print(config_doc.describe(config))
+    if _WORKDIR.value:
+        print(train.plan(checked, _WORKDIR.value))
 
 
 if __name__ == "__main__":

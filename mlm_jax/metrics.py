@@ -136,12 +136,13 @@ class Progress:
         self.start_step = first_step
         self.start_time = time.perf_counter()
 
-    def line(self, step: int, loss: float, tokens_per_s: float) -> str:
+    def line(self, step: int, loss: float | None, tokens_per_s: float) -> str:
         done = step - self.start_step
         elapsed = time.perf_counter() - self.start_time
         eta = elapsed / max(done, 1) * (self.num_steps - step)
+        shown = "n/a (no prediction)" if loss is None else f"{loss:.4f}"
         return (
-            f"step {step}/{self.num_steps} | loss {loss:.4f} | "
+            f"step {step}/{self.num_steps} | loss {shown} | "
             f"{tokens_per_s:,.0f} tok/s | ETA {_duration(eta)}"
         )
 
@@ -155,3 +156,22 @@ def _duration(seconds: float) -> str:
 
 def log_line(text: str) -> None:
     log.info(text)
+
+
+def log_summary(workdir: str, result: dict[str, float], step: int | None) -> None:
+    """The end of a run: its final numbers, where its checkpoint is, and what to run next."""
+    shown = ", ".join(
+        f"{k} {result[k]:.4f}"
+        for k in ("eval/loss", "eval/accuracy", "eval_own/loss", "train/loss")
+        if k in result
+    )
+    lines = [
+        f"finished at step {step}: {shown or 'no metrics'}",
+        f"checkpoint: {files.join(workdir, 'checkpoints', str(step))}",
+        "next: fill in a [MASK], export to Hugging Face, or look at the curves:",
+        f'  python -m mlm_jax.fill_mask --workdir={workdir} "The [MASK] statement returns a value."',
+        f"  python -m mlm_jax.hf export --workdir={workdir} --out_dir={workdir.rstrip('/')}_hf",
+        f"  tensorboard --logdir={files.join(workdir, 'tensorboard')}",
+    ]
+    for line in lines:
+        log.info(line)

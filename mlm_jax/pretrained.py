@@ -44,24 +44,32 @@ def load(
     *,
     tokenizer: str | None = "",
     spec: ModelSpec | None = None,
+    weights: bool = True,
 ) -> Pretrained:
     """The model in `path`: a run directory's latest checkpoint or a Hugging Face directory.
 
     tokenizer: "" = the directory's own, a path = that one, None = none (init_from, whose run
     has its own). spec: convert a HF checkpoint into this layout (scan_layers, padded vocabulary)
     and check that its activation is this one, instead of deriving the spec from config.json.
+    weights=False: the architecture and tokenizer only (params {}), nothing else read.
     """
     if not files.isdir(path):
         raise ValueError(
             f"{path!r}: not a directory (expected a run directory or a Hugging Face checkpoint)"
         )
     if is_run_dir(path):
-        params, run_config = checkpoint.load_trained(path)
+        if weights:
+            params, run_config = checkpoint.load_trained(path)
+        else:
+            params, run_config = {}, checkpoint.saved_config(path)
         tok = _tokenizer(tokenizer, files.join(path, "tokenizer"))
         model = ModelSpec.from_config(run_config.model)
         model = model.with_vocab(tok) if tok is not None else model
         return Pretrained(model, params, tok, int(run_config.data.seq_len), True, str(path))
-    hf_config, tensors = hf_dir.read_checkpoint(path)
+    if weights:
+        hf_config, tensors = hf_dir.read_checkpoint(path)
+    else:
+        hf_config, tensors = hf_dir.read_config(path), {}
     tok = _tokenizer(tokenizer, hf_dir.tokenizer_dir(path) if tokenizer == "" else "")
     if spec is None:
         # pad_id from the tokenizer, as for a run dir: the attention mask hides tokens == pad_id.
@@ -71,7 +79,7 @@ def load(
         hf_bert.check_activation(hf_config, path, spec)
     if tok is not None:
         spec = spec.with_vocab(tok)
-    params = hf_bert.hf_to_params(tensors, spec, where=str(path))
+    params = hf_bert.hf_to_params(tensors, spec, where=str(path)) if weights else {}
     seq_len = min(128, spec.max_position_embeddings)
     return Pretrained(spec, params, tok, seq_len, hf_bert.has_mlm_head(tensors), str(path))
 

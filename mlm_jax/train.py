@@ -15,27 +15,36 @@ Faults end in a resumable state and lose nothing:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
+from typing import Any
 
 import jax
 import numpy as np
 
 from mlm_jax import checkpoint as ckpt
-from mlm_jax import files, pretrained
+from mlm_jax import files, pretrained, sharding
 from mlm_jax import metrics as metrics_lib
-from mlm_jax.config_checks import as_config_errors, check_resume_compatible, resolved_config
+from mlm_jax import workdir as workdir_lib
+from mlm_jax.config_checks import (
+    as_config_errors,
+    check_eval_batches,
+    check_resume_compatible,
+    resolved_config,
+)
 from mlm_jax.run_spec import RunSpec, resolve
-from mlm_jax.trainer import Trainer, TrainState
+from mlm_jax.trainer import Trainer, TrainState, compile_steps
 
 log = logging.getLogger(__name__)
 
 
 class Preempted(SystemExit):
-    """Raised after the preemption checkpoint is on disk: a clean exit (code 0) to resume."""
+    """A clean exit (code 0) on SIGTERM: after the checkpoint of `step` is on disk, or, before
+    the first step (step None), at once, since nothing new exists to save."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int | None):
         super().__init__(0)
         self.step = step
 
@@ -47,7 +56,9 @@ class NonFiniteError(FloatingPointError):
 class StopSignal:
     """SIGTERM as a flag the loop reads between steps.
 
-    One process: a Python handler sets the flag. Several processes: JAX's preemption service
+    One process: before the first step (checks, data, compilation) the handler ends the run at
+    once (Preempted(None): nothing new to save); once steps run it sets the flag and the loop
+    saves the current step. Several processes: JAX's preemption service
     (started by jax.distributed.initialize) catches SIGTERM on any host and
     `reached_preemption_sync_point(step)` becomes true at the same step on all of them, so they
     save the same checkpoint and none waits in a collective for a host that left.
@@ -55,6 +66,7 @@ class StopSignal:
 
     def __init__(self):
         self.requested = False
+        self._stepping = False
         self._previous = None
         self._sync = jax.process_count() > 1 and _preemption_service_running()
 
@@ -68,8 +80,15 @@ class StopSignal:
         return self
 
     def _handle(self, signum, frame):
+        if not self._stepping:
+            log.warning("SIGTERM before the first step: nothing new to save; exiting")
+            raise Preempted(None)
         log.warning("SIGTERM received: saving a checkpoint at the current step, then exiting")
         self.requested = True
+
+    def steps_started(self) -> None:
+        """From now on SIGTERM asks the loop to save the current step first."""
+        self._stepping = True
 
     def should_stop(self, step: int) -> bool:
         """Called once per step by every host, with the same step numbers."""
@@ -90,80 +109,134 @@ def _preemption_service_running() -> bool:
     return distributed.global_state.preemption_sync_manager is not None
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-    """Trains (or resumes) the run described by `config` in `workdir`; returns final metrics."""
+@dataclasses.dataclass
+class Checked:
+    """A run that passed every check, with what the checks built (nothing in the workdir)."""
+
+    run: RunSpec
+    config: Any  # the resolved ConfigDict: config.json and every checkpoint record it
+    tokenizer: Any
+    train_iter: Any
+    host_eval_batches: list
+    resume_step: int | None  # the newest complete checkpoint, None for a new run
+
+
+def check(config, workdir: str) -> Checked:
+    """Every check a run makes before it writes or compiles anything: the config, the
+    workdir's owner and its resume compatibility, the tokenizer, the data (a held-out split to
+    evaluate on, predictions in it). One ConfigError each; nothing is written to the workdir."""
     from mlm_jax.data import loader  # the input pipeline (grain, TFDS) only where data is read
 
-    with StopSignal() as stop:  # from here on, SIGTERM is a request, not a kill
-        with as_config_errors():  # nothing compiled, nothing written until these pass
-            run = resolve(config)
-            check_resume_compatible(config, workdir)
-            ckpt.check_writable(workdir)
-            tokenizer = loader.get_tokenizer(run.data, workdir)
-            run = run.with_vocab(tokenizer)
-            config = resolved_config(config, run)
-            trainer = Trainer(run)
-            if run.init_from and ckpt.latest_step(workdir) is None:  # a resume skips it
-                pretrained.check_init_from(run.init_from, run.model)
-        is_writer = jax.process_index() == 0
+    with as_config_errors():
+        run = resolve(config)
+        workdir_lib.check_owned(workdir)
+        resume_step = ckpt.latest_step(workdir)
+        check_resume_compatible(config, workdir)
+        tokenizer = loader.run_tokenizer(run.data, workdir, resuming=resume_step is not None)
+        run = run.with_vocab(tokenizer)
+        config = resolved_config(config, run)
+        if run.init_from and resume_step is None:
+            pretrained.check_init_from(run.init_from, run.model)
+        train_iter = loader.make_train_iterator(
+            run.data, tokenizer, batch_size=run.train.batch_size, seed=run.seed
+        )
+        host_eval_batches = loader.make_eval_batches(
+            run.data,
+            tokenizer,
+            batch_size=run.train.eval_batch_size,
+            num_batches=run.train.eval_batches,
+            seed=run.seed,
+        )
+        check_eval_batches(run, host_eval_batches)
+    return Checked(run, config, tokenizer, train_iter, host_eval_batches, resume_step)
 
-        unfinished = ckpt.unfinished_writes(workdir)  # before the manager deletes them
-        manager = ckpt.make_manager(workdir, keep=run.train.checkpoint_keep)
-        writer = None
-        try:
-            start_step = manager.latest_step()
-            if unfinished:
-                log.warning(
-                    "found unfinished checkpoint writes %s (a process stopped while saving); %s",
-                    unfinished,
-                    f"resuming from step {start_step}, the last complete checkpoint"
-                    if start_step is not None
-                    else "no complete checkpoint: starting from step 0",
+
+def plan(checked: Checked, workdir: str) -> str:
+    """What a run on `workdir` would do, in one line."""
+    step, num_steps = checked.resume_step, checked.run.train.num_steps
+    if step is None:
+        return f"would start a new run in {workdir} and train {num_steps} steps"
+    if step >= num_steps:
+        return f"{workdir} is at step {step} = train.num_steps: nothing left to do"
+    return f"would resume {workdir} from its checkpoint of step {step} and train to {num_steps}"
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Trains (or resumes) the run described by `config` in `workdir`; returns final metrics.
+
+    Every check comes first (`check`) and nothing is written into the workdir until all have
+    passed. Then the run takes the workdir's lock, copies its tokenizer in, compiles
+    (interruptible) and steps.
+    """
+    from mlm_jax.data import loader
+
+    with StopSignal() as stop:  # from here on, SIGTERM is a request, not a kill
+        checked = check(config, workdir)
+        with as_config_errors():
+            ckpt.check_writable(workdir)  # the first write: a probe file, removed at once
+        is_writer = jax.process_index() == 0
+        with workdir_lib.WorkdirLock(workdir, enabled=is_writer):
+            checked.tokenizer = loader.keep_in_workdir(checked.tokenizer, workdir)
+            return _train(checked, workdir, stop, is_writer)
+
+
+def _train(checked: Checked, workdir: str, stop, is_writer: bool):
+    """The run once its workdir is its own: resume or start, compile, step, summarise."""
+    run, config, train_iter = checked.run, checked.config, checked.train_iter
+    trainer = Trainer(run)
+    unfinished = ckpt.unfinished_writes(workdir)  # before the manager deletes them
+    manager = ckpt.make_manager(workdir, keep=run.train.checkpoint_keep)
+    writer = None
+    try:
+        replicated = sharding.replicated(trainer.mesh)
+        restored = ckpt.restore_newest_intact(manager, trainer.abstract_state, replicated)
+        if unfinished:
+            log.warning(
+                "found unfinished checkpoint writes %s (a process stopped while saving); %s",
+                unfinished,
+                f"resuming from step {restored[0]}, the last complete checkpoint"
+                if restored
+                else "no complete checkpoint: starting from step 0",
+            )
+        log_window = []
+        if restored is not None:
+            start_step, state, data_state = restored
+            log_window = data_state.pop(_LOG_WINDOW, [])  # (none in older checkpoints)
+            train_iter.set_state(data_state)
+            if start_step >= run.train.num_steps:
+                log.info(
+                    "%s is already at train.num_steps=%d (its checkpoint of step %d); nothing "
+                    "to do (raise --config.train.num_steps to train on)",
+                    workdir,
+                    run.train.num_steps,
+                    start_step,
                 )
-            train_iter = loader.make_train_iterator(
-                run.data, tokenizer, batch_size=run.train.batch_size, seed=run.seed
-            )
-            log_window = []
-            if start_step is not None:
-                state, data_state = ckpt.restore(manager, start_step, trainer.abstract_state)
-                log_window = data_state.pop(_LOG_WINDOW, [])  # (none in older checkpoints)
-                train_iter.set_state(data_state)
-                log.info("resumed from the checkpoint of step %d in %s", start_step, workdir)
-            else:
-                state = trainer.new_state()
-                if run.init_from:
-                    state = _load_pretrained(trainer, state, run.init_from)
-                start_step = 0
-            if is_writer:
-                _write_config(config, workdir)
-            # A resumed run recomputes later events exactly: the writer drops/hides them.
-            writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer, start_step=start_step)
-            host_eval_batches = loader.make_eval_batches(
-                run.data,
-                tokenizer,
-                batch_size=run.train.eval_batch_size,
-                num_batches=run.train.eval_batches,
-                seed=run.seed,
-            )
-            eval_batches = [trainer.global_batch(b) for b in host_eval_batches]  # placed once
-            result, preempted_at = _loop(
-                config,
-                trainer,
-                state,
-                train_iter,
-                eval_batches,
-                manager,
-                writer,
-                start_step,
-                stop,
-                log_window,
-            )
-            ckpt.wait_until_finished(manager)
-        finally:
-            _close(manager, writer)
+                return {}
+            log.info("resumed from the checkpoint of step %d in %s", start_step, workdir)
+        else:
+            start_step, state = 0, None
+        eval_batches = [trainer.global_batch(b) for b in checked.host_eval_batches]  # once
+        compile_steps(trainer, eval_batches[0], stop, with_init=state is None)
+        if state is None:
+            state = trainer.new_state()
+            if run.init_from:
+                state = _load_pretrained(trainer, state, run.init_from)
+        if is_writer:
+            _write_config(config, workdir)
+        # A resumed run recomputes later events exactly: the writer drops/hides them.
+        writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer, start_step=start_step)
+        stop.steps_started()
+        result, preempted_at = _loop(
+            config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop,
+            log_window,
+        )  # fmt: skip
+        ckpt.wait_until_finished(manager)
+    finally:
+        _close(manager, writer)
     if preempted_at is not None:
         log.warning("checkpoint of step %d written; exiting for preemption", preempted_at)
         raise Preempted(preempted_at)
+    metrics_lib.log_summary(workdir, result, manager.latest_step())
     return result
 
 
@@ -208,6 +281,7 @@ def _loop(
     average the same steps as an uninterrupted run's.
     """
     run = trainer.run
+    replicated = sharding.replicated(trainer.mesh)
     num_steps = run.train.num_steps
     tokens_per_step = run.tokens_per_step
     log_every = max(run.train.log_every, 1)
@@ -219,10 +293,9 @@ def _loop(
     def run_eval(step):
         scalars = trainer.evaluate(state.params, eval_batches, step)
         writer.write(step, scalars)
-        metrics_lib.log_line(
-            f"eval at step {step}: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k.startswith("eval/"))
-        )
+        shown = [f"{k} {v:.4f}" for k, v in scalars.items() if k.split("/")[0] == "eval"]
+        shown = [x for x in shown if not x.startswith("eval/predictions")]
+        metrics_lib.log_line(f"eval at step {step}: " + (", ".join(shown) or "no predictions"))
         return scalars
 
     if start_step == 0 and eval_every > 0:
@@ -241,10 +314,14 @@ def _loop(
         return trainer.global_batch(host)
 
     step = start_step
+    saving = None  # the step whose checkpoint is being written in the background
     batch = next_batch(step) if step < num_steps else None
     with trainer.activate():
         while step < num_steps:
             state, step_metrics = trainer.train_step(state, batch)
+            if saving is not None:  # a failed save stops the run now, naming its step
+                ckpt.check_saved(manager, saving)
+                saving = saving if manager.is_saving_in_progress() else None
             step += 1
             steps_timed += 1
             pending.append(step_metrics)
@@ -255,7 +332,10 @@ def _loop(
             log_now = step % log_every == 0 or last
             save = (ckpt_every > 0 and step % ckpt_every == 0) or last or preempted
             if log_now or save:
-                window += [{k: float(m[k]) for k in _TRAIN_KEYS} for m in jax.device_get(pending)]
+                window += [
+                    {k: float(m[k]) for k in (*_TRAIN_KEYS, "predictions")}
+                    for m in jax.device_get(pending)
+                ]
                 pending = []
                 _check_finite(run, state)  # (never save a state past a bad step)
                 skipped = int(jax.device_get(state.skipped))
@@ -271,9 +351,7 @@ def _loop(
             if log_now:
                 elapsed = time.perf_counter() - window_start
                 window_start = time.perf_counter()
-                scalars = {
-                    f"train/{k}": float(np.mean([m[k] for m in window])) for k in _TRAIN_KEYS
-                }
+                scalars = _window_means(window, step)
                 scalars["train/learning_rate"] = float(trainer.lr_schedule(step - 1))
                 scalars["train/tokens_per_s"] = steps_timed * tokens_per_step / max(elapsed, 1e-9)
                 scalars["train/skipped_updates"] = float(skipped)
@@ -281,18 +359,39 @@ def _loop(
                 writer.write(step, scalars)
                 result.update(scalars)
                 metrics_lib.log_line(
-                    progress.line(step, scalars["train/loss"], scalars["train/tokens_per_s"])
+                    progress.line(step, scalars.get("train/loss"), scalars["train/tokens_per_s"])
                 )
             if eval_every > 0 and (step % eval_every == 0 or last):
                 result.update(run_eval(step))
             if save:
                 data_state = {**data_states[step - 1], _LOG_WINDOW: window}
-                ckpt.save(manager, step, state, data_state, config)
+                ckpt.save(manager, step, state, data_state, config, replicated)
+                saving = step
                 writer.flush()  # a bucket workdir gets the events this checkpoint covers
                 data_states = {s: v for s, v in data_states.items() if s >= step}
             if preempted:
                 return result, step
     return result, None
+
+
+def _window_means(window: list[dict], step: int) -> dict[str, float]:
+    """Each train metric averaged over the window's steps. The loss and accuracy of a step
+    with no prediction are not numbers, so they are left out of the mean, and a window of
+    such steps logs none (with a warning) rather than a perfect 0.0."""
+    scored = [m for m in window if m["predictions"] > 0]
+    if len(scored) < len(window):
+        log.warning(
+            "%d of the %d steps up to step %d selected no position to predict",
+            len(window) - len(scored),
+            len(window),
+            step,
+        )
+    means = {}
+    for k in _TRAIN_KEYS:
+        rows = scored if k in ("loss", "accuracy") else window
+        if rows:
+            means[f"train/{k}"] = float(np.mean([m[k] for m in rows]))
+    return means
 
 
 def _check_finite(run: RunSpec, state: TrainState) -> None:

@@ -218,33 +218,69 @@ class Trainer:
             nn.unbox(boxed),
             self.state_sharding,
         )
-        self.init = jax.jit(
-            lambda key: nn.unbox(self._init_state(key)), out_shardings=self.state_sharding
-        )
-        step = functools.partial(train_step, model=self.model, tx=self.tx, run=self.run)
-        self.train_step = jax.jit(
-            step,
-            in_shardings=(self.state_sharding, self.batch_sharding),
-            out_shardings=(self.state_sharding, replicated),
-            donate_argnums=0,
-        )
-        self.eval_steps = {}
+        # Jitted functions; `compile` swaps in their executables compiled ahead of time.
+        self._jitted = {
+            "init": jax.jit(
+                lambda key: nn.unbox(self._init_state(key)), out_shardings=self.state_sharding
+            ),
+            "train": jax.jit(
+                functools.partial(train_step, model=self.model, tx=self.tx, run=self.run),
+                in_shardings=(self.state_sharding, self.batch_sharding),
+                out_shardings=(self.state_sharding, replicated),
+                donate_argnums=0,
+            ),
+        }
         for name, spec in (("eval", self.run.eval_masking), ("eval_own", self.run.own_masking)):
-            if spec is None:
-                continue
-            fn = functools.partial(eval_step, model=self.model, spec=spec)
-            self.eval_steps[name] = jax.jit(
-                fn,
-                in_shardings=(self.state_sharding.params, self.batch_sharding, replicated, None),
-                out_shardings=replicated,
-            )
+            if spec is not None:
+                self._jitted[name] = jax.jit(
+                    functools.partial(eval_step, model=self.model, spec=spec),
+                    in_shardings=(
+                        self.state_sharding.params,
+                        self.batch_sharding,
+                        replicated,
+                        None,
+                    ),
+                    out_shardings=replicated,
+                )
+        self._compiled = {}
+        self.train_step = functools.partial(self._call, "train")
+        self.eval_steps = {
+            name: functools.partial(self._call, name) for name in ("eval", "eval_own")
+            if name in self._jitted
+        }  # fmt: skip
+
+    def _call(self, name: str, *args):
+        return self._compiled.get(name, self._jitted[name])(*args)
+
+    def compile(self, eval_batch: dict, *, with_init: bool) -> None:
+        """Compiles the train and eval steps (and init) ahead of their first call.
+
+        eval_batch: one global eval batch; the train batch has its keys and dtypes with
+        train.batch_size rows. Runs in any thread (the mesh context is entered here).
+        """
+
+        def like(x, rows=None):
+            shape = x.shape if rows is None else (rows, *x.shape[1:])
+            return jax.ShapeDtypeStruct(shape, x.dtype, sharding=self.batch_sharding)
+
+        batch = {k: like(v, self.run.train.batch_size) for k, v in eval_batch.items()}
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        ratio = jax.ShapeDtypeStruct((), jnp.float32)
+        with self.activate():
+            compiled = {"train": self._jitted["train"].lower(self.abstract_state, batch).compile()}
+            for name in self.eval_steps:
+                args = (self.abstract_state.params, {k: like(v) for k, v in eval_batch.items()})
+                compiled[name] = self._jitted[name].lower(*args, key, ratio).compile()
+            if with_init:
+                compiled["init"] = self._jitted["init"].lower(key).compile()
+        self._compiled.update(compiled)
 
     def activate(self):
         """Context in which the model's logical activation constraints resolve on this mesh."""
         return _MeshContext(self.mesh, self.rules)
 
     def new_state(self) -> TrainState:
-        return self.init(stream_key(self.run.seed, _INIT))
+        return self._call("init", stream_key(self.run.seed, _INIT))
 
     def global_batch(self, host_batch: dict) -> dict:
         return sharding.host_to_global(host_batch, self.batch_sharding)
@@ -268,7 +304,13 @@ class Trainer:
             for batch_sums in jax.device_get(sums):  # one host sync per evaluation
                 for k, v in batch_sums.items():
                     totals[k] += float(v)
-            n = max(totals["weight_sum"], 1.0)
+            n = totals["weight_sum"]
+            out[f"{name}/predictions"] = n
+            if n == 0:  # a mean over nothing is not a score: no number is logged for it
+                log.warning(
+                    "%s at step %s: no position was selected; no loss to report", name, step
+                )
+                continue
             loss = totals["loss_sum"] / n
             out[f"{name}/loss"] = loss
             out[f"{name}/accuracy"] = totals["correct_sum"] / n
@@ -290,3 +332,30 @@ class _MeshContext:
     def __exit__(self, *exc):
         self._mesh.__exit__(*exc)
         self._rules.__exit__(*exc)
+
+
+def compile_steps(trainer: Trainer, eval_batch: dict, stop, *, with_init: bool) -> None:
+    """trainer.compile in a background thread, with a line before and after: the main thread
+    waits in short slices, so SIGTERM is honoured within a second even while XLA compiles
+    (`stop`, a train.StopSignal, raises from its handler until steps begin)."""
+    import threading
+    import time
+
+    log.info("compiling the train and eval steps ...")
+    start = time.perf_counter()
+    failure: list[BaseException] = []
+
+    def compile_all():
+        try:
+            trainer.compile(eval_batch, with_init=with_init)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+            failure.append(e)
+
+    thread = threading.Thread(target=compile_all, name="mlm_jax-compile", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if failure:
+        raise failure[0]
+    del stop  # (its handler does the interrupting; nothing to poll)
+    log.info("compiled in %.1f s", time.perf_counter() - start)

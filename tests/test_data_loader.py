@@ -263,22 +263,37 @@ def test_eval_batches_fixed(setup):
     assert heldout_docs and not train_docs & heldout_docs
 
 
-def test_get_tokenizer_trains_once_and_copies_to_workdir(corpus_file, tmp_path):
+def test_run_tokenizer_trains_once_and_a_resumed_run_keeps_its_own(corpus_file, tmp_path):
     config = make_config(corpus_file, tmp_path / "data")
     config.data.tokenizer = ""
     config.data.vocab_size = 300
-    first = loader.get_tokenizer(data(config), str(tmp_path / "run1"))
+    run1 = str(tmp_path / "run1")
+    first = loader.run_tokenizer(data(config), run1, resuming=False)
+    assert not os.path.exists(run1)  # nothing written into the workdir by the checks
     cached = os.listdir(tmp_path / "data" / "mlm_jax" / "tokenizers")
     assert len(cached) == 1
+    loader.keep_in_workdir(first, run1)
     assert os.path.exists(tmp_path / "run1" / "tokenizer" / "vocab.txt")
-    second = loader.get_tokenizer(
-        data(config), str(tmp_path / "run2")
-    )  # from the cache, not retrained
-    assert first.hf.get_vocab() == second.hf.get_vocab()
+    second = loader.run_tokenizer(data(config), str(tmp_path / "run2"), resuming=False)
+    assert first.hf.get_vocab() == second.hf.get_vocab()  # from the cache, not retrained
+    assert len(os.listdir(tmp_path / "data" / "mlm_jax" / "tokenizers")) == 1
     # A resumed run uses its own copy even if the config now names another tokenizer.
     config.data.tokenizer = VOCAB
-    resumed = loader.get_tokenizer(data(config), str(tmp_path / "run1"))
+    resumed = loader.run_tokenizer(data(config), run1, resuming=True)
     assert resumed.hf.get_vocab() == first.hf.get_vocab()
+
+
+def test_a_new_run_refuses_a_workdir_tokenizer_of_another_vocabulary(corpus_file, tmp_path):
+    """Left by a run that stopped before its first checkpoint: it must be the config's."""
+    config = make_config(corpus_file, tmp_path / "data")  # data.tokenizer = MiniLM's vocab.txt
+    workdir = str(tmp_path / "run")
+    loader.keep_in_workdir(loader.get_tokenizer(data(config)), workdir)
+    assert loader.run_tokenizer(data(config), workdir, resuming=False)  # the same: accepted
+    config.data.tokenizer = ""
+    config.data.vocab_size = 300
+    with pytest.raises(ValueError, match=r"run/tokenizer holds another vocabulary") as info:
+        loader.run_tokenizer(data(config), workdir, resuming=False)
+    assert "the 300-token vocabulary trained on text:" in str(info.value)
 
 
 @pytest.mark.parametrize(

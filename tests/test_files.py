@@ -68,7 +68,9 @@ def test_a_bucket_workdir_holds_the_run_and_resumes_after_a_hard_stop(
 
 def test_a_tokenizer_in_a_bucket_loads_as_the_local_one(data_dir, tmp_path, gcs):
     config = small_run_config(data_dir)
-    local = loader.get_tokenizer(DataSpec.from_config(config.data), str(tmp_path / "run"))
+    local = loader.keep_in_workdir(
+        loader.get_tokenizer(DataSpec.from_config(config.data)), str(tmp_path / "run")
+    )
     folder = str(tmp_path / "run" / "tokenizer")
     files.copy_dir(folder, "gs://bucket/vocab")
     text = ["Return the number of items in a container."]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -29,6 +28,9 @@ from mlm_jax.data.spec import DataSpec
 
 log = logging.getLogger(__name__)
 
+RUN_TOKENIZER = "tokenizer"  # the workdir's copy of its tokenizer
+# Names cached vocabularies by how they were trained: v2 = the byte-reproducible trainer.
+TOKENIZER_TRAINING = "wp2"
 BATCH_KEYS = ("tokens", "document_ids", "maskable", "word_starts", "example_ids", "epochs")
 _NUM_BATCHES = 2**62  # "infinite": the train stream never ends
 
@@ -47,74 +49,101 @@ def load_corpus(data: DataSpec) -> corpora.Corpus:
     return corpora.load_corpus(data)
 
 
-def get_tokenizer(data: DataSpec, workdir: str | None = None) -> tokenizer_lib.Tokenizer:
-    """The run's tokenizer: workdir/tokenizer if present (a resumed run), else data.tokenizer,
-    else a WordPiece vocabulary trained once per (corpus, vocab_size, lowercase) and cached.
-    The chosen files are copied into workdir/tokenizer/ so a checkpoint carries its tokenizer."""
-    import jax
+def get_tokenizer(data: DataSpec) -> tokenizer_lib.Tokenizer:
+    """The tokenizer the spec asks for: data.tokenizer, or (empty) a WordPiece vocabulary of
+    data.vocab_size trained on the train split once and cached. Writes nothing to a workdir."""
+    if not data.tokenizer:  # training is byte-reproducible: every host may train (or find) its own
+        return _trained_tokenizer(data)
+    tokenizer = tokenizer_lib.load_tokenizer(data.tokenizer)
+    _warn_if_trained_on_heldout(tokenizer, data)
+    return tokenizer
 
-    d = data
-    run_copy = files.join(workdir, "tokenizer") if workdir else None
-    if run_copy and files.has_dir(run_copy):
-        log.info("using the run's tokenizer %s", run_copy)
-        return tokenizer_lib.load_tokenizer(run_copy)
-    if d.tokenizer:
-        tokenizer = tokenizer_lib.load_tokenizer(d.tokenizer)
-    elif jax.process_count() > 1:
-        # Training is not bit-reproducible (tokenizers breaks ties in hash-map order), and each
-        # host has its own cache: process 0's vocabulary is the run's, sent to the others.
-        tokenizer = _from_process_0(lambda: _trained_tokenizer(data))
-    else:
-        tokenizer = _trained_tokenizer(data)
-    if run_copy:
+
+def run_tokenizer(data: DataSpec, workdir: str, *, resuming: bool) -> tokenizer_lib.Tokenizer:
+    """The run's tokenizer. A resumed run keeps the one its checkpoints were trained with
+    (workdir/tokenizer/). A new run uses the config's, and a tokenizer/ a run left in the
+    workdir before its first checkpoint must be that same vocabulary, or the run stops."""
+    copy = files.join(workdir, RUN_TOKENIZER)
+    if resuming:
+        if not files.has_dir(copy):
+            raise ValueError(f"{copy}: missing; the checkpoints of {workdir} need their tokenizer")
+        log.info("using the run's tokenizer %s", copy)
+        return tokenizer_lib.load_tokenizer(copy)
+    tokenizer = get_tokenizer(data)
+    if files.has_dir(copy) and not tokenizer_lib.load_tokenizer(copy).same_vocabulary(tokenizer):
+        asked = (
+            f"data.tokenizer={data.tokenizer!r}"
+            if data.tokenizer
+            else (f"the {data.vocab_size}-token vocabulary trained on {data.dataset}")
+        )
+        raise ValueError(
+            f"{copy} holds another vocabulary than the config's ({asked}); use a new workdir, "
+            "or delete that folder to start this one afresh"
+        )
+    return tokenizer
+
+
+def keep_in_workdir(tokenizer: tokenizer_lib.Tokenizer, workdir: str) -> tokenizer_lib.Tokenizer:
+    """Copies the tokenizer into workdir/tokenizer/ (once checks passed) and returns the copy,
+    which is exactly what a resumed run loads."""
+    copy = files.join(workdir, RUN_TOKENIZER)
+    if not files.has_dir(copy):
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer.save(tmp)
-            files.copy_dir(tmp, run_copy)
-        tokenizer = tokenizer_lib.load_tokenizer(run_copy)  # exactly what a resumed run will load
+            files.copy_dir(tmp, copy)
+    return tokenizer_lib.load_tokenizer(copy)
+
+
+def train_tokenizer(data: DataSpec) -> tokenizer_lib.Tokenizer:
+    """A WordPiece vocabulary of data.vocab_size trained on the spec's train split, recording
+    what it was trained on (so a run that holds out other documents can tell)."""
+    corpus = load_corpus(data)
+    tokenizer = tokenizer_lib.train_wordpiece(
+        corpora.iter_training_texts(corpus.train),
+        vocab_size=data.vocab_size,
+        lowercase=data.lowercase,
+    )
+    tokenizer.trained_on = {
+        "dataset": data.dataset,
+        "heldout_fraction": data.heldout_fraction,
+        "corpus": corpus.key,
+    }
     return tokenizer
 
 
 def _trained_tokenizer(data: DataSpec) -> tokenizer_lib.Tokenizer:
     """The cached WordPiece vocabulary of the spec, trained on the train split if missing."""
-    d = data
     corpus = load_corpus(data)
-    casing = "uncased" if d.lowercase else "cased"
-    cached = os.path.join(cache_root(data), "tokenizers", f"{corpus.key}-v{d.vocab_size}-{casing}")
+    casing = "uncased" if data.lowercase else "cased"
+    name = f"{corpus.key}-v{data.vocab_size}-{casing}-{TOKENIZER_TRAINING}"
+    cached = os.path.join(cache_root(data), "tokenizers", name)
     if not os.path.isdir(cached):
-        log.info("training a %d-token WordPiece vocabulary on %s", d.vocab_size, corpus.key)
-        trained = tokenizer_lib.train_wordpiece(
-            corpora.iter_training_texts(corpus.train),
-            vocab_size=d.vocab_size,
-            lowercase=d.lowercase,
-        )
+        log.info("training a %d-token WordPiece vocabulary on %s", data.vocab_size, corpus.key)
+        trained = train_tokenizer(data)
         with tempfile.TemporaryDirectory() as tmp:
             trained.save(tmp)
             files.copy_dir(tmp, cached)
     return tokenizer_lib.load_tokenizer(cached)
 
 
-def _from_process_0(make) -> tokenizer_lib.Tokenizer:
-    """`make()` on process 0; every process gets its saved files (a collective: all must call)."""
-    import jax
-    from jax.experimental import multihost_utils
-
-    payload = b""
-    if jax.process_index() == 0:
-        with tempfile.TemporaryDirectory() as tmp:
-            make().save(tmp)
-            saved = {}
-            for name in sorted(os.listdir(tmp)):
-                with open(os.path.join(tmp, name), encoding="utf-8") as f:
-                    saved[name] = f.read()
-        payload = json.dumps(saved).encode()
-    size = int(multihost_utils.broadcast_one_to_all(np.int64(len(payload))))
-    local = np.frombuffer(payload, np.uint8) if payload else np.zeros(size, np.uint8)
-    received = np.asarray(multihost_utils.broadcast_one_to_all(local)).tobytes()
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, text in json.loads(received).items():
-            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
-                f.write(text)
-        return tokenizer_lib.load_tokenizer(tmp)
+def _warn_if_trained_on_heldout(tokenizer: tokenizer_lib.Tokenizer, data: DataSpec) -> None:
+    """Documents are held out by a hash of their text below the fraction, so a vocabulary
+    trained with a smaller held-out fraction of the same dataset has seen some of this run's
+    held-out documents (a dataset that ships its own held-out split keeps one corpus key)."""
+    trained = tokenizer.trained_on or {}
+    if trained.get("dataset") != data.dataset or trained.get("corpus") == load_corpus(data).key:
+        return
+    if float(trained.get("heldout_fraction", 1.0)) < data.heldout_fraction:
+        log.warning(
+            "data.tokenizer=%s was trained on %s holding out %g of the documents; this run holds "
+            "out %g, so the vocabulary has seen documents this run evaluates on (train it with "
+            "--heldout_fraction=%g)",
+            data.tokenizer,
+            data.dataset,
+            trained["heldout_fraction"],
+            data.heldout_fraction,
+            data.heldout_fraction,
+        )
 
 
 def packed_rows(data: DataSpec, tokenizer, split: str) -> packing.PackedRows:
@@ -261,6 +290,12 @@ def make_eval_batches(
     host_offset, host_batch = _host_slice(
         batch_size, process_index, process_count, "eval.batch_size"
     )
+    if len(rows) < batch_size:
+        raise ValueError(
+            f"config.data.dataset={data.dataset!r}: the held-out split holds {len(rows)} rows of "
+            f"{data.seq_len} tokens, fewer than one eval batch (eval.batch_size={batch_size}), "
+            "too few to evaluate; add text, raise data.heldout_fraction or lower eval.batch_size"
+        )
     wanted = num_batches * batch_size
     if wanted > len(rows):
         log.warning(

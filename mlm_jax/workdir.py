@@ -1,0 +1,149 @@
+"""A run owns its workdir: nobody else's files in it, and one run in it at a time.
+
+- Ownership: a workdir is this project's when it holds the lock file below (or, written before
+  it existed, checkpoints/). A non-empty workdir that is not is refused, so a run never writes
+  over a user's own config.json or metrics.jsonl.
+- The lock: on a local disk an exclusive flock on WORKDIR/.mlm_jax.lock, held for the run's
+  life and released by the OS when the process dies (kill -9 included); a second run meets one
+  line naming the holder. In a bucket (gs://) there is no flock: the file is a lease the holder
+  renews every LEASE_RENEW_S and that lapses LEASE_S after its last renewal, so a crashed
+  holder blocks the workdir for minutes, not for ever.
+
+Only process 0 takes the lock: the other hosts of a run are the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+
+from mlm_jax import files
+
+LOCK_FILE = ".mlm_jax.lock"
+LEASE_S = 300.0  # a bucket lease lapses this long after its holder's last renewal
+LEASE_RENEW_S = 60.0
+# What this project writes into a workdir (a run, a sweep's run, a fine-tune).
+KNOWN_NAMES = frozenset(
+    {
+        LOCK_FILE,
+        "config.json",
+        "metrics.jsonl",
+        "tensorboard",
+        "tokenizer",
+        "checkpoints",
+        "sweep.log",
+        "sweep_done.json",
+        "sweep_failed.json",
+        "finetune",
+    }
+)
+
+
+def check_owned(workdir: str) -> None:
+    """One ValueError line if `workdir` holds files this project did not write."""
+    if not files.isdir(workdir):
+        if files.exists(workdir):
+            raise ValueError(f"workdir {workdir!r}: a file, not a directory")
+        return
+    names = files.listdir(workdir)
+    if LOCK_FILE in names or "checkpoints" in names:
+        return
+    foreign = sorted(n for n in names if n not in KNOWN_NAMES and not n.startswith(".write_probe"))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(
+            f"workdir {workdir!r} holds files this project did not write ({shown}); use an empty "
+            "or new workdir, so that none of them is overwritten"
+        )
+
+
+def _holder() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+
+
+def _describe(holder: dict) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+    return f"a run on {holder.get('host', '?')}, pid {holder.get('pid', '?')}, started {started}"
+
+
+class WorkdirLock:
+    """Held for a run's life (a context manager); `enabled=False` (hosts other than 0) holds
+    nothing."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True):
+        self.path = files.join(workdir, LOCK_FILE)
+        self.enabled = enabled
+        self._handle = None
+        self._stop = threading.Event()
+        self._renewer = None
+
+    def __enter__(self) -> WorkdirLock:
+        if self.enabled:
+            self._acquire_remote() if files.is_remote(self.path) else self._acquire_local()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.enabled:
+            return
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the flock
+            self._handle = None
+        if self._renewer is not None:
+            self._stop.set()
+            self._renewer.join(timeout=5)
+            files.write_text(self.path, json.dumps({**self._mine, "expires": 0}))
+
+    def _acquire_local(self) -> None:
+        import fcntl
+
+        files.makedirs(os.path.dirname(self.path))
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the run's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read() or "{}")
+            except ValueError:
+                holder = {}
+            handle.close()
+            raise ValueError(self._busy(holder)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(_holder()))
+        handle.flush()
+        self._handle = handle
+
+    def _acquire_remote(self) -> None:
+        if files.exists(self.path):
+            try:
+                holder = json.loads(files.read_text(self.path))
+            except ValueError:
+                holder = {}
+            if holder.get("expires", 0) > time.time():
+                raise ValueError(
+                    self._busy(holder) + f" (its lease lapses {LEASE_S:.0f} s after it stops)"
+                )
+        self._mine = _holder()
+        self._renew()
+        self._renewer = threading.Thread(target=self._keep_renewing, daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        files.write_text(self.path, json.dumps({**self._mine, "expires": time.time() + LEASE_S}))
+
+    def _keep_renewing(self) -> None:
+        while not self._stop.wait(LEASE_RENEW_S):
+            try:
+                self._renew()
+            except Exception:  # noqa: BLE001 - a failed renewal is retried; the run goes on
+                continue
+
+    def _busy(self, holder: dict) -> str:
+        return (
+            f"workdir {os.path.dirname(self.path)!r} is in use by {_describe(holder)}; wait for "
+            "it to finish, or use another workdir"
+        )
