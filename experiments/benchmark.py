@@ -41,7 +41,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mlm_jax import cli, masking
-from mlm_jax.flops import flops_per_token
+from mlm_jax.flops import datasheet_peak, flops_per_token
 from mlm_jax.synthetic import compile_train_step, make_trainer, synthetic_batch, vocab_size_of
 from mlm_jax.trainer import stream_key
 
@@ -82,22 +82,6 @@ _DATA_BATCHES = flags.DEFINE_integer(
     "batches and report the loader's tokens/s (builds the corpus: ~1 min on 2 cores).",
 )
 
-# bfloat16 dense datasheet peaks, FLOP/s, matched by substring of device_kind (first match).
-DATASHEET_BF16 = (
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),  # SXM (device_kind "NVIDIA H100 80GB HBM3")
-    ("A100", 312e12),
-    ("TPU v4", 275e12),
-    ("TPU v5 lite", 197e12),  # v5e
-    ("TPU v5e", 197e12),
-    ("TPU v5p", 459e12),
-    ("TPU v5", 459e12),
-    ("TPU v6 lite", 918e12),  # v6e (Trillium)
-    ("TPU v6e", 918e12),
-)
-
 
 def median_seconds(fn, runs: int, warmup: int = 1) -> float:
     for _ in range(warmup):
@@ -129,15 +113,6 @@ def timed(fn) -> float:
     start = time.perf_counter()
     jax.block_until_ready(fn())
     return time.perf_counter() - start
-
-
-def datasheet_peak(device_kind: str, dtype_name: str) -> float | None:
-    if dtype_name != "bfloat16":
-        return None
-    for key, peak in DATASHEET_BF16:
-        if key.lower() in device_kind.lower():
-            return peak
-    return None
 
 
 def memory_report(devices) -> dict:
@@ -220,7 +195,7 @@ def run_benchmark(config) -> dict:
     peak_fn, peak_flops = peak_matmul(devices, trainer.run.model.compute_dtype, size, burst)
     with trainer.activate():
         start = time.perf_counter()
-        step_fn = trainer.train_step.lower(state, batch).compile()
+        step_fn = trainer.jitted("train").lower(state, batch).compile()
         compile_s = time.perf_counter() - start
         for _ in range(_WARMUP.value):
             state, metrics = step_fn(state, batch)

@@ -34,3 +34,30 @@ def flops_per_token(model_config, seq_len: int, max_predictions: int) -> dict[st
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+# bfloat16 dense datasheet peaks, FLOP/s, matched by substring of device_kind (first match).
+DATASHEET_BF16 = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM (device_kind "NVIDIA H100 80GB HBM3")
+    ("A100", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v6 lite", 918e12),  # v6e (Trillium)
+    ("TPU v6e", 918e12),
+)
+
+
+def datasheet_peak(device_kind: str, dtype_name: str) -> float | None:
+    """The chip's bf16 dense datasheet peak in FLOP/s, or None (unknown chip, other dtype)."""
+    if dtype_name != "bfloat16":
+        return None
+    for key, peak in DATASHEET_BF16:
+        if key.lower() in device_kind.lower():
+            return peak
+    return None

@@ -77,6 +77,6 @@ def compile_train_step(config, devices=None, compiler_options=None):
     }
     with trainer.activate():
         start = time.perf_counter()
-        lowered = trainer.train_step.lower(trainer.abstract_state, abstract_batch)
+        lowered = trainer.jitted("train").lower(trainer.abstract_state, abstract_batch)
         compiled = lowered.compile(compiler_options=compiler_options)
     return trainer, compiled, time.perf_counter() - start

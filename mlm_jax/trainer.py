@@ -252,6 +252,10 @@ class Trainer:
     def _call(self, name: str, *args):
         return self._compiled.get(name, self._jitted[name])(*args)
 
+    def jitted(self, name: str):
+        """The jitted step ("train", "eval", "eval_own", "init"), for lowering by hand."""
+        return self._jitted[name]
+
     def compile(self, eval_batch: dict, *, with_init: bool) -> None:
         """Compiles the train and eval steps (and init) ahead of their first call.
 

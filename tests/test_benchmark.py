@@ -245,9 +245,9 @@ ENTRY %main (a: {t}, b: {t}) -> {t} {{
 def test_datasheet_peak_tells_the_h100_variants_apart():
     """NVIDIA's bf16 dense figures: SXM 989, PCIe 756, NVL 835 TFLOP/s (device_kind strings as
     JAX reports them)."""
-    from experiments import benchmark
+    from mlm_jax import flops
 
-    assert benchmark.datasheet_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
-    assert benchmark.datasheet_peak("NVIDIA H100 PCIe", "bfloat16") == 756e12
-    assert benchmark.datasheet_peak("NVIDIA H100 NVL", "bfloat16") == 835e12
-    assert benchmark.datasheet_peak("NVIDIA H100 PCIe", "float32") is None
+    assert flops.datasheet_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert flops.datasheet_peak("NVIDIA H100 PCIe", "bfloat16") == 756e12
+    assert flops.datasheet_peak("NVIDIA H100 NVL", "bfloat16") == 835e12
+    assert flops.datasheet_peak("NVIDIA H100 PCIe", "float32") is None
