@@ -12,6 +12,7 @@ run resumes from the newest intact one; it never trains from damaged bytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -110,16 +111,23 @@ def _committed(step_dir: epath.Path) -> bool:
 def check_writable(workdir: str) -> None:
     """One ValueError line, before anything compiles, if the run could not save its work."""
     # Every host probes the shared workdir at once: the name must be this process's alone.
+    # Folders the probe had to make go again (a probe is not a run's first write).
     name = f".write_probe_{socket.gethostname()}_{os.getpid()}"
+    made = []
     for directory in (workdir, os.fspath(checkpoint_dir(workdir))):
         probe = files.join(directory, name)
         try:
+            if not files.is_remote(directory) and not os.path.isdir(directory):
+                made.append(directory)
             files.makedirs(directory)
             files.write_text(probe, "ok")
             files.remove(probe)
         except Exception as e:  # OSError locally; the storage client's own errors in a bucket
             reason = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
             raise ValueError(f"workdir {workdir!r}: cannot write to {directory} ({reason})") from e
+    for directory in reversed(made):
+        with contextlib.suppress(OSError):  # (another host may have written into it already)
+            os.rmdir(directory)
 
 
 def latest_step(workdir: str) -> int | None:
@@ -241,12 +249,13 @@ def _set_aside(manager, step: int) -> str:
     return os.fspath(target)
 
 
-def wait_until_finished(manager) -> None:
-    """Blocks until every started save is on disk; a failed one becomes CheckpointWriteError."""
+def wait_until_finished(manager, step: int | None = None) -> None:
+    """Blocks until every started save is on disk; a failed one becomes CheckpointWriteError
+    (naming `step`, the last one started)."""
     try:
         manager.wait_until_finished()
     except Exception as e:
-        raise _write_error(manager, None, e) from e
+        raise _write_error(manager, step, e) from e
 
 
 def _write_error(manager, step, error: Exception) -> CheckpointWriteError:

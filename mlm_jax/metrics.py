@@ -70,7 +70,10 @@ class MetricsWriter:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if event["step"] <= step:
+            if not isinstance(event, dict) or "step" not in event:
+                log.warning("%s: kept a line that is not one of this run's events", self.path)
+                kept.append(line + "\n")  # not ours to drop
+            elif event["step"] <= step:
                 kept.append(json.dumps(event) + "\n")
         files.write_text(self.path, "".join(kept))
         self._lines = kept
@@ -120,7 +123,15 @@ def read_metrics(workdir: str) -> list[dict]:
     path = files.join(workdir, "metrics.jsonl")
     if not files.exists(path):
         return []
-    return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
+    events = []
+    for line in files.read_text(path).splitlines():
+        try:
+            event = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed process
+        if isinstance(event, dict) and "step" in event:
+            events.append(event)
+    return events
 
 
 def _jsonable(v):

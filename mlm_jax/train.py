@@ -29,6 +29,7 @@ from mlm_jax import files, pretrained, sharding
 from mlm_jax import metrics as metrics_lib
 from mlm_jax import workdir as workdir_lib
 from mlm_jax.config_checks import (
+    ConfigError,
     as_config_errors,
     check_eval_batches,
     check_resume_compatible,
@@ -175,9 +176,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         with as_config_errors():
             ckpt.check_writable(workdir)  # the first write: a probe file, removed at once
         is_writer = jax.process_index() == 0
-        with workdir_lib.WorkdirLock(workdir, enabled=is_writer):
+        lock = workdir_lib.WorkdirLock(workdir, enabled=is_writer)
+        with as_config_errors():
+            lock.__enter__()  # another run holding the workdir: one line, as a bad input
+        try:
             checked.tokenizer = loader.keep_in_workdir(checked.tokenizer, workdir)
             return _train(checked, workdir, stop, is_writer)
+        finally:
+            lock.__exit__(None, None, None)
 
 
 def _train(checked: Checked, workdir: str, stop, is_writer: bool):
@@ -190,6 +196,11 @@ def _train(checked: Checked, workdir: str, stop, is_writer: bool):
     try:
         replicated = sharding.replicated(trainer.mesh)
         restored = ckpt.restore_newest_intact(manager, trainer.abstract_state, replicated)
+        if restored is None and checked.resume_step is not None:
+            raise ConfigError(
+                f"{ckpt.checkpoint_dir(workdir)}: no intact checkpoint (each was set aside as "
+                "<step>.damaged, see the warnings); move them away to start this workdir afresh"
+            )
         if unfinished:
             log.warning(
                 "found unfinished checkpoint writes %s (a process stopped while saving); %s",
@@ -230,7 +241,9 @@ def _train(checked: Checked, workdir: str, stop, is_writer: bool):
             config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop,
             log_window,
         )  # fmt: skip
-        ckpt.wait_until_finished(manager)
+        ckpt.wait_until_finished(
+            manager, run.train.num_steps if preempted_at is None else preempted_at
+        )
     finally:
         _close(manager, writer)
     if preempted_at is not None:

@@ -25,21 +25,10 @@ from mlm_jax import files
 LOCK_FILE = ".mlm_jax.lock"
 LEASE_S = 300.0  # a bucket lease lapses this long after its holder's last renewal
 LEASE_RENEW_S = 60.0
-# What this project writes into a workdir (a run, a sweep's run, a fine-tune).
-KNOWN_NAMES = frozenset(
-    {
-        LOCK_FILE,
-        "config.json",
-        "metrics.jsonl",
-        "tensorboard",
-        "tokenizer",
-        "checkpoints",
-        "sweep.log",
-        "sweep_done.json",
-        "sweep_failed.json",
-        "finetune",
-    }
-)
+# A workdir holding one of these is this project's (tokenizer/ and checkpoints/: runs that
+# predate the lock file). A sweep writes the other names into a run's folder before the run.
+OWNED_BY = (LOCK_FILE, "checkpoints", "tokenizer")
+BEFORE_A_RUN = frozenset({"sweep.log", "sweep_done.json", "sweep_failed.json"})
 
 
 def check_owned(workdir: str) -> None:
@@ -49,9 +38,9 @@ def check_owned(workdir: str) -> None:
             raise ValueError(f"workdir {workdir!r}: a file, not a directory")
         return
     names = files.listdir(workdir)
-    if LOCK_FILE in names or "checkpoints" in names:
+    if any(name in names for name in OWNED_BY):
         return
-    foreign = sorted(n for n in names if n not in KNOWN_NAMES and not n.startswith(".write_probe"))
+    foreign = sorted(n for n in names if n not in BEFORE_A_RUN and not n.startswith(".write_probe"))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ValueError(

@@ -174,6 +174,15 @@ def setup(tmp_path_factory, data_dir):
     reference = str(root / "reference")
     done = run_main(config_file, reference, *BASE)
     assert done.returncode == 0, done.stdout + done.stderr
+    # A run that goes right says what it does and nothing alarming: no TFDS download banner or
+    # variant warnings for the built-in corpus (the first build is in this data dir or another).
+    for noise in ("Downloading and preparing", "Variant folder", "Using custom data config"):
+        assert noise not in done.stderr + done.stdout, noise
+    for said in ("compiling the train and eval steps", "compiled in", "finished at step 20"):
+        assert said in done.stderr, said
+    assert "python -m mlm_jax.fill_mask --workdir=" in done.stderr  # what to run next
+    again = run_main(config_file, reference, *BASE)
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr[-2000:]
     return config_file, reference, root
 
 
@@ -280,18 +289,49 @@ def test_unwritable_workdir_fails_in_one_line_before_compiling(setup, tmp_path):
     assert "eval at step" not in done.stderr  # nothing compiled or ran
 
 
-def test_failed_save_names_the_path_and_keeps_earlier_checkpoints(setup):
+def test_failed_save_stops_the_run_at_once_naming_its_step(setup):
     config_file, _, root = setup
     workdir = str(root / "disk_full")
-    # From batch 15 on, every array write fails with ENOSPC (what a full disk gives).
-    done = run_main(config_file, workdir, *BASE, *NO_EVAL, hooks={"fail_saves_at": 15})
+    # 30 steps, saves at 10, 20, 30; from batch 15 on every array write fails with ENOSPC (what
+    # a full disk gives), so the save of step 20 fails while step 21 runs.
+    done = run_main(
+        config_file, workdir, *BASE, *NO_EVAL, "train.num_steps=30", hooks={"fail_saves_at": 15}
+    )
     assert done.returncode == 1, done.stderr
     line = [s for s in done.stderr.splitlines() if s.startswith("error:")]
     assert len(line) == 1, done.stderr
-    assert f"could not write the checkpoint of step {NUM_STEPS}" in line[0]
+    assert f"could not write the checkpoint of step {2 * CKPT_EVERY}" in line[0]
     assert os.path.join(workdir, "checkpoints") in line[0]
     assert "No space left on device" in line[0]
     assert f"the last complete checkpoint is step {CKPT_EVERY}" in line[0]
+    assert "Traceback" not in done.stderr and "Event loop is closed" not in done.stderr
+    assert max(e["step"] for e in metrics.read_metrics(workdir)) <= 2 * CKPT_EVERY + 2
     assert checkpoint.latest_step(workdir) == CKPT_EVERY
     params, _ = checkpoint.load_trained(workdir)
     assert all(np.isfinite(v).all() for _, v in _flatten(params))
+
+
+def test_sigterm_while_the_step_compiles_exits_0_within_seconds(setup):
+    """A Spot VM gives ~30 s of notice; compiling a deep unrolled model takes longer here."""
+    import signal
+    import time
+
+    config_file, _, root = setup
+    workdir = str(root / "term_compiling")
+    deep = ("model.num_layers=12", "model.scan_layers=False", "model.hidden_size=128")
+    proc = run_main(config_file, workdir, *BASE, *deep, wait=False)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "compiling the train and eval steps" in line:
+            break
+    time.sleep(1.0)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    waited = time.monotonic() - sent
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output[-3000:]
+    assert "nothing new to save" in output and "compiled in" not in output, output[-3000:]
+    assert waited < 10, (waited, output[-2000:])
+    assert checkpoint.latest_step(workdir) is None

@@ -226,6 +226,8 @@ def test_export_round_trip_matches_transformers_logits_and_fill_mask(tmp_path, s
     tokenizer = load_tokenizer(write_vocab(str(tmp_path)))
     out_dir = str(tmp_path / "export")
     hf_dir.export_hf(params, config, tokenizer, out_dir)
+    modes = {n: os.stat(os.path.join(out_dir, n)).st_mode & 0o777 for n in os.listdir(out_dir)}
+    assert len(set(modes.values())) == 1, modes  # the weights readable as the other files
 
     exported = transformers.BertForMaskedLM.from_pretrained(out_dir).eval()
     assert exported.config.hidden_act == {"exact": "gelu", "tanh": "gelu_new"}[gelu]

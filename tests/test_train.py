@@ -253,8 +253,7 @@ def test_never_mask_ids_beyond_the_real_vocabulary_stop_the_run_in_one_line(data
     config.masking.never_mask_ids = (600,)
     with pytest.raises(ConfigError, match="never_mask_ids"):
         train_and_evaluate(config, str(tmp_path / "run"))
-    assert not (tmp_path / "run" / "config.json").exists()
-    assert checkpoint.latest_step(str(tmp_path / "run")) is None
+    assert not (tmp_path / "run").exists()  # nothing, not even the tokenizer, was written
 
 
 @pytest.mark.slow

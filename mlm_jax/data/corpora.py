@@ -124,6 +124,14 @@ def check_dataset(data_config) -> None:
             raise ValueError(
                 f"data.dataset={data_config.dataset!r}: all {len(files)} matched files are empty"
             )
+        for path in files:
+            if path.endswith(".gz") and os.path.getsize(path) > 0:
+                with open(path, "rb") as f:
+                    if f.read(2) != b"\x1f\x8b":
+                        raise ValueError(
+                            f"{path}: not a gzip file (data.dataset={data_config.dataset!r}); "
+                            "expected .gz files to be gzip-compressed text"
+                        )
     elif kind == "tfds":
         _check_tfds(name, feature, data_dir(data_config))
 
