@@ -156,11 +156,18 @@ def _fake_trainer(fail_ratio):
     return train
 
 
-def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
+def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(execution, "_train_in_process", _fake_trainer(fail_ratio=0.3))
     config = small_run_config(str(tmp_path / "unused"), num_steps=7)
     workdir = str(tmp_path / "sweep")
-    run_sweep(config, workdir, ["masking.ratio=0.3,0.5", "seed=0,1,2"], base_args=[])
+    with caplog.at_level("INFO", logger="mlm_jax.sweep"):
+        run_sweep(config, workdir, ["masking.ratio=0.3,0.5", "seed=0,1,2"], base_args=[])
+    # Progress over runs: each start numbered, each end counted with the failures so far.
+    said = [r.getMessage() for r in caplog.records]
+    assert [m.split(" ")[0] for m in said if " training " in m] == [f"[{k}/6]" for k in range(1, 7)]
+    ends = [m for m in said if m.startswith("[") and " done] " in m]
+    assert len(ends) == 6 and ends[-1].startswith("[6/6 done]") and "(3 failed)" in ends[-1]
+    assert "min to go" in ends[0] and "min to go" not in ends[-1]
     rows = _read_csv(os.path.join(workdir, "results.csv"))
     assert len(rows) == 6
     by_status = {}

@@ -115,6 +115,7 @@ def _run_parallel(todo: list[tuple[str, dict]], base_args: list[str], parallel: 
     envs = _device_envs(parallel)
     free, running = list(range(parallel)), {}
     queue = list(todo)
+    progress = _Progress(len(todo), parallel)
     while queue or running:
         while queue and free:
             run_dir, settings = queue.pop(0)
@@ -122,11 +123,12 @@ def _run_parallel(todo: list[tuple[str, dict]], base_args: list[str], parallel: 
             log_path = _local_log(run_dir)
             logfile = open(log_path, "a")  # noqa: SIM115
             command = run_command(base_args, run_dir, settings)
-            log.info("starting %s", " ".join(shlex.quote(c) for c in command))
+            start = progress.start(run_dir)
+            log.info("  %s", " ".join(shlex.quote(c) for c in command))
             process = subprocess.Popen(
                 command, env=envs[slot], stdout=logfile, stderr=subprocess.STDOUT
             )
-            running[process] = (run_dir, slot, logfile, log_path, time.perf_counter())
+            running[process] = (run_dir, slot, logfile, log_path, start)
         time.sleep(0.5)
         for process in [p for p in running if p.poll() is not None]:
             run_dir, slot, logfile, log_path, start = running.pop(process)
@@ -135,13 +137,12 @@ def _run_parallel(todo: list[tuple[str, dict]], base_args: list[str], parallel: 
                 files.upload_file(log_path, files.join(run_dir, "sweep.log"))
             free.append(slot)
             if process.returncode == 0:
-                run_state.mark_done(run_dir, time.perf_counter() - start)
-                log.info("finished %s", os.path.basename(run_dir))
+                run_state.mark_done(run_dir, progress.end(run_dir, start))
             else:
                 with open(log_path) as f:
                     reason = one_line(f.read()[-4000:])
+                progress.end(run_dir, start, failure=reason)
                 run_state.mark_failed(run_dir, f"exit {process.returncode}: {reason}")
-                log.warning("run %s failed: %s", os.path.basename(run_dir), reason)
 
 
 def _local_log(run_dir: str) -> str:
@@ -155,18 +156,52 @@ def _local_log(run_dir: str) -> str:
     return os.path.join(folder, run_dir.replace("://", "/").replace("/", "_") + ".log")
 
 
+class _Progress:
+    """The sweep's progress over runs: "[k/N]" lines, with an ETA from the runs finished so far."""
+
+    def __init__(self, total: int, parallel: int = 1):
+        self.total, self.parallel = total, parallel
+        self.started = self.ended = self.failed = 0
+        self.seconds = 0.0
+
+    def start(self, run_dir: str) -> float:
+        self.started += 1
+        log.info("[%d/%d] training %s", self.started, self.total, os.path.basename(run_dir))
+        return time.perf_counter()
+
+    def end(self, run_dir: str, start: float, failure: str = "") -> float:
+        elapsed = time.perf_counter() - start
+        self.ended += 1
+        self.seconds += elapsed
+        if failure:
+            self.failed += 1
+            log.warning("run %s failed: %s", os.path.basename(run_dir), failure)
+        left = self.total - self.ended
+        eta = ""
+        if left:
+            minutes = self.seconds / self.ended * -(-left // self.parallel) / 60
+            eta = f"; about {minutes:.0f} min to go"
+        log.info(
+            "[%d/%d done] %s %s after %.1f min (%d failed)%s",
+            self.ended, self.total, os.path.basename(run_dir),
+            "failed" if failure else "finished", elapsed / 60, self.failed, eta,
+        )  # fmt: skip
+        return elapsed
+
+
 def _run_in_process(todo: list[tuple[str, dict, object]]) -> None:
     """One run after another; one failing run must not stop the sweep."""
+    progress = _Progress(len(todo))
     for run_dir, _, run_config in todo:
-        log.info("training %s", os.path.basename(run_dir))
-        start = time.perf_counter()
+        start = progress.start(run_dir)
         try:
             _train_in_process(run_config, run_dir)
         except Exception as e:
-            log.warning("run %s failed: %s", os.path.basename(run_dir), one_line(e))
-            run_state.mark_failed(run_dir, f"{type(e).__name__}: {one_line(e)}")
+            reason = f"{type(e).__name__}: {one_line(e)}"
+            progress.end(run_dir, start, failure=one_line(e))
+            run_state.mark_failed(run_dir, reason)
             continue
-        run_state.mark_done(run_dir, time.perf_counter() - start)
+        run_state.mark_done(run_dir, progress.end(run_dir, start))
 
 
 def _print_commands(todo: list[tuple[str, dict, object]], base_args: list[str]) -> None:
