@@ -21,11 +21,9 @@ def spec(dataset, data_dir, text_unit="paragraph", heldout_fraction=0.2):
     )
 
 
-def test_python_docs_builds_offline_fast_and_split_is_fixed(tmp_path):
-    start = time.monotonic()
+def test_python_docs_builds_offline_and_split_is_fixed(tmp_path):
+    # (How long the build takes is a benchmark's business: experiments/bench_data.py.)
     corpus = corpora.load_corpus(spec("python_docs", tmp_path, heldout_fraction=0.02))
-    elapsed = time.monotonic() - start
-    assert elapsed < 60, f"python_docs took {elapsed:.0f}s to build"
     train, heldout = list(corpus.train), list(corpus.heldout)
     assert len(train) > 1000 and len(heldout) > 20
     assert 0.005 < len(heldout) / (len(train) + len(heldout)) < 0.05
