@@ -10,10 +10,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Many tests compile the same small train step (in this process and in the runs they start as
 # subprocesses, which inherit the environment): JAX's persistent compilation cache compiles it
 # once per session. The folder is new for every session, so no test reads a cache it did not
-# fill, and it goes at exit.
-_XLA_CACHE = tempfile.mkdtemp(prefix="mlm_jax-tests-xla-cache-")
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+# fill, and it goes at exit. pytest-xdist's workers inherit it from the controlling process, which
+# made it and removes it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="mlm_jax-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
