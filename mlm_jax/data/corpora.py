@@ -36,8 +36,11 @@ def parse_dataset(spec: str) -> tuple[str, str, str]:
     if spec.startswith("tfds:") and len(spec) > len("tfds:"):
         name, _, feature = spec[len("tfds:") :].partition(":")
         return "tfds", name, feature or "text"
+    if spec.startswith("rows:") and len(spec) > len("rows:"):  # a prepared store (data/rows.py)
+        return "rows", spec[len("rows:") :], ""
     raise ValueError(
-        f"data.dataset={spec!r}: expected python_docs, text:<glob> or tfds:<name>[:<feature>]"
+        f"data.dataset={spec!r}: expected python_docs, text:<glob>, tfds:<name>[:<feature>] "
+        "or rows:<prepared store>"
     )
 
 
@@ -134,6 +137,10 @@ def check_dataset(data_config) -> None:
                         )
     elif kind == "tfds":
         _check_tfds(name, feature, data_dir(data_config))
+    elif kind == "rows":
+        from mlm_jax.data import rows
+
+        rows.check_store(data_config)
 
 
 def _build(make_builder, directory: str) -> dict:
