@@ -214,6 +214,8 @@ def test_kill_9_resume_from_a_store_equals_the_uninterrupted_on_the_fly_run(
         f"    c = resume_test_config({data_dir!r})\n"
         f"    c.data.dataset = 'rows:{out}'\n    return c\n"
     )
+    # run_main compiles into <config dir>/jax_cache: this session's cache, which the oracle filled
+    os.symlink(os.environ["JAX_COMPILATION_CACHE_DIR"], tmp_path / "jax_cache")
     workdir = str(tmp_path / "killed")
     hooks = {"kill_at": 14, "kill_after": f"{workdir}/checkpoints/10"}
     killed = run_main(str(config_file), workdir, hooks=hooks)
@@ -223,9 +225,3 @@ def test_kill_9_resume_from_a_store_equals_the_uninterrupted_on_the_fly_run(
     assert "resum" in resumed.stderr
     assert steps_of(workdir) == steps_of(uninterrupted_run)
     assert_same_params(workdir, uninterrupted_run)
-    # The same store under another seq_len: one error line, before anything compiles.
-    refused = run_main(str(config_file), str(tmp_path / "other"), "data.seq_len=32")
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "config.data.seq_len=32 but the store" in errors[0]
-    assert "compiling" not in refused.stderr

@@ -77,28 +77,33 @@ def _layout(sizes: dict, *, seq_len: int, packing_name: str, rows_per_shard: int
     }
 
 
-def _shard_pieces(element, layout: dict, *, seq_len: int, packing_name: str, rows_per_shard: int):
+def _piece_bounds(t0, d0, doc_starts, num_tokens, *, seq_len, packing_name, rows_per_shard):
+    """[(shard, begin, end)]: the part [begin, end) of a chunk's tokens that falls in each shard
+    of rows, for a chunk whose first token is token t0 of the stream, its first document d0."""
+    if packing_name == "concat":  # shard s holds stream tokens [s*R*(L-1), (s+1)*R*(L-1))
+        span = rows_per_shard * (seq_len - 1)
+        shards = range(t0 // span, (t0 + num_tokens - 1) // span + 1)
+        return [(s, max(0, s * span - t0), min(num_tokens, (s + 1) * span - t0)) for s in shards]
+    # pad: shard s holds documents [s*R, (s+1)*R), one row each
+    ends = np.concatenate([doc_starts, [num_tokens]])
+    n = len(doc_starts)
+    shards = range(d0 // rows_per_shard, (d0 + n - 1) // rows_per_shard + 1)
+    return [
+        (s, int(ends[min(max(0, s * rows_per_shard - d0), n)]),
+         int(ends[min(max(0, (s + 1) * rows_per_shard - d0), n)]))
+        for s in shards
+    ]  # fmt: skip
+
+
+def _shard_pieces(element, layout: dict, **packing_args):
     """A tokenized chunk -> (shard, piece) for each shard of rows its tokens fall in. A piece is
     (its first token's place in the stream, tokens, word starts, where documents start in it)."""
     index, chunk = element
     t0, d0 = layout["token_start"][index], layout["doc_start"][index]
     lengths = chunk["lengths"]
     doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)  # in the chunk
-    if packing_name == "concat":  # shard s holds stream tokens [s*R*(L-1), (s+1)*R*(L-1))
-        span = rows_per_shard * (seq_len - 1)
-        bounds = lambda s: (max(0, s * span - t0), min(len(chunk["tokens"]), (s + 1) * span - t0))  # noqa: E731
-        shards = range(t0 // span, (t0 + len(chunk["tokens"]) - 1) // span + 1)
-    else:  # shard s holds documents [s*R, (s+1)*R), one row each
-        ends = np.concatenate([doc_starts, [len(chunk["tokens"])]])
-
-        def bounds(s):
-            first = min(max(0, s * rows_per_shard - d0), len(lengths))
-            last = min(max(0, (s + 1) * rows_per_shard - d0), len(lengths))
-            return int(ends[first]), int(ends[last])
-
-        shards = range(d0 // rows_per_shard, (d0 + len(lengths) - 1) // rows_per_shard + 1)
-    for s in shards if len(lengths) else ():
-        a, b = bounds(s)
+    bounds = _piece_bounds(t0, d0, doc_starts, len(chunk["tokens"]), **packing_args)
+    for s, a, b in bounds if len(lengths) else ():
         inside = doc_starts[(doc_starts >= a) & (doc_starts < b)] - a
         yield s, (t0 + a, chunk["tokens"][a:b], chunk["starts"][a:b], inside)
 
