@@ -35,6 +35,7 @@ from mlm_jax.data import tokenizer as tokenizer_lib
 
 DOCS_PER_CHUNK = 512  # documents tokenized by one Beam element
 ROWS_PER_SHARD = 65536  # rows per ArrayRecord file (~8-64 MB at seq_len 128-512)
+WRITER_OPTIONS = "group_size:1"  # one row a chunk (random access); zstd halves the bytes
 
 
 class _Tokenize(beam.DoFn):
@@ -145,7 +146,7 @@ class _WriteShard(beam.DoFn):
         name = rows.shard_name(self.split, shard, layout["shards"])
         local_dir = self.out if not files.is_remote(self.out) else tempfile.mkdtemp()
         tmp = os.path.join(local_dir, f".tmp-{name}-{os.getpid()}")
-        writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+        writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
         for record in records:
             writer.write(record)
         writer.close()
