@@ -3,7 +3,8 @@
 Three forms: `python_docs` (built-in), `text:<glob>` (local files), `tfds:<name>[:<feature>]`
 (any prepared TFDS text dataset in ArrayRecord format). All are read with TFDS data sources:
 random access, no TensorFlow. `check_dataset` does the cheap checks (no building, no reading)
-so a bad name fails in a second with one line; `load_corpus` builds what is missing.
+so a bad name fails in a second with one line; `load_corpus` builds what is missing. A fourth,
+`rows:<dir>`, is a store of rows packed once (data/rows.py): checked here, read by the loader.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def parse_dataset(spec: str) -> tuple[str, str, str]:
     if spec.startswith("rows:") and len(spec) > len("rows:"):  # a prepared store (data/rows.py)
         return "rows", spec[len("rows:") :], ""
     raise ValueError(
-        f"data.dataset={spec!r}: expected python_docs, text:<glob>, tfds:<name>[:<feature>] "
-        "or rows:<prepared store>"
+        f"data.dataset={spec!r}: expected python_docs, text:<glob> or tfds:<name>[:<feature>] "
+        "(or rows:<dir>, a store mlm_jax.data.prepare wrote)"
     )
 
 
