@@ -82,6 +82,8 @@ def test_run_sh_hands_main_the_arguments_as_quoted(tmp_path):
     assert json.loads(two.stdout)[-3:] == [
         "--coordinator_address=10.0.0.5:12355", "--num_processes=2", "--process_id=1",
     ]  # fmt: skip
+    tpu = _run_sh(tmp_path, shlex.join(args), SKYPILOT_NUM_NODES="2", MLM_JAX_DISTRIBUTED="1")
+    assert json.loads(tpu.stdout) == ["-m", "mlm_jax.main", *args]  # JAX asks the TPU metadata
     local = _run_sh(tmp_path, "--config=configs/tiny.py --workdir=/tmp/run")
     assert local.returncode == 2 and local.stderr.startswith("error: MLM_ARGS needs --workdir=gs")
 
