@@ -21,7 +21,7 @@ Where runs go:
                   GPUs through CUDA_VISIBLE_DEVICES (contiguous groups of the visible GPUs);
                   on CPU each gets XLA_FLAGS=--xla_force_host_platform_device_count=<count/N>
                   (count from this process's XLA_FLAGS, default 1). TPU chips are not divided
-                  here: on a TPU VM run sequentially or use --launch=print.
+                  here: on a TPU VM run sequentially, or --launch=sky (a slice per run).
   --launch=print  prints one `python -m mlm_jax.main ...` command per run for your launcher.
   --launch=sky    submits each unfinished run as its own SkyPilot managed job (`sky jobs
                   launch --launch_file`, default launch/tpu_v5e.yaml) into the gs:// DIR; the
