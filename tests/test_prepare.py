@@ -202,7 +202,7 @@ def test_kill_9_resume_from_a_store_equals_the_uninterrupted_on_the_fly_run(
     """The oracle is resume_test_config's on-the-fly run (conftest): the same losses at every
     step and the same final parameters, from a store, across a kill -9 and a restart."""
     from tests.configs import resume_test_config
-    from tests.test_fault_tolerance import assert_same_params, run_main, steps_of
+    from tests.test_fault_tolerance import RUNNER, assert_same_params, steps_of
 
     out = str(tmp_path / "rows")
     prepare.prepare(DataSpec.from_config(resume_test_config(data_dir).data), out)
@@ -214,13 +214,21 @@ def test_kill_9_resume_from_a_store_equals_the_uninterrupted_on_the_fly_run(
         f"    c = resume_test_config({data_dir!r})\n"
         f"    c.data.dataset = 'rows:{out}'\n    return c\n"
     )
-    # run_main compiles into <config dir>/jax_cache: this session's cache, which the oracle filled
-    os.symlink(os.environ["JAX_COMPILATION_CACHE_DIR"], tmp_path / "jax_cache")
+    runner = tmp_path / "runner.py"  # mlm_jax.main with test_fault_tolerance's kill hook
+    runner.write_text(RUNNER)
+
+    def run_main(workdir, hooks=None):
+        # This process's environment (its XLA flags and compilation cache, which the oracle
+        # filled): the runs load the step the oracle compiled instead of compiling it again.
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "MLM_TEST_HOOKS": json.dumps(hooks or {})}
+        command = [sys.executable, str(runner), f"--config={config_file}", f"--workdir={workdir}"]
+        return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+
     workdir = str(tmp_path / "killed")
     hooks = {"kill_at": 14, "kill_after": f"{workdir}/checkpoints/10"}
-    killed = run_main(str(config_file), workdir, hooks=hooks)
+    killed = run_main(workdir, hooks=hooks)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    resumed = run_main(str(config_file), workdir)
+    resumed = run_main(workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resum" in resumed.stderr
     assert steps_of(workdir) == steps_of(uninterrupted_run)
