@@ -222,7 +222,9 @@ def test_kill_9_resume_from_a_store_equals_the_uninterrupted_on_the_fly_run(
         # filled): the runs load the step the oracle compiled instead of compiling it again.
         env = {**os.environ, "JAX_PLATFORMS": "cpu", "MLM_TEST_HOOKS": json.dumps(hooks or {})}
         command = [sys.executable, str(runner), f"--config={config_file}", f"--workdir={workdir}"]
-        return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+        return subprocess.run(
+            command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+        )
 
     workdir = str(tmp_path / "killed")
     hooks = {"kill_at": 14, "kill_after": f"{workdir}/checkpoints/10"}
