@@ -1,6 +1,7 @@
 """Input-pipeline throughput on one host: tokens/s the loader delivers, and one-off build costs.
 
     python experiments/bench_data.py [--config=configs/tiny.py] [--batches=300] [--data_dir=DIR]
+    python experiments/bench_data.py --config=configs/tiny.py --dataset=rows:DIR   # a store
 
 Prints (1) the one-off costs: building the corpus, getting the tokenizer, tokenizing the train
 split into the token cache (tokens/s of the batched tokenizer); (2) the steady state: per-host
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument(
         "--data_dir", default="", help="default: a fresh temporary dir (cold caches)"
     )
+    parser.add_argument("--dataset", default="", help="config.data.dataset (default: the config's)")
     args = parser.parse_args()
 
     from mlm_jax.data import loader, packing
@@ -36,24 +38,30 @@ def main() -> None:
     config = load_config_file(args.config)
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="bench_data_")
     config.data.data_dir = data_dir
+    config.data.dataset = args.dataset or config.data.dataset
     data = DataSpec.from_config(config.data)
 
+    from_store = config.data.dataset.startswith("rows:")  # prepared: nothing to build or tokenize
     start = time.perf_counter()
-    corpus = loader.load_corpus(data)
-    print(
-        f"corpus {config.data.dataset}: {len(corpus.train)} train docs, build {time.perf_counter() - start:.1f}s"
-    )
+    corpus = None if from_store else loader.load_corpus(data)
+    if corpus is not None:
+        print(
+            f"corpus {config.data.dataset}: {len(corpus.train)} train docs, build {time.perf_counter() - start:.1f}s"
+        )
     start = time.perf_counter()
     tokenizer = loader.get_tokenizer(data)
     print(f"tokenizer: vocab {tokenizer.vocab_size}, {time.perf_counter() - start:.1f}s")
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        stream = packing.tokenize_to_stream(corpus.train, tokenizer, os.path.join(tmp, "stream"))
-        seconds = time.perf_counter() - start
-        print(
-            f"tokenize train split: {len(stream.tokens):,} tokens in {seconds:.1f}s = {len(stream.tokens) / seconds:,.0f} tokens/s"
-        )
+        if corpus is not None:
+            stream = packing.tokenize_to_stream(
+                corpus.train, tokenizer, os.path.join(tmp, "stream")
+            )
+            seconds = time.perf_counter() - start
+            print(
+                f"tokenize train split: {len(stream.tokens):,} tokens in {seconds:.1f}s = {len(stream.tokens) / seconds:,.0f} tokens/s"
+            )
 
     iterator = loader.make_train_iterator(
         data, tokenizer, batch_size=config.train.batch_size, seed=config.seed
@@ -72,6 +80,8 @@ def main() -> None:
     print(
         f"a train step consumes {rows * seq_len} tokens: the loader feeds {args.batches / seconds:,.0f} steps/s"
     )
+    if from_store:  # rows read by id from the store's ArrayRecord shards, this host's only
+        print(f"store {config.data.dataset}: {args.batches * rows / seconds:,.0f} rows/s per host")
     if not args.data_dir:
         shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -21,8 +21,12 @@ Where runs go:
                   GPUs through CUDA_VISIBLE_DEVICES (contiguous groups of the visible GPUs);
                   on CPU each gets XLA_FLAGS=--xla_force_host_platform_device_count=<count/N>
                   (count from this process's XLA_FLAGS, default 1). TPU chips are not divided
-                  here: on a TPU VM run sequentially or use --launch=print.
+                  here: on a TPU VM run sequentially, or --launch=sky (a slice per run).
   --launch=print  prints one `python -m mlm_jax.main ...` command per run for your launcher.
+  --launch=sky    submits each unfinished run as its own SkyPilot managed job (`sky jobs
+                  launch --launch_file`, default launch/tpu_v5e.yaml) into the gs:// DIR; the
+                  jobs controller relaunches preempted ones. Rerun it to submit what is still
+                  unfinished, --report when they are done. --dry_run prints the commands.
 
 Outputs in DIR: sweep.json (axes and runs), results.csv (one row per run), results.md (means
 and standard deviations over seeds), metric_vs_<axis>.png (final metrics against the swept
@@ -61,7 +65,14 @@ def define_flags() -> None:
         "sweep", [], "KEY=V1,V2,... (or K1/K2=A1/A2,B1/B2 for keys that move together)."
     )
     flags.DEFINE_integer("parallel", 1, "Runs at once (>1: one subprocess each).")
-    flags.DEFINE_enum("launch", "local", ["local", "print"], "local: run; print: commands.")
+    flags.DEFINE_enum(
+        "launch", "local", ["local", "print", "sky"],
+        "local: run; print: commands; sky: one SkyPilot managed job per run (gs:// workdir).",
+    )  # fmt: skip
+    flags.DEFINE_string(
+        "launch_file", "launch/tpu_v5e.yaml", "--launch=sky: the SkyPilot task YAML of each job."
+    )
+    flags.DEFINE_bool("dry_run", False, "--launch=sky: print the `sky jobs launch` commands only.")
     flags.DEFINE_bool("report", False, "Only regenerate results.* and plots from DIR.")
     flags.DEFINE_string(
         "finetune_task", "", "Fine-tune every finished run on this task (see mlm_jax.finetune)."
@@ -94,6 +105,8 @@ def main(argv) -> None:
             finetune_task=FLAGS.finetune_task,
             finetune_epochs=FLAGS.finetune_epochs,
             finetune_max_len=FLAGS.finetune_max_len,
+            launch_file=FLAGS.launch_file,
+            dry_run=FLAGS.dry_run,
         )
     if rows:
         print(files.read_text(files.join(FLAGS.workdir, "results.md")))

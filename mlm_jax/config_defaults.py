@@ -12,7 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0  # root of every random key in the run (init, masking, dropout, data order)
 
     c.data = d = ml_collections.ConfigDict()
-    d.dataset = "python_docs"  # python_docs | text:<glob> | tfds:<name>[:<feature>]
+    d.dataset = "python_docs"  # python_docs | text:<glob> | tfds:<name>[:<feature>] | rows:<dir>
     d.data_dir = (
         ""  # where TFDS datasets are built/read; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
     )

@@ -60,7 +60,7 @@ def _maybe_initialize_distributed() -> None:
             process_id=_PROCESS_ID.value,
         )
     elif (
-        os.environ.get("MLM_JAX_DISTRIBUTED") == "1"  # set by experiments/tpu_vm.py on a pod slice
+        os.environ.get("MLM_JAX_DISTRIBUTED") == "1"  # set by launch/tpu_*.yaml on a TPU slice
         or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0  # (GKE sets this)
     ):
         jax.distributed.initialize()  # Cloud TPU: JAX finds the other hosts itself

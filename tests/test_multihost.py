@@ -198,7 +198,7 @@ print(len(calls))
     [({}, 0), ({"MLM_JAX_DISTRIBUTED": "1"}, 1), ({"TPU_WORKER_HOSTNAMES": "h0,h1"}, 1)],
 )
 def test_cloud_tpu_pod_slices_start_jax_distributed(env, calls):
-    """tpu_vm.py sets MLM_JAX_DISTRIBUTED=1 on slices with several workers (GCE TPU VMs do not
+    """launch/tpu_*.yaml set MLM_JAX_DISTRIBUTED=1 on TPU slices (GCE TPU VMs do not
     set TPU_WORKER_HOSTNAMES; GKE does): either makes main call jax.distributed.initialize(),
     without arguments, which also starts the preemption service."""
     clean = {k: v for k, v in os.environ.items() if k not in ("MLM_JAX_DISTRIBUTED", "TPU_WORKER_HOSTNAMES")}  # fmt: skip

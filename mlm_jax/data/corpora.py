@@ -3,7 +3,8 @@
 Three forms: `python_docs` (built-in), `text:<glob>` (local files), `tfds:<name>[:<feature>]`
 (any prepared TFDS text dataset in ArrayRecord format). All are read with TFDS data sources:
 random access, no TensorFlow. `check_dataset` does the cheap checks (no building, no reading)
-so a bad name fails in a second with one line; `load_corpus` builds what is missing.
+so a bad name fails in a second with one line; `load_corpus` builds what is missing. A fourth,
+`rows:<dir>`, is a store of rows packed once (data/rows.py): checked here, read by the loader.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ def parse_dataset(spec: str) -> tuple[str, str, str]:
     if spec.startswith("tfds:") and len(spec) > len("tfds:"):
         name, _, feature = spec[len("tfds:") :].partition(":")
         return "tfds", name, feature or "text"
+    if spec.startswith("rows:") and len(spec) > len("rows:"):  # a prepared store (data/rows.py)
+        return "rows", spec[len("rows:") :], ""
     raise ValueError(
-        f"data.dataset={spec!r}: expected python_docs, text:<glob> or tfds:<name>[:<feature>]"
+        f"data.dataset={spec!r}: expected python_docs, text:<glob> or tfds:<name>[:<feature>] "
+        "(or rows:<dir>, a store mlm_jax.data.prepare wrote)"
     )
 
 
@@ -134,6 +138,10 @@ def check_dataset(data_config) -> None:
                         )
     elif kind == "tfds":
         _check_tfds(name, feature, data_dir(data_config))
+    elif kind == "rows":
+        from mlm_jax.data import rows
+
+        rows.check_store(data_config)
 
 
 def _build(make_builder, directory: str) -> dict:

@@ -22,7 +22,7 @@ import grain
 import numpy as np
 
 from mlm_jax import files
-from mlm_jax.data import corpora, packing
+from mlm_jax.data import corpora, packing, rows
 from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.data.spec import DataSpec
 
@@ -52,6 +52,13 @@ def load_corpus(data: DataSpec) -> corpora.Corpus:
 def get_tokenizer(data: DataSpec) -> tokenizer_lib.Tokenizer:
     """The tokenizer the spec asks for: data.tokenizer, or (empty) a WordPiece vocabulary of
     data.vocab_size trained on the train split once and cached. Writes nothing to a workdir."""
+    if data.dataset.startswith(rows.PREFIX):  # a prepared store: its own tokenizer, or the same
+        store = rows.store_dir(data.dataset)
+        tokenizer = tokenizer_lib.load_tokenizer(
+            data.tokenizer or files.join(store, rows.TOKENIZER_DIR)
+        )
+        rows.check_tokenizer(data, tokenizer)
+        return tokenizer
     if not data.tokenizer:  # training is byte-reproducible: every host may train (or find) its own
         return _trained_tokenizer(data)
     tokenizer = tokenizer_lib.load_tokenizer(data.tokenizer)
@@ -146,8 +153,12 @@ def _warn_if_trained_on_heldout(tokenizer: tokenizer_lib.Tokenizer, data: DataSp
         )
 
 
-def packed_rows(data: DataSpec, tokenizer, split: str) -> packing.PackedRows:
-    """Rows of the train or heldout split, tokenized once and cached on disk."""
+def packed_rows(data: DataSpec, tokenizer, split: str) -> packing.PackedRows | rows.StoreRows:
+    """Rows of the train or heldout split, tokenized once and cached on disk (or, for a
+    rows:<dir> dataset, read from the prepared store by row id: nothing tokenized or cached)."""
+    if data.dataset.startswith(rows.PREFIX):
+        rows.check_tokenizer(data, tokenizer)  # a resumed run's own copy must be the store's too
+        return rows.StoreRows(rows.store_dir(data.dataset), split, tokenizer)
     corpus = load_corpus(data)
     documents = {"train": corpus.train, "heldout": corpus.heldout}[split]
     cache_dir = os.path.join(

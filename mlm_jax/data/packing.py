@@ -41,8 +41,24 @@ class TokenStream:
         return len(self.offsets) - 1
 
 
+def token_dtype(tokenizer) -> np.dtype:
+    """The narrowest dtype that holds every id of the vocabulary (uint16 or int32)."""
+    fits = tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1
+    return np.dtype(np.uint16 if fits else np.int32)
+
+
+def encode_documents(texts, tokenizer) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Documents -> their piece of the stream: tokens [T] (int32), word starts [T] (bool), and
+    each document's length; every document's tokens are followed by [SEP]."""
+    encoded = tokenizer.encode_arrays(texts)
+    sep, no = np.asarray([tokenizer.sep_id], np.int32), np.zeros(1, bool)
+    tokens = np.concatenate([np.zeros(0, np.int32)] + [x for ids, _ in encoded for x in (ids, sep)])
+    starts = np.concatenate([np.zeros(0, bool)] + [x for _, st in encoded for x in (st, no)])
+    return tokens.astype(np.int32), starts.astype(bool), [len(ids) + 1 for ids, _ in encoded]
+
+
 def _write_stream(directory: str, documents, tokenizer, batch_docs: int) -> dict:
-    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    dtype = token_dtype(tokenizer)
     lengths = []
     with (
         open(os.path.join(directory, "tokens.bin"), "wb") as tokens_f,
@@ -50,16 +66,10 @@ def _write_stream(directory: str, documents, tokenizer, batch_docs: int) -> dict
     ):
         for begin in range(0, len(documents), batch_docs):
             texts = documents.get_batch(range(begin, min(begin + batch_docs, len(documents))))
-            encoded = tokenizer.encode_arrays(texts)
-            sep = np.asarray([tokenizer.sep_id], np.int32)
-            tokens_f.write(
-                np.concatenate([x for ids, _ in encoded for x in (ids, sep)])
-                .astype(dtype)
-                .tobytes()
-            )
-            no = np.zeros(1, bool)
-            starts_f.write(np.concatenate([x for _, st in encoded for x in (st, no)]).tobytes())
-            lengths.extend(len(ids) + 1 for ids, _ in encoded)
+            tokens, starts, doc_lengths = encode_documents(texts, tokenizer)
+            tokens_f.write(tokens.astype(dtype).tobytes())
+            starts_f.write(starts.tobytes())
+            lengths.extend(doc_lengths)
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     np.save(os.path.join(directory, "offsets.npy"), offsets)

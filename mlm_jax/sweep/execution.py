@@ -1,4 +1,5 @@
-"""Running a sweep's points: in this process, as --parallel subprocesses, or printed for a launcher.
+"""Running a sweep's points: in this process, as --parallel subprocesses, printed for a launcher,
+or submitted as SkyPilot managed jobs (--launch=sky), one per point, into one gs:// workdir.
 
 run_sweep is the whole sweep: axes -> sweep.json -> the unfinished runs -> (fine-tuning) ->
 the report. Where the runs go is one branch in it (`launch`); each way of running leaves the
@@ -211,6 +212,43 @@ def _print_commands(todo: list[tuple[str, dict, object]], base_args: list[str]) 
         print(" ".join(shlex.quote(c) for c in command))
 
 
+def sky_job_commands(
+    todo: list[tuple[str, dict, object]], base_args: list[str], workdir: str, launch_file: str
+) -> list[list[str]]:
+    """--launch=sky: one `sky jobs launch` per unfinished run. Its MLM_ARGS are the arguments of
+    the run's --launch=print line, which launch/run.sh hands to `python -m mlm_jax.main`."""
+    if not files.is_remote(workdir):
+        raise SweepError(
+            f"--launch=sky: --workdir={workdir} must be a bucket (gs://...): each run's job "
+            "trains on its own VM, relaunched elsewhere after a preemption"
+        )
+    sweep = re.sub(r"[^a-z0-9]+", "-", workdir.rstrip("/").rsplit("/", 1)[-1].lower()).strip("-")
+    commands = []
+    for run_dir, settings, _ in todo:
+        args = run_command(base_args, run_dir, settings)[3:]  # after `python -m mlm_jax.main`
+        run = re.sub(r"[^a-z0-9]+", "-", run_dir.rsplit("/", 1)[-1].lower()).strip("-")
+        commands.append(
+            ["sky", "jobs", "launch", launch_file, "--name", f"{sweep}-{run}"[:63].strip("-"),
+             "--env", f"MLM_ARGS={shlex.join(args)}", "--yes", "--detach-run"]
+        )  # fmt: skip
+    return commands
+
+
+def _submit_jobs(commands: list[list[str]], dry_run: bool) -> None:
+    """Submits each job to SkyPilot's jobs controller (or, dry_run, prints its command)."""
+    for command in commands:
+        line = shlex.join(command)
+        if dry_run:
+            print(line)
+            continue
+        log.info("submitting %s", line)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SweepError(
+                f"{line}: exit {done.returncode}: {one_line(done.stderr or done.stdout)}"
+            )
+
+
 def run_sweep(
     config,
     workdir: str,
@@ -222,8 +260,11 @@ def run_sweep(
     finetune_task: str = "",
     finetune_epochs: int = 3,
     finetune_max_len: int = 0,
+    launch_file: str = "launch/tpu_v5e.yaml",
+    dry_run: bool = False,
 ) -> list[dict]:
-    """Validates the axes, runs (or prints) every unfinished run, then writes the report."""
+    """Validates the axes, runs (or prints, or submits) every unfinished run, then writes the
+    report (not for print and sky, whose runs train elsewhere: --report collects them)."""
     if parallel < 1:
         raise SweepError(f"--parallel={parallel}: expected >= 1")
     axes = parse_axes(sweep_specs, config)
@@ -237,17 +278,22 @@ def run_sweep(
         "config_args": base_args,
     }
     files.write_text(files.join(workdir, run_state.SWEEP_FILE), json.dumps(sweep_record, indent=2))
+    if launch == "sky" and not files.is_remote(workdir):
+        sky_job_commands([], base_args, workdir, launch_file)  # refused before writing anything
     todo = []
     for name, settings, run_config in zip(names, runs, configs):
         run_dir = files.join(workdir, name)
         if is_finished(run_dir, run_config):
             log.info("skipping finished run %s", name)
-            if launch == "print":
+            if launch in ("print", "sky"):
                 print(f"# finished: {name}", file=sys.stderr)
             continue
         todo.append((run_dir, settings, run_config))
     if launch == "print":
         _print_commands(todo, base_args)
+        return []
+    if launch == "sky":
+        _submit_jobs(sky_job_commands(todo, base_args, workdir, launch_file), dry_run)
         return []
     log.info("%d of %d runs to train", len(todo), len(runs))
     if parallel > 1 and todo:
