@@ -15,7 +15,7 @@ import sys
 
 import jax
 
-from mlm_jax import cli, hf_bert, hf_dir, pretrained
+from mlm_jax import cli, hf_dir, pretrained
 
 
 def export_workdir(workdir: str, out_dir: str) -> None:
@@ -33,7 +33,8 @@ def _print_import_flags(directory: str) -> None:
     if pretrained.is_run_dir(directory):
         raise ValueError(f"{directory}: a run directory of this project, not a HF checkpoint")
     model = pretrained.load(directory, tokenizer=None)
-    overrides = hf_bert.model_overrides(hf_dir.read_config(directory))
+    hf_config = hf_dir.read_config(directory)
+    overrides = hf_dir.family(hf_config).model_overrides(hf_config)
     count = sum(x.size for x in jax.tree.leaves(model.params))
     flags = [f"--config.model.init_from={directory}"]
     flags += [f"--config.model.{k}={v}" for k, v in overrides.items()]
