@@ -92,6 +92,14 @@ def check_run(run: RunSpec, *, local_devices: int, num_hosts: int) -> None:
         f"config.data.seq_len={run.data.seq_len} exceeds config.model.max_position_embeddings="
         f"{run.model.max_position_embeddings}",
     )
+    if run.model.has_local_layers:
+        half = run.model.local_window // 2
+        _require(
+            half < run.data.seq_len - 1,
+            f"config.model.local_window={run.model.local_window} covers every "
+            f"{run.data.seq_len}-token row (+-{half}), so its local layers would be global: "
+            f"expected a window below {2 * (run.data.seq_len - 1)}, or model.global_every=1",
+        )
     _check_split_dims(run.model, mesh)
     _check_hosts_feed_whole_groups(mesh, local_devices, num_hosts)
     _check_ratios_select_something(run)

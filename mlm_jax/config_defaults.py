@@ -81,7 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
     t.batch_size = 32  # global batch, in sequences
     t.learning_rate = 1e-3  # peak learning rate
     t.warmup_steps = 200  # linear warmup from 0 to the peak
-    t.lr_schedule = "linear"  # decay after warmup: linear | cosine | constant (to 0 at the end)
+    # decay after warmup: linear | cosine | constant (to 0 at the end) | wsd (warmup-stable-decay)
+    t.lr_schedule = "linear"
+    t.decay_share = 0.1  # wsd: share of train.num_steps spent decaying to 0, at the end
+    t.decay_shape = "sqrt"  # wsd decay: linear | cosine | sqrt (1 - sqrt(t), ModernBERT's)
     t.weight_decay = 0.01  # AdamW decoupled weight decay (not on LayerNorm or biases)
     t.b1 = 0.9  # Adam beta1
     t.b2 = 0.98  # Adam beta2

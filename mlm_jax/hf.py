@@ -1,9 +1,10 @@
-"""`python -m mlm_jax.hf`: check a Hugging Face BERT directory, or export a run to one.
+"""`python -m mlm_jax.hf`: check a Hugging Face BERT or ModernBERT directory, or export a run.
 
     python -m mlm_jax.hf import DIR                      # check DIR, print the config flags
     python -m mlm_jax.hf export --workdir=W --out_dir=D  # latest checkpoint of a run -> D
 
-The export is a BertForMaskedLM directory (hf_dir.py writes it) that transformers loads
+The export is a BertForMaskedLM or, for model.arch=modernbert, a ModernBertForMaskedLM
+directory (hf_dir.py writes it) that transformers loads
 as it is; reading either kind of directory is pretrained.py's.
 """
 
@@ -49,7 +50,8 @@ def _print_import_flags(directory: str) -> None:
             else "vocab.txt"
         )
         flags.append(f"--config.data.tokenizer={os.path.join(folder, name)}")
-    print(f"{directory}: BERT with {count:,} parameters; start a run from it with")
+    family = "ModernBERT" if overrides["arch"] == "modernbert" else "BERT"
+    print(f"{directory}: {family} with {count:,} parameters; start a run from it with")
     print("  " + " \\\n  ".join(flags))
 
 
@@ -59,10 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser(
-        "import", help="check a HF BERT directory and print the config flags to start from it"
+        "import", help="check a HF (Modern)BERT directory and print the flags to start from it"
     )
     imp.add_argument("directory")
-    exp = sub.add_parser("export", help="export a run's latest checkpoint as a HF BertForMaskedLM")
+    exp = sub.add_parser(
+        "export", help="export a run's latest checkpoint as a HF (ModernBert|Bert)ForMaskedLM"
+    )
     exp.add_argument("--workdir", required=True)
     exp.add_argument("--out_dir", required=True)
     args = parser.parse_args(argv)
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             _print_import_flags(args.directory)
         else:
             export_workdir(args.workdir, args.out_dir)
-            print(f"wrote {args.out_dir} (BertForMaskedLM + tokenizer)")
+            print(f"wrote {args.out_dir} (a MaskedLM directory + tokenizer)")
 
 
 if __name__ == "__main__":

@@ -91,11 +91,38 @@ def _tokenizer(asked: str | None, default: str) -> Tokenizer | None:
     return load_tokenizer(asked or default)
 
 
-def check_init_from(path: str, spec: ModelSpec) -> None:
-    """What `model.init_from` can tell before anything compiles: the directory is a HF
-    checkpoint whose activation is the config's (weight shapes are checked at load)."""
-    hf_config = hf_dir.read_config(path)
-    hf_dir.family(hf_config).check_model(hf_config, path, spec)
+# What a phase may change about the model it starts from (how it computes, how far it sees).
+_PHASE_MAY_CHANGE = ("dtype", "attention", "remat", "fused_qkv", "dropout_rate",
+                     "attention_dropout_rate", "max_position_embeddings",
+                     "attend_across_documents", "initializer_range")  # fmt: skip
+
+
+def check_init_from(path: str, spec: ModelSpec, tokenizer: Tokenizer | None = None) -> None:
+    """What `model.init_from` can tell before anything compiles. A HF checkpoint: its
+    architecture is the config's (weight shapes are checked at load). A run directory of this
+    project (a phase before this one): the same model (every config.model key but how it
+    computes and max_position_embeddings) and, given `tokenizer`, the same vocabulary."""
+    if not is_run_dir(path):
+        hf_config = hf_dir.read_config(path)
+        hf_dir.family(hf_config).check_model(hf_config, path, spec)
+        return
+    source = load(path, tokenizer=None, weights=False)
+    ours = dataclasses.asdict(spec)
+    for key, value in dataclasses.asdict(source.spec).items():
+        if key in _PHASE_MAY_CHANGE or key in ("vocab_size", "pad_id"):
+            continue
+        if ours[key] != value:
+            raise ValueError(
+                f"config.model.init_from={path!r}: that run has model.{key}={value!r}, this "
+                f"config model.{key}={ours[key]!r}: set --config.model.{key}={value}"
+            )
+    if tokenizer is not None:
+        theirs = load_tokenizer(files.join(path, "tokenizer"))
+        if not theirs.same_vocabulary(tokenizer):
+            raise ValueError(
+                f"config.model.init_from={path!r}: that run's tokenizer differs from this "
+                f"run's: set --config.data.tokenizer={files.join(path, 'tokenizer')}"
+            )
 
 
 def fit(model: Pretrained, template: Any) -> Any:
