@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     mo.global_every = 3  # modernbert: layers 0, n, 2n, ... attend globally (1 = all global)
     mo.glu_activation = "gelu"  # modernbert gated MLP: gelu (GeGLU, model.gelu's) | silu
     mo.norm = "layernorm"  # modernbert norms: layernorm (bias-free) | rmsnorm
-    mo.init_from = ""  # Hugging Face BERT directory to start from ("" = random init)
+    mo.init_from = ""  # HF BERT/ModernBERT dir or a run dir of this project ("" = random init)
 
     c.train = t = ml_collections.ConfigDict()
     t.num_steps = 3000  # optimizer steps

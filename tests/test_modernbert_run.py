@@ -85,7 +85,9 @@ def test_export_opens_as_modernbert_with_our_logits_and_fill_mask(phase1, tmp_pa
 def test_second_phase_at_a_longer_length_starts_from_the_run_directory(phase1, data_dir, tmp_path):
     """seq_len 64 -> 128 with WSD: the first held-out loss is phase 1's trained level, not a
     random model's; a run of another shape is refused naming the key."""
-    config = modern_config(data_dir, num_steps=6, lr_schedule="wsd", decay_share=0.5)
+    config = modern_config(
+        data_dir, num_steps=6, warmup_steps=1, lr_schedule="wsd", decay_share=0.5
+    )
     config.data.seq_len = 128
     config.model.init_from = phase1
     workdir = str(tmp_path / "phase2")
