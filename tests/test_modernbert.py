@@ -152,3 +152,15 @@ def test_import_of_another_architecture_names_the_path(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     with pytest.raises(ValueError, match="layer_types=.*expected global attention every n"):
         pretrained.load(str(tmp_path), tokenizer=None, weights=False)
+
+
+def test_a_window_that_covers_every_row_is_refused_before_anything_is_built():
+    from mlm_jax.run_spec import resolve
+    from tests.configs import small_run_config
+
+    config = small_run_config("")  # 64-token rows
+    config.model.update(arch="modernbert", num_layers=3, local_window=128)
+    with pytest.raises(ValueError, match=r"^config\.model\.local_window=128 covers every 64-token"):
+        resolve(config, num_devices=1, local_devices=1, num_hosts=1)
+    config.model.local_window = 124  # +-62: the first and last token of a row do not meet
+    assert resolve(config, num_devices=1, local_devices=1, num_hosts=1).model.has_local_layers

@@ -94,7 +94,8 @@ def test_second_phase_at_a_longer_length_starts_from_the_run_directory(phase1, d
     train_and_evaluate(config, workdir)
     first, trained = _eval_losses(phase1)[0], _eval_losses(phase1)[-1]
     phase2_start = _eval_losses(workdir)[0]
-    assert phase2_start < first - 0.5 and abs(phase2_start - trained) < 0.5 * (first - trained)
+    # (other rows at another length: not phase 1's loss, but far nearer it than a fresh model's)
+    assert first - trained > 0.3 and phase2_start < (first + trained) / 2, (first, trained)
     config.model.local_window = 32
     with pytest.raises(ValueError, match="that run has model.local_window=16"):
         train_and_evaluate(config, str(tmp_path / "refused"))
