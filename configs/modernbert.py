@@ -32,6 +32,10 @@ def get_config(arg: str = "tiny"):
     c.model.intermediate_size = intermediate
     c.model.max_position_embeddings = 8192  # RoPE has no table: the longest phase's length
     c.model.layer_norm_eps = 1e-5  # ModernBERT's norm_eps
+    # Unrolled: each layer's attention (global or windowed) is fixed at trace time. Scanned,
+    # a lax.cond picks it per layer, which cost more than the window saves on the CPU
+    # (docs/performance.md, ModernBERT); 22 unrolled layers compiled in 17 s there.
+    c.model.scan_layers = False
     c.model.dropout_rate = 0.0  # ModernBERT trains without dropout
     c.model.attention_dropout_rate = 0.0
     c.masking.ratio = 0.3  # ModernBERT's masking rate
