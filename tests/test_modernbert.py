@@ -164,3 +164,22 @@ def test_a_window_that_covers_every_row_is_refused_before_anything_is_built():
         resolve(config, num_devices=1, local_devices=1, num_hosts=1)
     config.model.local_window = 124  # +-62: the first and last token of a row do not meet
     assert resolve(config, num_devices=1, local_devices=1, num_hosts=1).model.has_local_layers
+
+
+def test_configs_have_modernberts_shapes_masking_and_the_common_eval():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "modernbert.py")
+    spec = importlib.util.spec_from_file_location("modernbert_configs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shapes = {"tiny": (4, 128, 4, 384), "base": (22, 768, 12, 1152), "large": (28, 1024, 16, 2624)}
+    for name, shape in shapes.items():
+        c = module.get_config(name)
+        model = ModelSpec.from_config(c.model)
+        dims = (model.num_layers, model.hidden_size, model.num_heads, model.intermediate_size)
+        assert model.arch == "modernbert" and dims == shape
+        assert c.masking.ratio == 0.3 and c.eval.mask_ratio == 0.15
+    with pytest.raises(ValueError, match="configs/modernbert.py:huge: expected one of tiny"):
+        module.get_config("huge")
