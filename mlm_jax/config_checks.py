@@ -16,6 +16,7 @@ import numpy as np
 
 from mlm_jax import checkpoint as ckpt
 from mlm_jax import sharding
+from mlm_jax.config_defaults import base_config
 
 if TYPE_CHECKING:
     from mlm_jax.model_spec import ModelSpec
@@ -198,9 +199,12 @@ def check_resume_compatible(config, workdir: str) -> None:
     old = _flatten(saved.to_dict())
     new = _flatten(ml_collections.ConfigDict(config).to_dict())
     differ = []
+    defaults = _flatten(base_config().to_dict())
     for key in sorted(set(old) | set(new)):
         if any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_CHANGES):
             continue
+        if key not in old and _normalise(new.get(key)) == _normalise(defaults.get(key)):
+            continue  # a field added since the run started, at its default: the same run
         if key == "model.vocab_size" and new.get(key) == 0:
             continue  # 0 = the tokenizer's size, and a resumed run keeps its tokenizer
         if _normalise(old.get(key)) != _normalise(new.get(key)):

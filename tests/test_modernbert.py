@@ -183,3 +183,23 @@ def test_configs_have_modernberts_shapes_masking_and_the_common_eval():
         assert c.masking.ratio == 0.3 and c.eval.mask_ratio == 0.15
     with pytest.raises(ValueError, match="configs/modernbert.py:huge: expected one of tiny"):
         module.get_config("huge")
+
+
+def test_a_run_started_before_the_new_keys_existed_still_resumes(monkeypatch):
+    import ml_collections
+
+    from mlm_jax import config_checks
+    from tests.configs import small_run_config
+
+    old = small_run_config("").to_dict()
+    for section, key in (("model", "arch"), ("model", "local_window"), ("train", "decay_share")):
+        del old[section][key]
+    monkeypatch.setattr(config_checks.ckpt, "latest_step", lambda workdir: 10)
+    monkeypatch.setattr(
+        config_checks.ckpt, "saved_config", lambda workdir: ml_collections.ConfigDict(old)
+    )
+    config = small_run_config("")
+    config_checks.check_resume_compatible(config, "run")  # the new keys at their defaults
+    config.model.arch = "modernbert"
+    with pytest.raises(ValueError, match="model.arch: None -> 'modernbert'"):
+        config_checks.check_resume_compatible(config, "run")
