@@ -67,9 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
     mo.pad_vocab_multiple = 128  # embedding rows padded to this multiple; padding never predicted
     mo.attend_across_documents = False  # False = packed documents do not attend to each other
     mo.arch = "bert"  # bert (BERT, post- or pre-LN) | modernbert (ModernBERT blocks below)
-    # modernbert only: RoPE base of the global and of the sliding-window layers
-    mo.global_rope_theta = 160_000.0
-    mo.local_rope_theta = 10_000.0
+    mo.global_rope_theta = 160_000.0  # modernbert: RoPE base of the global layers
+    mo.local_rope_theta = 10_000.0  # modernbert: RoPE base of the sliding-window layers
     mo.local_window = 128  # modernbert: sliding window, in tokens (a token sees +-window/2)
     mo.global_every = 3  # modernbert: layers 0, n, 2n, ... attend globally (1 = all global)
     mo.glu_activation = "gelu"  # modernbert gated MLP: gelu (GeGLU, model.gelu's) | silu
