@@ -75,6 +75,12 @@ _COMPILE_SCALING = flags.DEFINE_bool(
     "Only compile the train step at the config's depth and at 2 layers and print both times "
     "(with model.scan_layers they should be about equal).",
 )
+_ALL_GLOBAL = flags.DEFINE_bool(
+    "all_global",
+    False,
+    "model.arch=modernbert: time the same step again with every layer global "
+    "(model.global_every=1) in this run, and report the sliding window's saving.",
+)
 _DATA_BATCHES = flags.DEFINE_integer(
     "data_batches",
     0,
@@ -228,6 +234,8 @@ def run_benchmark(config) -> dict:
         "bench": "train_step",
         "device": f"{len(devices)} x {devices[0].device_kind} ({platform})",
         "dtype": config.model.dtype,
+        "arch": trainer.run.model.arch,
+        "local_window": trainer.run.model.local_window if trainer.run.model.has_local_layers else 0,
         "layers": trainer.run.model.num_layers,
         "hidden": trainer.run.model.hidden_size,
         "vocab": vocab_size,
@@ -326,8 +334,31 @@ def main(argv) -> None:
         result = run_compile_scaling(config)
     else:
         result = run_benchmark(config)
+        if _ALL_GLOBAL.value:
+            result["all_global"] = all_global_comparison(config, result)
     print(json.dumps(result), flush=True)
     print_table(result)
+    if "all_global" in result:
+        g = result["all_global"]
+        print(
+            f"  all layers global  {g['step_s'] * 1e3:,.1f} ms a step, MFU "
+            f"{100 * g['mfu']:.1f} %: the window saves {100 * g['window_saving']:.1f} % of it"
+        )
+
+
+def all_global_comparison(config, windowed: dict) -> dict:
+    """The same step with model.global_every=1, timed right after the windowed one."""
+    if config.model.arch != "modernbert":
+        raise ValueError("--all_global: needs --config.model.arch=modernbert")
+    import copy
+
+    config = copy.deepcopy(config)
+    config.model.global_every = 1
+    result = run_benchmark(config)
+    keep = ("step_s", "tokens_per_s", "flops_per_token", "mfu", "peak_matmul_tflops", "compile_s")
+    out = {k: result[k] for k in keep}
+    out["window_saving"] = 1.0 - windowed["step_s"] / result["step_s"]
+    return out
 
 
 if __name__ == "__main__":

@@ -44,6 +44,37 @@ _REMAT_POLICIES = {
 }
 
 
+def with_remat(block_cls, c: ModelSpec):
+    """The block class rematerialised as model.remat says (scan-friendly CSE setting)."""
+    if c.remat == "none":
+        return block_cls
+    return nn.remat(block_cls, prevent_cse=not c.scan_layers, policy=_REMAT_POLICIES[c.remat])
+
+
+def scanned_stack(block_cls, c: ModelSpec, deterministic: bool, in_axes):
+    """All num_layers blocks as one nn.scan named `layers`, parameters stacked on `layers`;
+    in_axes says how the arguments after the carried activations reach each layer."""
+    stack_cls = nn.scan(
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=in_axes,
+        length=c.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    return stack_cls(c, deterministic, name="layers")
+
+
+def word_embeddings(module: nn.Module, c: ModelSpec):
+    """The [Vp, E] token table (also the tied decoder) as a parameter of `module`."""
+    return module.param(
+        "word_embeddings",
+        nn.with_logical_partitioning(init_weights(c), ("vocab", "embed")),
+        (c.padded_vocab_size, c.hidden_size),
+        jnp.float32,
+    )
+
+
 class Embeddings(nn.Module):
     """Word + learned absolute position + token type embeddings, then LayerNorm and dropout."""
 
@@ -51,12 +82,7 @@ class Embeddings(nn.Module):
 
     def setup(self):
         c = self.config
-        self.word_embeddings = self.param(
-            "word_embeddings",
-            nn.with_logical_partitioning(init_weights(c), ("vocab", "embed")),
-            (c.padded_vocab_size, c.hidden_size),
-            jnp.float32,
-        )
+        self.word_embeddings = word_embeddings(self, c)
         self.position_embeddings = self.param(
             "position_embeddings",
             nn.with_logical_partitioning(init_weights(c), (None, "embed")),
@@ -168,21 +194,9 @@ class BertEncoder(nn.Module):
 
     def _blocks(self, deterministic: bool):
         c = self.config
-        block_cls = Block
-        if c.remat != "none":
-            block_cls = nn.remat(
-                block_cls, prevent_cse=not c.scan_layers, policy=_REMAT_POLICIES[c.remat]
-            )
+        block_cls = with_remat(Block, c)
         if c.scan_layers:
-            stack_cls = nn.scan(
-                block_cls,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast,
-                length=c.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            return [stack_cls(c, deterministic, name="layers")]
+            return [scanned_stack(block_cls, c, deterministic, nn.broadcast)]
         return [block_cls(c, deterministic, name=f"layer_{i}") for i in range(c.num_layers)]
 
     @nn.compact

@@ -16,6 +16,7 @@ import numpy as np
 
 from mlm_jax import checkpoint as ckpt
 from mlm_jax import sharding
+from mlm_jax.config_defaults import base_config
 
 if TYPE_CHECKING:
     from mlm_jax.model_spec import ModelSpec
@@ -92,6 +93,14 @@ def check_run(run: RunSpec, *, local_devices: int, num_hosts: int) -> None:
         f"config.data.seq_len={run.data.seq_len} exceeds config.model.max_position_embeddings="
         f"{run.model.max_position_embeddings}",
     )
+    if run.model.has_local_layers:
+        half = run.model.local_window // 2
+        _require(
+            half < run.data.seq_len - 1,
+            f"config.model.local_window={run.model.local_window} covers every "
+            f"{run.data.seq_len}-token row (+-{half}), so its local layers would be global: "
+            f"expected a window below {2 * (run.data.seq_len - 1)}, or model.global_every=1",
+        )
     _check_split_dims(run.model, mesh)
     _check_hosts_feed_whole_groups(mesh, local_devices, num_hosts)
     _check_ratios_select_something(run)
@@ -190,9 +199,12 @@ def check_resume_compatible(config, workdir: str) -> None:
     old = _flatten(saved.to_dict())
     new = _flatten(ml_collections.ConfigDict(config).to_dict())
     differ = []
+    defaults = _flatten(base_config().to_dict())
     for key in sorted(set(old) | set(new)):
         if any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_CHANGES):
             continue
+        if key not in old and _normalise(new.get(key)) == _normalise(defaults.get(key)):
+            continue  # a field added since the run started, at its default: the same run
         if key == "model.vocab_size" and new.get(key) == 0:
             continue  # 0 = the tokenizer's size, and a resumed run keeps its tokenizer
         if _normalise(old.get(key)) != _normalise(new.get(key)):

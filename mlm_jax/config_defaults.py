@@ -66,14 +66,24 @@ def base_config() -> ml_collections.ConfigDict:
     mo.fused_qkv = True  # q, k, v from one [E, 3E] matmul (False: three matmuls, same weights)
     mo.pad_vocab_multiple = 128  # embedding rows padded to this multiple; padding never predicted
     mo.attend_across_documents = False  # False = packed documents do not attend to each other
-    mo.init_from = ""  # Hugging Face BERT directory to start from ("" = random init)
+    mo.arch = "bert"  # bert (BERT, post- or pre-LN) | modernbert (ModernBERT blocks below)
+    mo.global_rope_theta = 160_000.0  # modernbert: RoPE base of the global layers
+    mo.local_rope_theta = 10_000.0  # modernbert: RoPE base of the sliding-window layers
+    mo.local_window = 128  # modernbert: sliding window, in tokens (a token sees +-window/2)
+    mo.global_every = 3  # modernbert: layers 0, n, 2n, ... attend globally (1 = all global)
+    mo.glu_activation = "gelu"  # modernbert gated MLP: gelu (GeGLU, model.gelu's) | silu
+    mo.norm = "layernorm"  # modernbert norms: layernorm (bias-free) | rmsnorm
+    mo.init_from = ""  # HF BERT/ModernBERT dir or a run dir of this project ("" = random init)
 
     c.train = t = ml_collections.ConfigDict()
     t.num_steps = 3000  # optimizer steps
     t.batch_size = 32  # global batch, in sequences
     t.learning_rate = 1e-3  # peak learning rate
     t.warmup_steps = 200  # linear warmup from 0 to the peak
-    t.lr_schedule = "linear"  # decay after warmup: linear | cosine | constant (to 0 at the end)
+    # decay after warmup: linear | cosine | constant (to 0 at the end) | wsd (warmup-stable-decay)
+    t.lr_schedule = "linear"
+    t.decay_share = 0.1  # wsd: share of train.num_steps spent decaying to 0, at the end
+    t.decay_shape = "sqrt"  # wsd decay: linear | cosine | sqrt (1 - sqrt(t), ModernBERT's)
     t.weight_decay = 0.01  # AdamW decoupled weight decay (not on LayerNorm or biases)
     t.b1 = 0.9  # Adam beta1
     t.b2 = 0.98  # Adam beta2

@@ -273,12 +273,15 @@ def finetune(
     seed: int = 0,
     tokenizer: str = "",
     data_dir: str = "",
+    pooling: str = "cls",
 ) -> dict:
     """Fine-tunes and returns {"dev/accuracy", "dev/majority_accuracy", ...}; see the module doc."""
     from mlm_jax.model import classifier
 
     if init not in ("pretrained", "random"):
         raise ValueError(f"--init={init!r}: expected pretrained or random")
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"--pooling={pooling!r}: expected cls or mean")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs={epochs}, batch_size={batch_size}: expected both >= 1")
     source = load_encoder(pretrained, tokenizer, weights=init == "pretrained")
@@ -288,7 +291,9 @@ def finetune(
         raise ValueError(f"max_len={max_len} exceeds max_position_embeddings")
     spec = load_task(task, data_dir)
     train_data, dev_data = encode(tok, spec.train, max_len), encode(tok, spec.dev, max_len)
-    model = classifier(config, spec.num_labels)
+    if pooling == "mean" and config.arch != "modernbert":
+        raise ValueError("--pooling=mean: BERT pools [CLS] through its pooler (modernbert only)")
+    model = classifier(config, spec.num_labels, pooling)
     params = _init_params(model, source, max_len, seed)
 
     steps_per_epoch = math.ceil(len(train_data["labels"]) / batch_size)
@@ -392,6 +397,7 @@ def main(argv=None) -> None:
     flags.DEFINE_integer("seed", 0, "Classifier init, dropout and data order.")
     flags.DEFINE_string("tokenizer", "", "Tokenizer path overriding the pretrained one.")
     flags.DEFINE_string("data_dir", "", "TFDS data dir for tfds: tasks.")
+    flags.DEFINE_enum("pooling", "cls", ["cls", "mean"], "ModernBERT pooling: [CLS] or mean.")
     flags.mark_flags_as_required(["task", "workdir"])
     FLAGS = flags.FLAGS
 
@@ -413,6 +419,7 @@ def main(argv=None) -> None:
                 seed=FLAGS.seed,
                 tokenizer=FLAGS.tokenizer,
                 data_dir=FLAGS.data_dir,
+                pooling=FLAGS.pooling,
             )
         print(
             f"dev accuracy {result['dev/accuracy']:.4f} "

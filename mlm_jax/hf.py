@@ -1,9 +1,10 @@
-"""`python -m mlm_jax.hf`: check a Hugging Face BERT directory, or export a run to one.
+"""`python -m mlm_jax.hf`: check a Hugging Face BERT or ModernBERT directory, or export a run.
 
     python -m mlm_jax.hf import DIR                      # check DIR, print the config flags
     python -m mlm_jax.hf export --workdir=W --out_dir=D  # latest checkpoint of a run -> D
 
-The export is a BertForMaskedLM directory (hf_dir.py writes it) that transformers loads
+The export is a BertForMaskedLM or, for model.arch=modernbert, a ModernBertForMaskedLM
+directory (hf_dir.py writes it) that transformers loads
 as it is; reading either kind of directory is pretrained.py's.
 """
 
@@ -15,7 +16,7 @@ import sys
 
 import jax
 
-from mlm_jax import cli, hf_bert, hf_dir, pretrained
+from mlm_jax import cli, hf_dir, pretrained
 
 
 def export_workdir(workdir: str, out_dir: str) -> None:
@@ -33,7 +34,8 @@ def _print_import_flags(directory: str) -> None:
     if pretrained.is_run_dir(directory):
         raise ValueError(f"{directory}: a run directory of this project, not a HF checkpoint")
     model = pretrained.load(directory, tokenizer=None)
-    overrides = hf_bert.model_overrides(hf_dir.read_config(directory))
+    hf_config = hf_dir.read_config(directory)
+    overrides = hf_dir.family(hf_config).model_overrides(hf_config)
     count = sum(x.size for x in jax.tree.leaves(model.params))
     flags = [f"--config.model.init_from={directory}"]
     flags += [f"--config.model.{k}={v}" for k, v in overrides.items()]
@@ -48,7 +50,8 @@ def _print_import_flags(directory: str) -> None:
             else "vocab.txt"
         )
         flags.append(f"--config.data.tokenizer={os.path.join(folder, name)}")
-    print(f"{directory}: BERT with {count:,} parameters; start a run from it with")
+    family = "ModernBERT" if overrides["arch"] == "modernbert" else "BERT"
+    print(f"{directory}: {family} with {count:,} parameters; start a run from it with")
     print("  " + " \\\n  ".join(flags))
 
 
@@ -58,10 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser(
-        "import", help="check a HF BERT directory and print the config flags to start from it"
+        "import", help="check a HF (Modern)BERT directory and print the flags to start from it"
     )
     imp.add_argument("directory")
-    exp = sub.add_parser("export", help="export a run's latest checkpoint as a HF BertForMaskedLM")
+    exp = sub.add_parser(
+        "export", help="export a run's latest checkpoint as a HF (ModernBert|Bert)ForMaskedLM"
+    )
     exp.add_argument("--workdir", required=True)
     exp.add_argument("--out_dir", required=True)
     args = parser.parse_args(argv)
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             _print_import_flags(args.directory)
         else:
             export_workdir(args.workdir, args.out_dir)
-            print(f"wrote {args.out_dir} (BertForMaskedLM + tokenizer)")
+            print(f"wrote {args.out_dir} (a MaskedLM directory + tokenizer)")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ def model_overrides(hf_config: dict) -> dict[str, Any]:
     overrides = {ours: hf_config.get(hf, _HF_DEFAULTS.get(hf)) for ours, hf in _CONFIG_KEYS.items()}
     overrides["pre_ln"] = False
     overrides["gelu"] = gelu
+    overrides["arch"] = "bert"
     return overrides
 
 
@@ -217,8 +218,13 @@ def hf_to_params(
     return params
 
 
-def check_activation(hf_config: dict, where: str, model_config: ModelSpec) -> None:
-    """The checkpoint's activation must be the one the config computes with."""
+def check_model(hf_config: dict, where: str, model_config: ModelSpec) -> None:
+    """The checkpoint must be a BERT computing with the config's activation."""
+    if model_config.arch != "bert":
+        raise ValueError(
+            f"{where}: a BERT checkpoint, but config.model.arch={model_config.arch!r}: "
+            "set --config.model.arch=bert"
+        )
     gelu = gelu_of(hf_config)
     if gelu != model_config.gelu:
         raise ValueError(

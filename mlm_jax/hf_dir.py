@@ -1,4 +1,5 @@
-"""Hugging Face BERT directories on disk: find, read and write them (conversion: hf_bert.py).
+"""Hugging Face BERT and ModernBERT directories on disk: find, read and write them (conversion:
+hf_bert.py, hf_modernbert.py; `family` picks one by config.json's model_type).
 
 Reading takes config.json + model.safetensors (preferred, sharded or not) or pytorch_model.bin
 (only through torch.load(weights_only=True), so loading never runs code), in the BertModel,
@@ -15,9 +16,11 @@ import os
 import shutil
 from typing import Any
 
+import flax.linen as nn
+import jax
 import numpy as np
 
-from mlm_jax import hf_bert
+from mlm_jax import hf_bert, hf_modernbert
 from mlm_jax.model_spec import ModelSpec
 
 _TOKENIZER_FILES = (
@@ -85,23 +88,37 @@ def _load_weights(folder: str) -> dict[str, np.ndarray]:
     raise ValueError(f"{safetensors_path}: missing (and no pytorch_model.bin beside it)")
 
 
+_FAMILIES = {"bert": hf_bert, "modernbert": hf_modernbert}  # config.json model_type -> module
+_PREFIXES = {"bert": "bert.", "modernbert": "model."}  # the MLM class's base-model prefix
+
+
+def family(hf_config: dict):
+    """The conversion module (hf_bert or hf_modernbert) of a config.json read by read_config."""
+    return _FAMILIES[hf_config["model_type"]]
+
+
 def read_config(directory: str) -> dict:
-    """The checkpoint's config.json, which must describe a BERT."""
+    """The checkpoint's config.json, which must describe a BERT or a ModernBERT."""
     path = os.path.join(checkpoint_folder(directory), "config.json")
     with open(path) as f:
         hf_config = json.load(f)
-    if hf_config.get("model_type") != "bert":
-        raise ValueError(f"{path}: model_type={hf_config.get('model_type')!r}, expected 'bert'")
+    if hf_config.get("model_type") not in _FAMILIES:
+        raise ValueError(
+            f"{path}: model_type={hf_config.get('model_type')!r}, expected one of "
+            f"{', '.join(repr(k) for k in _FAMILIES)}"
+        )
     return hf_config
 
 
 def read_checkpoint(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """(HF config dict, tensors by BertModel-relative name, cls.* kept) of a BERT checkpoint."""
+    """(HF config dict, tensors by base-model-relative name (BertModel's, ModernBertModel's),
+    the MLM head's kept) of a checkpoint."""
     hf_config = read_config(directory)
     folder = checkpoint_folder(directory)
+    prefix = _PREFIXES[hf_config["model_type"]]
     tensors = {}
     for name, value in _load_weights(folder).items():
-        name = name.removeprefix("bert.")
+        name = name.removeprefix(prefix)
         name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
             "LayerNorm.beta", "LayerNorm.bias"
         )
@@ -110,13 +127,22 @@ def read_checkpoint(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def export_hf(params: Any, model_config: ModelSpec, tokenizer: Any, out_dir: str) -> None:
-    """Writes a BertForMaskedLM directory: model.safetensors, config.json, tokenizer files.
+    """Writes a BertForMaskedLM or ModernBertForMaskedLM directory (by model.arch):
+    model.safetensors, config.json, tokenizer files.
 
     tokenizer: an mlm_jax Tokenizer (saved with .save) or a path to tokenizer files to copy.
     """
     from safetensors.numpy import save_file
 
-    state = hf_bert.params_to_hf(params, model_config)
+    modern = model_config.arch == "modernbert"
+    if modern:
+        plain = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(nn.unbox(params)))
+        plain = plain["params"] if set(plain) == {"params"} else plain
+        state = hf_modernbert.params_to_hf(plain, model_config)
+        hf_config = hf_modernbert.hf_config_dict(model_config, _special_ids(tokenizer))
+    else:
+        state = hf_bert.params_to_hf(params, model_config)
+        hf_config = hf_bert.hf_config_dict(model_config)
     os.makedirs(out_dir, exist_ok=True)
     weights = os.path.join(out_dir, "model.safetensors")
     save_file(state, weights, metadata={"format": "pt"})
@@ -126,7 +152,7 @@ def export_hf(params: Any, model_config: ModelSpec, tokenizer: Any, out_dir: str
     os.umask(umask)
     os.chmod(weights, 0o666 & ~umask)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_bert.hf_config_dict(model_config), f, indent=2)
+        json.dump(hf_config, f, indent=2)
     if hasattr(tokenizer, "save"):
         tokenizer.save(out_dir)
         return
@@ -139,3 +165,19 @@ def export_hf(params: Any, model_config: ModelSpec, tokenizer: Any, out_dir: str
         raise ValueError(f"tokenizer={source!r}: no tokenizer.json or vocab.txt there to copy")
     for f in files:
         shutil.copy(f, os.path.join(out_dir, os.path.basename(f)))
+
+
+def _special_ids(tokenizer: Any) -> dict[str, int]:
+    """ModernBertConfig's special token ids (its defaults are ModernBERT's own vocabulary's)."""
+    if not hasattr(tokenizer, "pad_id"):
+        from mlm_jax.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(os.path.expanduser(str(tokenizer)))
+    cls_id, sep_id = int(tokenizer.cls_id), int(tokenizer.sep_id)
+    return {
+        "pad_token_id": int(tokenizer.pad_id),
+        "cls_token_id": cls_id,
+        "sep_token_id": sep_id,
+        "bos_token_id": cls_id,
+        "eos_token_id": sep_id,
+    }

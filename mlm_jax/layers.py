@@ -18,9 +18,10 @@ from jax.extend.random import threefry2x32_p
 from mlm_jax.model_spec import ModelSpec
 
 
-def init_weights(spec: ModelSpec):
-    """Truncated normal with the spec's initializer_range, as BERT initialises."""
-    return nn.initializers.truncated_normal(stddev=spec.initializer_range)
+def init_weights(spec: ModelSpec, stddev: float | None = None):
+    """Truncated normal (at 2 stddev) with the spec's initializer_range, as BERT initialises;
+    `stddev` overrides it (ModernBERT shrinks its output projections)."""
+    return nn.initializers.truncated_normal(stddev=stddev or spec.initializer_range)
 
 
 def constrain(x, names):
@@ -87,6 +88,8 @@ class Dense(nn.Module):
     # slicing one fused output instead costs a copy per slice where a custom call (cuDNN
     # attention) consumes it.
     separate: bool = False
+    use_bias: bool = True  # ModernBERT's projections have none
+    stddev: float | None = None  # init stddev; None = config.initializer_range
 
     @nn.compact
     def __call__(self, x):
@@ -97,35 +100,58 @@ class Dense(nn.Module):
         in_shape = tuple(x.shape[a] for a in axes)
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(init_weights(c), self.names),
+            nn.with_logical_partitioning(init_weights(c, self.stddev), self.names),
             in_shape + features,
             jnp.float32,
         )
-        bias = self.param(
-            "bias",
-            nn.with_logical_partitioning(nn.initializers.zeros_init(), self.names[len(axes) :]),
-            features,
-            jnp.float32,
-        )
         dtype = c.compute_dtype
-        x, kernel, bias = x.astype(dtype), kernel.astype(dtype), bias.astype(dtype)
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros_init(), self.names[len(axes) :]),
+                features,
+                jnp.float32,
+            ).astype(dtype)
         contract = (axes, tuple(range(len(axes))))
         if not self.separate:
-            return jnp.tensordot(x, kernel, contract) + bias
+            out = jnp.tensordot(x, kernel, contract)
+            return out + bias if self.use_bias else out
         kernels = (jnp.take(kernel, i, axis=len(axes)) for i in range(features[0]))
-        return tuple(jnp.tensordot(x, k, contract) + b for k, b in zip(kernels, bias))
+        outs = tuple(jnp.tensordot(x, k, contract) for k in kernels)
+        return tuple(o + b for o, b in zip(outs, bias)) if self.use_bias else outs
 
 
-def dense(config: ModelSpec, features, names, axis=-1, name=None, separate=False):
-    return Dense(config, features, tuple(names), axis, separate, name=name)
+def dense(
+    config: ModelSpec,
+    features,
+    names,
+    axis=-1,
+    name=None,
+    separate=False,
+    use_bias=True,
+    stddev=None,
+):
+    return Dense(config, features, tuple(names), axis, separate, use_bias, stddev, name=name)
 
 
-def layer_norm(config: ModelSpec, name=None):
+def layer_norm(config: ModelSpec, name=None, use_bias=True, rms=False):
+    """LayerNorm over `embed` (BERT's; ModernBERT's has no bias), or RMSNorm with rms=True."""
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+    if rms:
+        return nn.RMSNorm(
+            epsilon=config.layer_norm_eps,
+            dtype=config.compute_dtype,
+            param_dtype=jnp.float32,
+            scale_init=scale_init,
+            name=name,
+        )
     return nn.LayerNorm(
         epsilon=config.layer_norm_eps,
         dtype=config.compute_dtype,
         param_dtype=jnp.float32,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        use_bias=use_bias,
+        scale_init=scale_init,
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
         name=name,
     )

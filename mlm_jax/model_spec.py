@@ -19,6 +19,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTIONS = ("xla", "cudnn")
 GELUS = ("exact", "tanh")
 REMATS = ("none", "full", "dots")
+ARCHS = ("bert", "modernbert")
+GLU_ACTIVATIONS = ("gelu", "silu")  # modernbert's gated MLP: GeGLU (ModernBERT) | SwiGLU
+NORMS = ("layernorm", "rmsnorm")
 # config.model keys that say how to compute, not what: a resumed run may change them.
 COMPUTE_ONLY = ("remat", "fused_qkv", "attention")
 
@@ -48,6 +51,14 @@ class ModelSpec:
     pad_vocab_multiple: int = 128
     attend_across_documents: bool = False
     pad_id: int = 0
+    arch: str = "bert"
+    # modernbert only (bert ignores them): see config_defaults.py
+    global_rope_theta: float = 160_000.0
+    local_rope_theta: float = 10_000.0
+    local_window: int = 128
+    global_every: int = 3
+    glu_activation: str = "gelu"
+    norm: str = "layernorm"
 
     def __post_init__(self):
         def key(name):
@@ -80,6 +91,24 @@ class ModelSpec:
         check_choice(key("remat"), self.remat, REMATS)
         for name in ("pre_ln", "scan_layers", "fused_qkv", "attend_across_documents"):
             check_bool(key(name), getattr(self, name))
+        check_choice(key("arch"), self.arch, ARCHS)
+        check_float(key("global_rope_theta"), self.global_rope_theta, low=1, low_open=True)
+        check_float(key("local_rope_theta"), self.local_rope_theta, low=1, low_open=True)
+        most = self.num_layers if self.arch == "modernbert" else None  # bert ignores it
+        check_int(key("global_every"), self.global_every, minimum=1, maximum=most)
+        check_int(key("local_window"), self.local_window, minimum=2)
+        if self.local_window % 2:
+            raise ValueError(
+                f"config.model.local_window={self.local_window!r}: expected an even number "
+                "(a token sees local_window / 2 tokens on each side)"
+            )
+        check_choice(key("glu_activation"), self.glu_activation, GLU_ACTIVATIONS)
+        check_choice(key("norm"), self.norm, NORMS)
+        if self.arch == "modernbert" and self.head_dim % 2:
+            raise ValueError(
+                f"config.model.hidden_size={self.hidden_size} / model.num_heads={self.num_heads}"
+                f" = {self.head_dim}: rotary positions need an even head size"
+            )
 
     @classmethod
     def from_config(cls, model_config: Any) -> ModelSpec:
@@ -117,6 +146,15 @@ class ModelSpec:
             # the vocabulary is padded to a multiple of this, whatever its size
             "vocab": [("model.pad_vocab_multiple", self.pad_vocab_multiple)],
         }
+
+    @property
+    def has_local_layers(self) -> bool:
+        """ModernBERT with some sliding-window layers (global_every > 1)."""
+        return self.arch == "modernbert" and self.global_every > 1
+
+    def is_global_layer(self, index: int) -> bool:
+        """Layer `index` attends globally (ModernBERT: every global_every-th, from layer 0)."""
+        return self.arch != "modernbert" or index % self.global_every == 0
 
     @property
     def padded_vocab_size(self) -> int:

@@ -11,11 +11,13 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from mlm_jax.spec_checks import check_choice, check_float, check_int
 
-LR_SCHEDULES = ("linear", "cosine", "constant")
+LR_SCHEDULES = ("linear", "cosine", "constant", "wsd")
+DECAY_SHAPES = ("linear", "cosine", "sqrt")  # wsd's decay: sqrt = 1 - sqrt(t) (ModernBERT's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +33,8 @@ class OptimizerSpec:
     b2: float = 0.999
     eps: float = 1e-6
     grad_clip: float = 1.0  # global norm; 0 = off
+    decay_share: float = 0.1  # wsd: the share of num_steps spent decaying, at the end
+    decay_shape: str = "sqrt"  # wsd: linear | cosine | sqrt
 
     def __post_init__(self):
         check_float("train.learning_rate", self.learning_rate, low=0, low_open=True)
@@ -42,17 +46,33 @@ class OptimizerSpec:
         check_float("train.b2", self.b2, low=0, high=1, high_open=True)
         check_float("train.eps", self.eps, low=0, low_open=True)
         check_float("train.grad_clip", self.grad_clip, low=0)
+        check_float("train.decay_share", self.decay_share, low=0, high=1, low_open=True)
+        check_choice("train.decay_shape", self.decay_shape, DECAY_SHAPES)
+        if self.lr_schedule == "wsd" and self.warmup_steps + self.decay_steps > self.num_steps:
+            raise ValueError(
+                f"config.train.decay_share={self.decay_share}: its {self.decay_steps} decay "
+                f"steps and train.warmup_steps={self.warmup_steps} exceed "
+                f"train.num_steps={self.num_steps}"
+            )
+
+    @property
+    def decay_steps(self) -> int:
+        """wsd: steps of the final decay (at least 1)."""
+        return max(1, round(self.decay_share * self.num_steps))
 
     @classmethod
     def from_config(cls, train_config: Any) -> OptimizerSpec:
         names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{name: train_config[name] for name in names})
+        return cls(**{name: train_config[name] for name in names if name in train_config})
 
 
 def learning_rate_schedule(spec: OptimizerSpec) -> optax.Schedule:
-    """Linear warmup to the peak, then linear or cosine decay to 0 at the last step (or flat)."""
+    """Linear warmup to the peak, then linear or cosine decay to 0 at the last step (or flat;
+    or wsd: flat, then the last decay_share of the steps decaying to 0 in decay_shape)."""
     peak, warmup = spec.learning_rate, spec.warmup_steps
     total = max(spec.num_steps, warmup + 1)
+    if spec.lr_schedule == "wsd":
+        return _wsd(spec)
     if spec.lr_schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
     warm = optax.linear_schedule(0.0, peak, max(warmup, 1))
@@ -61,6 +81,26 @@ def learning_rate_schedule(spec: OptimizerSpec) -> optax.Schedule:
     else:
         after = optax.constant_schedule(peak)
     return optax.join_schedules([warm, after], [warmup])
+
+
+def _wsd(spec: OptimizerSpec) -> optax.Schedule:
+    peak, warmup, decay = spec.learning_rate, spec.warmup_steps, spec.decay_steps
+    start = spec.num_steps - decay  # the last step at the peak
+    shape = spec.decay_shape
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = peak * step / max(warmup, 1)
+        t = jnp.clip((step - start) / decay, 0.0, 1.0)  # 0 -> 1 over the decay
+        if shape == "linear":
+            factor = 1.0 - t
+        elif shape == "cosine":
+            factor = 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+        else:
+            factor = 1.0 - jnp.sqrt(t)
+        return jnp.where(step < warmup, warm, peak * factor)
+
+    return schedule
 
 
 def decay_mask(params):

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mlm_jax import checkpoint, files, hf_bert, hf_dir
+from mlm_jax import checkpoint, files, hf_dir
 from mlm_jax.data.tokenizer import Tokenizer, load_tokenizer
 from mlm_jax.model_spec import ModelSpec
 
@@ -71,17 +71,18 @@ def load(
     else:
         hf_config, tensors = hf_dir.read_config(path), {}
     tok = _tokenizer(tokenizer, hf_dir.tokenizer_dir(path) if tokenizer == "" else "")
+    hf_family = hf_dir.family(hf_config)
     if spec is None:
         # pad_id from the tokenizer, as for a run dir: the attention mask hides tokens == pad_id.
         pad_id = tok.pad_id if tok is not None else int(hf_config.get("pad_token_id") or 0)
-        spec = ModelSpec(**hf_bert.model_overrides(hf_config), pad_id=pad_id)
+        spec = ModelSpec(**hf_family.model_overrides(hf_config), pad_id=pad_id)
     else:
-        hf_bert.check_activation(hf_config, path, spec)
+        hf_family.check_model(hf_config, path, spec)
     if tok is not None:
         spec = spec.with_vocab(tok)
-    params = hf_bert.hf_to_params(tensors, spec, where=str(path)) if weights else {}
+    params = hf_family.hf_to_params(tensors, spec, where=str(path)) if weights else {}
     seq_len = min(128, spec.max_position_embeddings)
-    return Pretrained(spec, params, tok, seq_len, hf_bert.has_mlm_head(tensors), str(path))
+    return Pretrained(spec, params, tok, seq_len, hf_family.has_mlm_head(tensors), str(path))
 
 
 def _tokenizer(asked: str | None, default: str) -> Tokenizer | None:
@@ -90,10 +91,38 @@ def _tokenizer(asked: str | None, default: str) -> Tokenizer | None:
     return load_tokenizer(asked or default)
 
 
-def check_init_from(path: str, spec: ModelSpec) -> None:
-    """What `model.init_from` can tell before anything compiles: the directory is a HF
-    checkpoint whose activation is the config's (weight shapes are checked at load)."""
-    hf_bert.check_activation(hf_dir.read_config(path), path, spec)
+# What a phase may change about the model it starts from (how it computes, how far it sees).
+_PHASE_MAY_CHANGE = ("dtype", "attention", "remat", "fused_qkv", "dropout_rate",
+                     "attention_dropout_rate", "max_position_embeddings",
+                     "attend_across_documents", "initializer_range")  # fmt: skip
+
+
+def check_init_from(path: str, spec: ModelSpec, tokenizer: Tokenizer | None = None) -> None:
+    """What `model.init_from` can tell before anything compiles. A HF checkpoint: its
+    architecture is the config's (weight shapes are checked at load). A run directory of this
+    project (a phase before this one): the same model (every config.model key but how it
+    computes and max_position_embeddings) and, given `tokenizer`, the same vocabulary."""
+    if not is_run_dir(path):
+        hf_config = hf_dir.read_config(path)
+        hf_dir.family(hf_config).check_model(hf_config, path, spec)
+        return
+    source = load(path, tokenizer=None, weights=False)
+    ours = dataclasses.asdict(spec)
+    for key, value in dataclasses.asdict(source.spec).items():
+        if key in _PHASE_MAY_CHANGE or key in ("vocab_size", "pad_id"):
+            continue
+        if ours[key] != value:
+            raise ValueError(
+                f"config.model.init_from={path!r}: that run has model.{key}={value!r}, this "
+                f"config model.{key}={ours[key]!r}: set --config.model.{key}={value}"
+            )
+    if tokenizer is not None:
+        theirs = load_tokenizer(files.join(path, "tokenizer"))
+        if not theirs.same_vocabulary(tokenizer):
+            raise ValueError(
+                f"config.model.init_from={path!r}: that run's tokenizer differs from this "
+                f"run's: set --config.data.tokenizer={files.join(path, 'tokenizer')}"
+            )
 
 
 def fit(model: Pretrained, template: Any) -> Any:

@@ -80,7 +80,7 @@ class RunSpec:
     data: DataSpec
     train: TrainSpec
     mesh: sharding.MeshSpec
-    init_from: str = ""  # Hugging Face BERT directory to start from ("" = random init)
+    init_from: str = ""  # HF (Modern)BERT directory or a run directory ("" = random init)
 
     @property
     def own_masking(self) -> MaskingSpec | None:

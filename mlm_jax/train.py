@@ -137,7 +137,7 @@ def check(config, workdir: str) -> Checked:
         run = run.with_vocab(tokenizer)
         config = resolved_config(config, run)
         if run.init_from and resume_step is None:
-            pretrained.check_init_from(run.init_from, run.model)
+            pretrained.check_init_from(run.init_from, run.model, tokenizer)
         train_iter = loader.make_train_iterator(
             run.data, tokenizer, batch_size=run.train.batch_size, seed=run.seed
         )

@@ -215,6 +215,32 @@ def test_kill_9_after_a_checkpoint_then_resume_is_bit_exact(setup, killed_and_re
     assert_same_params(workdir, reference)
 
 
+MODERNBERT = (  # 3 layers, layer 1 a +-8 window over the 64-token rows, with dropout on
+    "model.arch=modernbert",
+    "model.num_layers=3",
+    "model.global_every=2",
+    "model.local_window=16",
+)
+
+
+def test_modernbert_kill_9_after_a_checkpoint_then_resume_is_bit_exact(setup):
+    """The same harness for the other family: its dropout keys, its layer-indexed scan and
+    the checkpointed data position resume to the uninterrupted run's losses and weights."""
+    config_file, _, root = setup
+    reference = str(root / "modernbert_reference")
+    done = run_main(config_file, reference, *BASE, *MODERNBERT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    workdir = str(root / "modernbert_killed")
+    hooks = {"kill_at": CKPT_EVERY + 3, "kill_after": f"{workdir}/checkpoints/{CKPT_EVERY}"}
+    killed = run_main(config_file, workdir, *BASE, *MODERNBERT, hooks=hooks)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run_main(config_file, workdir, *BASE, *MODERNBERT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from the checkpoint of step {CKPT_EVERY}" in resumed.stderr
+    assert steps_of(workdir) == steps_of(reference)
+    assert_same_params(workdir, reference)
+
+
 def test_half_written_checkpoint_is_ignored_and_reported(killed_and_resumed):
     workdir, _, _, _, partial, resumed = killed_and_resumed
     assert resumed.returncode == 0, resumed.stderr

@@ -43,3 +43,27 @@ def test_schedule_warms_up_then_decays_to_zero():
         rtol=1e-5,
         atol=1e-12,
     )
+
+
+def test_wsd_warms_up_holds_the_peak_then_decays_in_its_shape():
+    """100 steps, 10 of warmup, the last 20 decaying: hand-computed points of each shape."""
+    import pytest
+
+    def lr(shape, step):
+        spec = optim.OptimizerSpec(
+            learning_rate=1.0, num_steps=100, warmup_steps=10, lr_schedule="wsd",
+            decay_share=0.2, decay_shape=shape,
+        )  # fmt: skip
+        return float(optim.learning_rate_schedule(spec)(step))
+
+    for shape in ("linear", "cosine", "sqrt"):
+        assert lr(shape, 5) == pytest.approx(0.5)
+        assert lr(shape, 10) == lr(shape, 50) == lr(shape, 80) == 1.0
+        assert lr(shape, 100) == pytest.approx(0.0, abs=1e-7)
+    assert lr("linear", 85) == pytest.approx(0.75)
+    assert lr("cosine", 90) == pytest.approx(0.5)
+    assert lr("sqrt", 85) == pytest.approx(1 - 0.5)
+    with pytest.raises(ValueError, match=r"^config\.train\.decay_share=0\.95: its 95 decay steps"):
+        optim.OptimizerSpec(
+            learning_rate=1.0, num_steps=100, warmup_steps=10, lr_schedule="wsd", decay_share=0.95
+        )

@@ -37,6 +37,8 @@ def _last_json_line(*python_args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+MODERNBERT = dict(arch="modernbert", num_layers=3, global_every=2, local_window=8)
+
 # Every sharded run the tests compare, made in one 8-device subprocess (one JAX start-up).
 RUNS = {
     "oracle": dict(mesh=[1, 1, 1]),
@@ -46,6 +48,10 @@ RUNS = {
     "2x2x2 unfused qkv": dict(mesh=[2, 2, 2], model={"fused_qkv": False}),
     "whole batch": dict(mesh=[2, 1, 1], dropout=0.0),
     "4 microbatches": dict(mesh=[2, 1, 1], dropout=0.0, microbatches=4),
+    **{  # ModernBERT: global layers 0 and 2, layer 1 a window of +-4 in blocks, dropout on
+        f"modernbert {name}": dict(mesh=mesh, model=MODERNBERT)
+        for name, mesh in (("oracle", [1, 1, 1]), ("2x2x2", [2, 2, 2]), ("1x4x2", [1, 4, 2]))
+    },
 }
 
 
@@ -81,6 +87,12 @@ def _assert_close(a, b, rtol):
 @pytest.mark.parametrize("mesh", ["8x1x1", "2x2x2", "1x4x2"])
 def test_sharded_steps_match_single_device(runs, mesh):
     _assert_close(runs[mesh], runs["oracle"], rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", ["2x2x2", "1x4x2"])
+def test_modernbert_sharded_steps_match_single_device(runs, mesh):
+    _assert_close(runs[f"modernbert {mesh}"], runs["modernbert oracle"], rtol=1e-5)
 
 
 @pytest.mark.slow
