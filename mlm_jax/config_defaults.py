@@ -36,8 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
     m.max_predictions = (
         0  # K, predictions per row; 0 = from the largest scheduled ratio and seq_len
     )
-    m.schedule = "constant"  # constant | linear | cosine, from masking.ratio to masking.end_ratio
+    m.schedule = "constant"  # constant | linear | cosine (ratio -> end_ratio) | piecewise
     m.end_ratio = 0.15  # linear/cosine: ratio at step train.num_steps, where LR decay ends too
+    m.piecewise = ""  # piecewise: "STEP:RATIO ..." (e.g. "800:0.15"): that ratio from STEP on
+    # At least this many predictions in a row with eligible tokens (capped by them), as BERT's
+    # max(1, round(ratio * n)): 1, so a short row (packing=pad) still trains; 0 = pure ratio.
+    m.min_predictions = 1
     m.span_p = 0.2  # span strategy: geometric parameter of the span length (in words)
     m.span_max = 10  # span strategy: longest span, in words
     m.static_epochs = (

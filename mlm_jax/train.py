@@ -281,7 +281,8 @@ def _write_config(config, workdir: str) -> None:
 
 
 _LOG_WINDOW = "log_window"  # key in the saved data state: the open train-log window
-_TRAIN_KEYS = ("loss", "accuracy", "grad_norm", "mask_ratio")  # averaged over a log window
+# Averaged over a log window; masked_fraction = selected / eligible tokens of each step.
+_TRAIN_KEYS = ("loss", "accuracy", "grad_norm", "mask_ratio", "masked_fraction")
 
 
 def _loop(
@@ -402,8 +403,9 @@ def _window_means(window: list[dict], step: int) -> dict[str, float]:
     means = {}
     for k in _TRAIN_KEYS:
         rows = scored if k in ("loss", "accuracy") else window
-        if rows:
-            means[f"train/{k}"] = float(np.mean([m[k] for m in rows]))
+        values = [m[k] for m in rows if k in m]  # (a window saved by an older version lacks some)
+        if values:
+            means[f"train/{k}"] = float(np.mean(values))
     return means
 
 

@@ -157,6 +157,7 @@ def _refused(config, run_dir, match):
 def test_degenerate_data_and_masking_are_refused_before_anything_is_written(data_dir, tmp_path):
     config = small_run_config(data_dir)
     config.masking.ratio = 0.001  # round(0.001 x 62) = 0 tokens of a full row
+    config.masking.min_predictions = 0  # (the default floor of 1 would still predict one)
     _refused(config, str(tmp_path / "a"), r"masking.ratio=0.001 selects round\(0.001 x 62\) = 0")
 
     lines = tmp_path / "lines.txt"  # 400 documents, of which 0.2% (one, or none) held out

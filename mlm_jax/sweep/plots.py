@@ -29,7 +29,7 @@ def plot_metrics(workdir: str, axes, grouped: list[dict]) -> list[str]:
 
     if not grouped:
         return []
-    panels = [name for name, _ in METRICS]
+    panels = [name for name, _ in METRICS if not name.endswith("masked_fraction")]
     if any(g["finetune_accuracy"] for g in grouped):
         panels.append("finetune_accuracy")
     paths = []

@@ -19,6 +19,7 @@ from mlm_jax.sweep.run_state import (
     FAILED_MARKER,
     METRICS,
     SWEEP_FILE,
+    TRAIN_MEANS,
     final_eval,
     finetune_accuracy,
     is_finished,
@@ -62,7 +63,8 @@ def collect(workdir: str) -> tuple[list[list[str]], list[dict]]:
 
 def _columns(axes) -> tuple[list[str], list[str]]:
     keys = [k for group in axes for k in group]
-    values = [name for name, _ in METRICS] + ["finetune_accuracy", "tokens_seen", "wall_s"]
+    values = [name for name, _ in METRICS + TRAIN_MEANS]
+    values += ["finetune_accuracy", "tokens_seen", "wall_s"]
     return keys, values
 
 
@@ -142,8 +144,9 @@ def write_markdown(path: str, axes, rows: list[dict]) -> None:
     notes = [
         "",
         "eval_* = held-out MLM at the common eval masking (eval.mask_ratio); own_* = at the "
-        "run's training masking. Mean ± sample std over seeds; (n=k) marks a mean over fewer "
-        "runs than the seeds column.",
+        "run's training masking. *masked_fraction = selected / eligible tokens (train: mean "
+        "over the run's log windows). Mean ± sample std over seeds; (n=k) marks a mean over "
+        "fewer runs than the seeds column.",
     ]
     for r in failed:
         notes.append(f"- {r['run']}: {r['status']} {r.get('reason', '')}".rstrip())
