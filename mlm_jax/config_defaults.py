@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     # At least this many predictions in a row with eligible tokens (capped by them), as BERT's
     # max(1, round(ratio * n)): 1, so a short row (packing=pad) still trains; 0 = pure ratio.
     m.min_predictions = 1
+    # Corruption rate (Wettig et al. 2023), beside masking.ratio = the prediction rate. 0 = the
+    # same. Above: the extra corrupted tokens become [MASK] and carry no loss; below: the extra
+    # predicted tokens are seen unchanged. mask_prob/random_prob split predicted-and-corrupted.
+    m.corruption_ratio = 0.0
     m.span_p = 0.2  # span strategy: geometric parameter of the span length (in words)
     m.span_max = 10  # span strategy: longest span, in words
     m.static_epochs = (

@@ -51,15 +51,11 @@ import jax.numpy as jnp
 
 from mlm_jax.masking_schedule import SCHEDULES as SCHEDULES
 from mlm_jax.masking_schedule import ExactRatio as ExactRatio
-from mlm_jax.masking_schedule import (
-    as_exact_ratio,
-    largest_ratio,
-    parse_pieces,
-    real_target,
-    round_budget,
-)
+from mlm_jax.masking_schedule import as_exact_ratio, largest_ratio, parse_pieces
 from mlm_jax.masking_schedule import ratio_at_step as ratio_at_step
 from mlm_jax.masking_schedule import scheduled_ratio as scheduled_ratio
+from mlm_jax.masking_units import budget, span_units, take_units
+from mlm_jax.masking_units import sample_span_lengths as sample_span_lengths
 from mlm_jax.spec_checks import check_choice, check_float, check_int
 
 STRATEGIES = ("uniform", "whole_word", "span")
@@ -85,6 +81,8 @@ class MaskedBatch(NamedTuple):
     num_selected: jax.Array  # int32 [B] positions selected (= weights.sum(-1))
     num_spans: jax.Array  # int32 [B] units selected: tokens, words, or spans by strategy
     capped: jax.Array  # bool [B] a unit the budget took was refused because K was full
+    corrupted: jax.Array  # bool [B, L] positions the model cannot see as they are (corruption
+    #                       rate); equal to the selected positions unless corruption_ratio is set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +105,7 @@ class MaskingSpec:
     span_max: int = 10
     static_epochs: int = 0
     min_predictions: int = 1  # floor of the budget in tokens (rows with eligible tokens)
+    corruption_ratio: float = 0.0  # 0 = corrupt what is predicted; else its own rate (Wettig)
     pieces: tuple[tuple[int, float], ...] = ()  # piecewise schedule: (from step, ratio)
     never_mask_ids: tuple[int, ...] = ()  # sorted; never selected (may be drawn as random)
     vocab_size: int = 0
@@ -137,6 +136,8 @@ class MaskingSpec:
             "masking.min_predictions", m.min_predictions, minimum=0, maximum=seq_len
         )
         pieces = parse_pieces("masking.piecewise", m.piecewise)
+        corruption = check_float("masking.corruption_ratio", m.corruption_ratio, low=0, high=1,
+                                 high_open=True)  # fmt: skip
         if schedule == "piecewise" and not pieces:
             raise ValueError(
                 f"config.masking.piecewise={m.piecewise!r}: expected at least one STEP:RATIO "
@@ -166,6 +167,7 @@ class MaskingSpec:
             span_max=span_max,
             static_epochs=static_epochs,
             min_predictions=min_predictions,
+            corruption_ratio=corruption,
             pieces=pieces,
             never_mask_ids=never,
         )
@@ -320,11 +322,7 @@ def _mask_row(key, tokens_L, maskable_L, word_starts_L, ratio, spec: MaskingSpec
     eligible_L = maskable_L & ~jnp.isin(tokens_L, excluded)
     num_maskable = eligible_L.sum(dtype=jnp.int32)
     floor = jnp.minimum(num_maskable, spec.min_predictions)
-    num_wanted = jnp.maximum(round_budget(num_maskable, ratio), floor)
-    if spec.strategy == "uniform":
-        target = num_wanted.astype(jnp.float32)
-    else:
-        target = jnp.maximum(real_target(num_maskable, ratio), floor.astype(jnp.float32))
+    num_wanted, target = budget(num_maskable, ratio, floor, spec.strategy)
 
     if spec.strategy == "uniform":
         word_id_L = jnp.arange(length, dtype=jnp.int32)
@@ -341,27 +339,44 @@ def _mask_row(key, tokens_L, maskable_L, word_starts_L, ratio, spec: MaskingSpec
     word_eligible_W = word_len_W > 0
 
     if spec.strategy == "span":
-        unit_start_W, unit_id_W = _span_units(span_key, word_eligible_W, spec)
+        unit_start_W, unit_id_W = span_units(span_key, word_eligible_W, spec.span_p, spec.span_max)
     else:
         unit_start_W = word_eligible_W
         unit_id_W = jnp.arange(length, dtype=jnp.int32)
     priority_U = jax.random.bits(order_key, (length,), jnp.uint32)
     # Stable sort: the words of one span stay in position order, so a span fills left to right.
     order_W = jnp.argsort(priority_U[unit_id_W], stable=True)
-    take_sorted_W, capped = _take_units(
-        jax.random.fold_in(order_key, 1), word_len_W[order_W], target, floor, k
-    )
-    selected_W = jnp.zeros(length, bool).at[order_W].set(take_sorted_W, unique_indices=True)
-    selected_L = selected_W[word_id_L] & eligible_L
+    crossing_key = jax.random.fold_in(order_key, 1)
+    len_sorted_W = word_len_W[order_W]
+
+    def positions_taken(target, cap):
+        take_sorted_W, capped = take_units(crossing_key, len_sorted_W, target, floor, cap)
+        taken_W = jnp.zeros(length, bool).at[order_W].set(take_sorted_W, unique_indices=True)
+        return taken_W, taken_W[word_id_L] & eligible_L, capped
+
+    selected_W, selected_L, capped = positions_taken(target, k)
     num_selected = selected_L.sum(dtype=jnp.int32)
     num_spans = (selected_W & unit_start_W).sum(dtype=jnp.int32)
+    if spec.corruption_ratio:
+        # The same order and crossing draw at another target: a superset or a subset of the
+        # predicted positions (| and & only matter where K capped the predictions). Corrupting
+        # more needs no room in K: no loss is taken there.
+        _, corrupt_target = budget(
+            num_maskable, as_exact_ratio(spec.corruption_ratio), floor, spec.strategy
+        )
+        other_L = positions_taken(corrupt_target, length)[1]
+        more = corrupt_target >= target
+        corrupted_L = jnp.where(more, other_L | selected_L, other_L & selected_L)
+    else:
+        corrupted_L = selected_L
+    split_L = selected_L & corrupted_L  # predicted and corrupted: mask_prob / random_prob / keep
 
     u_L = jax.random.uniform(split_key, (length,))
     random_L = _random_ordinary_tokens(token_key, (length,), spec)
     inputs_L = jnp.where(
-        selected_L & (u_L < spec.mask_prob),
+        (split_L & (u_L < spec.mask_prob)) | (corrupted_L & ~selected_L),
         spec.mask_id,
-        jnp.where(selected_L & (u_L < spec.mask_prob + spec.random_prob), random_L, tokens_L),
+        jnp.where(split_L & (u_L < spec.mask_prob + spec.random_prob), random_L, tokens_L),
     )
 
     slot_L = jnp.where(selected_L, jnp.cumsum(selected_L, dtype=jnp.int32) - 1, k)
@@ -382,61 +397,8 @@ def _mask_row(key, tokens_L, maskable_L, word_starts_L, ratio, spec: MaskingSpec
         num_selected=num_selected,
         num_spans=num_spans,
         capped=capped,
+        corrupted=corrupted_L,
     )
-
-
-def _take_units(key, len_sorted_W, target, floor, k):
-    """Which units (in priority order, lengths len_sorted_W) the budget takes; see step 3 of
-    the module docstring. Returns (taken per sorted unit, whether K refused one)."""
-    after_W = jnp.cumsum(len_sorted_W)
-    before_W = after_W - len_sorted_W
-    reached_W = before_W.astype(jnp.float32) < target
-    crossing_W = after_W.astype(jnp.float32) > target
-    u = jax.random.uniform(key, ())
-    accept_W = (
-        ~crossing_W
-        | (before_W < floor)
-        | (u * len_sorted_W.astype(jnp.float32) < target - before_W.astype(jnp.float32))
-    )
-    wanted_W = reached_W & accept_W & (len_sorted_W > 0)
-    fits_W = after_W <= k
-    return wanted_W & fits_W, jnp.any(wanted_W & ~fits_W)
-
-
-def _span_units(key, word_eligible_W, spec: MaskingSpec):
-    """Cuts the eligible words into spans of truncated-geometric length (in words).
-
-    The eligible words are tiled left to right by i.i.d. span lengths; a span is also cut at
-    ineligible tokens ([SEP], padding) so it is contiguous in the row. Spans are later taken
-    in random order, so every word is equally likely to start one. Returns (span start flag
-    per word, span id per word).
-    """
-    num_words = word_eligible_W.shape[0]
-    lengths_E = sample_span_lengths(key, (num_words,), spec.span_p, spec.span_max)
-    offsets_E = jnp.cumsum(lengths_E) - lengths_E
-    tile_start_E = jnp.zeros(num_words, bool).at[offsets_E].set(True, mode="drop")
-    eligible_index_W = jnp.cumsum(word_eligible_W, dtype=jnp.int32) - 1
-    prev_eligible_W = jnp.concatenate([jnp.zeros(1, bool), word_eligible_W[:-1]])
-    start_W = word_eligible_W & (
-        tile_start_E[jnp.clip(eligible_index_W, 0, num_words - 1)] | ~prev_eligible_W
-    )
-    return start_W, jnp.cumsum(start_W, dtype=jnp.int32)
-
-
-def sample_span_lengths(key: jax.Array, shape: tuple[int, ...], p: float, max_len: int):
-    """Span lengths with P(l) proportional to p (1 - p)^(l - 1) on 1..max_len (int32).
-
-    Inverse CDF against thresholds computed on the host in float64, so the draw is the same
-    under jit and eagerly (no transcendental functions on device).
-    """
-    q = 1.0 - p
-    total = 1.0 - q**max_len
-    cdf = [(1.0 - q**length) / total for length in range(1, max_len)]
-    u = jax.random.uniform(key, shape)
-    lengths = jnp.ones(shape, jnp.int32)
-    for threshold in cdf:
-        lengths = lengths + (u >= threshold).astype(jnp.int32)
-    return lengths
 
 
 def _random_ordinary_tokens(key, shape, spec: MaskingSpec):

@@ -47,6 +47,7 @@ def masking_config(**overrides):
             never_mask_ids=(),
             min_predictions=1,
             piecewise="",
+            corruption_ratio=0.0,
         )
     )
     c.update(overrides)
