@@ -14,6 +14,7 @@ import os
 
 from mlm_jax import files
 from mlm_jax.sweep import SweepError, plots
+from mlm_jax.sweep import baseline as baseline_lib
 from mlm_jax.sweep.run_state import (
     DONE_MARKER,
     FAILED_MARKER,
@@ -116,7 +117,7 @@ def group_over_seeds(axes, rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_markdown(path: str, axes, rows: list[dict]) -> None:
+def write_markdown(path: str, axes, rows: list[dict], paired: dict | None = None) -> None:
     keys, values = _columns(axes)
     group_keys = [k for k in keys if k != "seed"]
     grouped = group_over_seeds(axes, rows)
@@ -150,15 +151,33 @@ def write_markdown(path: str, axes, rows: list[dict]) -> None:
     ]
     for r in failed:
         notes.append(f"- {r['run']}: {r['status']} {r.get('reason', '')}".rstrip())
+    if paired is not None:
+        notes += baseline_lib.markdown_lines(paired, paired_metrics(rows))
     files.write_text(path, "\n".join(lines + notes) + "\n")
 
 
-def write_report(workdir: str) -> list[dict]:
-    """results.csv, results.md and the plots in `workdir`; returns the rows."""
+def paired_metrics(rows: list[dict]) -> list[str]:
+    """The metrics the baseline differences cover: the eval/own scores (+ fine-tuning)."""
+    names = ["eval_loss", "eval_accuracy", "own_loss", "own_accuracy"]
+    if any(r.get("finetune_accuracy") is not None for r in rows):
+        names.append("finetune_accuracy")
+    return names
+
+
+def write_report(workdir: str, baseline: str | None = None) -> list[dict]:
+    """results.csv, results.md and the plots in `workdir`; returns the rows. baseline: KEY=VALUE
+    for paired differences (None: the one the sweep was started with, if any)."""
     axes, rows = collect(workdir)
+    if baseline is None:
+        baseline = (read_json(files.join(workdir, SWEEP_FILE)) or {}).get("baseline", "")
+    paired = None
+    if baseline:
+        paired = baseline_lib.paired_differences(axes, rows, baseline, paired_metrics(rows))
     write_csv(files.join(workdir, "results.csv"), axes, rows)
-    write_markdown(files.join(workdir, "results.md"), axes, rows)
+    write_markdown(files.join(workdir, "results.md"), axes, rows, paired)
     metric_plots = plots.plot_metrics(workdir, axes, group_over_seeds(axes, rows))
+    if paired is not None:
+        metric_plots.append(plots.plot_paired(workdir, paired, paired_metrics(rows)))
     curves = plots.plot_curves(workdir, rows)
     done = sum(r["status"] == "done" for r in rows)
     log.info(
