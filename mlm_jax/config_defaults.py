@@ -48,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.corruption_ratio = 0.0
     m.span_p = 0.2  # span strategy: geometric parameter of the span length (in words)
     m.span_max = 10  # span strategy: longest span, in words
+    m.span_sampling = "tile"  # span: tile (spans tile the row) | anchored (SpanBERT's anchors)
+    m.span_replacement = "token"  # token: 80/10/10 drawn per token | span: one draw per span/word
     m.static_epochs = (
         0  # 0 = dynamic (fresh mask each step); N = an example keeps its mask N epochs
     )

@@ -54,11 +54,13 @@ from mlm_jax.masking_schedule import ExactRatio as ExactRatio
 from mlm_jax.masking_schedule import as_exact_ratio, largest_ratio, parse_pieces
 from mlm_jax.masking_schedule import ratio_at_step as ratio_at_step
 from mlm_jax.masking_schedule import scheduled_ratio as scheduled_ratio
-from mlm_jax.masking_units import budget, span_units, take_units
+from mlm_jax.masking_units import anchored_span_units, budget, span_units, take_units
 from mlm_jax.masking_units import sample_span_lengths as sample_span_lengths
 from mlm_jax.spec_checks import check_choice, check_float, check_int
 
 STRATEGIES = ("uniform", "whole_word", "span")
+SPAN_SAMPLINGS = ("tile", "anchored")
+SPAN_REPLACEMENTS = ("token", "span")
 # Extra predictions per row when K is derived, for the last word of whole_word/span, which
 # may overshoot the token budget (a word of more pieces than this is dropped if it won't fit).
 WORD_OVERSHOOT_SLACK = 8
@@ -103,6 +105,8 @@ class MaskingSpec:
     num_steps: int = 1  # the schedule's length (train.num_steps)
     span_p: float = 0.2
     span_max: int = 10
+    span_sampling: str = "tile"  # tile: spans tile the row | anchored: SpanBERT's anchors
+    span_replacement: str = "token"  # token: 80/10/10 per token | span: one draw per span
     static_epochs: int = 0
     min_predictions: int = 1  # floor of the budget in tokens (rows with eligible tokens)
     corruption_ratio: float = 0.0  # 0 = corrupt what is predicted; else its own rate (Wettig)
@@ -131,6 +135,10 @@ class MaskingSpec:
         mask_prob, random_prob = _replacement_split("masking", m.mask_prob, m.random_prob)
         span_p = check_float("masking.span_p", m.span_p, low=0, high=1, low_open=True)
         span_max = check_int("masking.span_max", m.span_max, minimum=1)
+        span_sampling = check_choice("masking.span_sampling", m.span_sampling, SPAN_SAMPLINGS)
+        span_replacement = check_choice(
+            "masking.span_replacement", m.span_replacement, SPAN_REPLACEMENTS
+        )
         static_epochs = check_int("masking.static_epochs", m.static_epochs, minimum=0)
         min_predictions = check_int(
             "masking.min_predictions", m.min_predictions, minimum=0, maximum=seq_len
@@ -165,6 +173,8 @@ class MaskingSpec:
             num_steps=1 if schedule in ("constant", "piecewise") else int(num_steps),
             span_p=span_p,
             span_max=span_max,
+            span_sampling=span_sampling,
+            span_replacement=span_replacement,
             static_epochs=static_epochs,
             min_predictions=min_predictions,
             corruption_ratio=corruption,
@@ -338,12 +348,16 @@ def _mask_row(key, tokens_L, maskable_L, word_starts_L, ratio, spec: MaskingSpec
         )
     word_eligible_W = word_len_W > 0
 
-    if spec.strategy == "span":
+    priority_U = jax.random.bits(order_key, (length,), jnp.uint32)
+    if spec.strategy == "span" and spec.span_sampling == "anchored":
+        unit_start_W, unit_id_W = anchored_span_units(
+            span_key, priority_U, word_eligible_W, spec.span_p, spec.span_max
+        )
+    elif spec.strategy == "span":
         unit_start_W, unit_id_W = span_units(span_key, word_eligible_W, spec.span_p, spec.span_max)
     else:
         unit_start_W = word_eligible_W
         unit_id_W = jnp.arange(length, dtype=jnp.int32)
-    priority_U = jax.random.bits(order_key, (length,), jnp.uint32)
     # Stable sort: the words of one span stay in position order, so a span fills left to right.
     order_W = jnp.argsort(priority_U[unit_id_W], stable=True)
     crossing_key = jax.random.fold_in(order_key, 1)
@@ -372,6 +386,8 @@ def _mask_row(key, tokens_L, maskable_L, word_starts_L, ratio, spec: MaskingSpec
     split_L = selected_L & corrupted_L  # predicted and corrupted: mask_prob / random_prob / keep
 
     u_L = jax.random.uniform(split_key, (length,))
+    if spec.span_replacement == "span":  # one draw per span (per word for whole_word)
+        u_L = u_L[unit_id_W[word_id_L]]
     random_L = _random_ordinary_tokens(token_key, (length,), spec)
     inputs_L = jnp.where(
         (split_L & (u_L < spec.mask_prob)) | (corrupted_L & ~selected_L),

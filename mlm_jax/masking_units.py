@@ -73,3 +73,31 @@ def sample_span_lengths(key: jax.Array, shape: tuple[int, ...], p: float, max_le
     for threshold in cdf:
         lengths = lengths + (u >= threshold).astype(jnp.int32)
     return lengths
+
+
+def anchored_span_units(key, priority_W, word_eligible_W, span_p: float, span_max: int):
+    """SpanBERT's anchored spans: anchors drawn without replacement (the words in priority
+    order), each covering a truncated-geometric number of words from itself to the right,
+    inside its run of eligible words. A word belongs to the first anchor (lowest priority
+    value) that covers it, so taking words grouped by their anchor, left to right, masks
+    whole spans in anchor order; overlapping spans merge. Returns (span start flag per word,
+    anchor index per word: the unit id whose priority orders the word)."""
+    num_words = word_eligible_W.shape[0]
+    lengths_W = sample_span_lengths(key, (num_words,), span_p, span_max)
+    run_W = jnp.cumsum(~word_eligible_W, dtype=jnp.int32)
+    index_W = jnp.arange(num_words, dtype=jnp.int32)
+    best_priority_W, anchor_W = priority_W, index_W
+    for d in range(1, span_max):
+        source_W = jnp.clip(index_W - d, 0, num_words - 1)
+        covers_W = (
+            (index_W >= d)
+            & word_eligible_W
+            & (run_W[source_W] == run_W)
+            & word_eligible_W[source_W]
+            & (lengths_W[source_W] > d)
+        )
+        better_W = covers_W & (priority_W[source_W] < best_priority_W)
+        best_priority_W = jnp.where(better_W, priority_W[source_W], best_priority_W)
+        anchor_W = jnp.where(better_W, source_W, anchor_W)
+    prev_anchor_W = jnp.concatenate([jnp.full(1, -1, jnp.int32), anchor_W[:-1]])
+    return word_eligible_W & (anchor_W != prev_anchor_W), anchor_W
