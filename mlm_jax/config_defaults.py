@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.masking = m = ml_collections.ConfigDict()
     m.ratio = 0.15  # fraction of maskable tokens selected per row (start ratio of a schedule)
-    m.strategy = "uniform"  # uniform | whole_word | span
+    m.strategy = "uniform"  # uniform | whole_word | span | pmi (n-grams of masking.pmi_vocab)
     m.mask_prob = 0.8  # of the selected tokens: fraction replaced by [MASK]
     m.random_prob = 0.1  # of the selected tokens: fraction replaced by a random ordinary token
     m.max_predictions = (
@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     # same. Above: the extra corrupted tokens become [MASK] and carry no loss; below: the extra
     # predicted tokens are seen unchanged. mask_prob/random_prob split predicted-and-corrupted.
     m.corruption_ratio = 0.0
+    m.pmi_vocab = ""  # strategy=pmi: DIR from `python -m mlm_jax.data.pmi --out=DIR`
     m.span_p = 0.2  # span strategy: geometric parameter of the span length (in words)
     m.span_max = 10  # span strategy: longest span, in words
     m.span_sampling = "tile"  # span: tile (spans tile the row) | anchored (SpanBERT's anchors)

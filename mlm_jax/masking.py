@@ -58,7 +58,8 @@ from mlm_jax.masking_units import anchored_span_units, budget, span_units, take_
 from mlm_jax.masking_units import sample_span_lengths as sample_span_lengths
 from mlm_jax.spec_checks import check_choice, check_float, check_int
 
-STRATEGIES = ("uniform", "whole_word", "span")
+STRATEGIES = ("uniform", "whole_word", "span", "pmi")  # pmi: whole_word over PMI units
+EVAL_STRATEGIES = ("uniform", "whole_word", "span")  # (the common eval needs no vocabulary)
 SPAN_SAMPLINGS = ("tile", "anchored")
 SPAN_REPLACEMENTS = ("token", "span")
 # Extra predictions per row when K is derived, for the last word of whole_word/span, which
@@ -107,6 +108,7 @@ class MaskingSpec:
     span_max: int = 10
     span_sampling: str = "tile"  # tile: spans tile the row | anchored: SpanBERT's anchors
     span_replacement: str = "token"  # token: 80/10/10 per token | span: one draw per span
+    pmi_vocab: str = ""  # strategy=pmi: the directory of data.pmi's n-gram vocabulary
     static_epochs: int = 0
     min_predictions: int = 1  # floor of the budget in tokens (rows with eligible tokens)
     corruption_ratio: float = 0.0  # 0 = corrupt what is predicted; else its own rate (Wettig)
@@ -144,6 +146,12 @@ class MaskingSpec:
             "masking.min_predictions", m.min_predictions, minimum=0, maximum=seq_len
         )
         pieces = parse_pieces("masking.piecewise", m.piecewise)
+        pmi_vocab = m.pmi_vocab
+        if strategy == "pmi" and (not isinstance(pmi_vocab, str) or not pmi_vocab):
+            raise ValueError(
+                f"config.masking.pmi_vocab={pmi_vocab!r}: expected the directory "
+                "`python -m mlm_jax.data.pmi --out=DIR` wrote, with masking.strategy='pmi'"
+            )
         corruption = check_float("masking.corruption_ratio", m.corruption_ratio, low=0, high=1,
                                  high_open=True)  # fmt: skip
         if schedule == "piecewise" and not pieces:
@@ -178,6 +186,7 @@ class MaskingSpec:
             static_epochs=static_epochs,
             min_predictions=min_predictions,
             corruption_ratio=corruption,
+            pmi_vocab=pmi_vocab if strategy == "pmi" else "",
             pieces=pieces,
             never_mask_ids=never,
         )
@@ -194,7 +203,7 @@ class MaskingSpec:
         ratio = check_float(
             "eval.mask_ratio", e.mask_ratio, low=0, high=1, low_open=True, high_open=True
         )
-        strategy = check_choice("eval.strategy", e.strategy, STRATEGIES)
+        strategy = check_choice("eval.strategy", e.strategy, EVAL_STRATEGIES)
         mask_prob, random_prob = _replacement_split("eval", e.mask_prob, e.random_prob)
         return cls(
             strategy=strategy,

@@ -126,7 +126,7 @@ def check(config, workdir: str) -> Checked:
     """Every check a run makes before it writes or compiles anything: the config, the
     workdir's owner and its resume compatibility, the tokenizer, the data (a held-out split to
     evaluate on, predictions in it). One ConfigError each; nothing is written to the workdir."""
-    from mlm_jax.data import loader  # the input pipeline (grain, TFDS) only where data is read
+    from mlm_jax.data import loader, pmi  # the input pipeline (grain, TFDS) only where data is read
 
     with as_config_errors():
         run = resolve(config)
@@ -138,8 +138,11 @@ def check(config, workdir: str) -> Checked:
         config = resolved_config(config, run)
         if run.init_from and resume_step is None:
             pretrained.check_init_from(run.init_from, run.model)
+        units = None  # masking.strategy=pmi: the host marks its n-gram units while packing
+        if run.masking.strategy == "pmi":
+            units = pmi.load_units(run.masking.pmi_vocab, tokenizer)
         train_iter = loader.make_train_iterator(
-            run.data, tokenizer, batch_size=run.train.batch_size, seed=run.seed
+            run.data, tokenizer, batch_size=run.train.batch_size, seed=run.seed, units=units
         )
         host_eval_batches = loader.make_eval_batches(
             run.data,
@@ -147,6 +150,7 @@ def check(config, workdir: str) -> Checked:
             batch_size=run.train.eval_batch_size,
             num_batches=run.train.eval_batches,
             seed=run.seed,
+            units=units,
         )
         check_eval_batches(run, host_eval_batches)
     return Checked(run, config, tokenizer, train_iter, host_eval_batches, resume_step)

@@ -75,7 +75,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, run: RunSpec) -> tu
         stream_key(run.seed, _MASK), step, batch["example_ids"], batch["epochs"], spec.static_epochs
     )
     masked = masking.mask_tokens(
-        keys, batch["tokens"], batch["maskable"], batch["word_starts"], ratio=ratio, spec=spec
+        keys, batch["tokens"], batch["maskable"], _starts(batch, spec), ratio=ratio, spec=spec
     )
     dropout_key = jax.random.fold_in(stream_key(run.seed, _DROPOUT), step)
 
@@ -151,6 +151,11 @@ def train_step(state: TrainState, batch: dict, *, model, tx, run: RunSpec) -> tu
     return new_state, metrics
 
 
+def _starts(batch: dict, spec) -> jax.Array:
+    """The unit starts the strategy takes: PMI n-gram units (host-marked) or word starts."""
+    return batch["unit_starts"] if spec.strategy == "pmi" else batch["word_starts"]
+
+
 def masked_fraction(masked) -> jax.Array:
     """Selected / eligible tokens over the batch: the rate the model was trained at."""
     eligible = jnp.maximum(masked.num_maskable.sum(), 1).astype(jnp.float32)
@@ -161,7 +166,7 @@ def eval_step(params, batch: dict, key, ratio, *, model, spec) -> dict:
     """Metric sums on one held-out batch, masked with a fixed key (the same in every run)."""
     keys = jax.random.split(key, batch["tokens"].shape[0])
     masked = masking.mask_tokens(
-        keys, batch["tokens"], batch["maskable"], batch["word_starts"], ratio=ratio, spec=spec
+        keys, batch["tokens"], batch["maskable"], _starts(batch, spec), ratio=ratio, spec=spec
     )
     logits = model.apply(
         {"params": params},

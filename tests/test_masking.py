@@ -50,6 +50,7 @@ def masking_config(**overrides):
             corruption_ratio=0.0,
             span_sampling="tile",
             span_replacement="token",
+            pmi_vocab="",
         )
     )
     c.update(overrides)
@@ -65,7 +66,8 @@ def make_spec(seq_len=L, vocab_size=VOCAB, special_ids=SPECIAL, num_steps=100, *
 
 
 SMALL_SPECS = {
-    s: make_spec(strategy=s, max_predictions=K, never_mask_ids=NEVER) for s in masking.STRATEGIES
+    s: make_spec(strategy=s, max_predictions=K, never_mask_ids=NEVER)
+    for s in masking.EVAL_STRATEGIES
 }
 SMALL_SPECS["span_anchored"] = make_spec(
     strategy="span", span_sampling="anchored", span_replacement="span", max_predictions=K,
@@ -167,7 +169,7 @@ def test_selection_properties(arrays, ratio, seed, strategy):
 def test_jit_equals_eager_and_same_key_same_result(arrays, ratio, seed):
     tokens, maskable, word_starts = arrays
     key = jax.random.key(seed)
-    for spec in (SMALL_SPECS[s] for s in masking.STRATEGIES):
+    for spec in (SMALL_SPECS[s] for s in masking.EVAL_STRATEGIES):
         eager = mask_tokens(key, tokens, maskable, word_starts, ratio=ratio, spec=spec)
         jitted = jit_mask(key, tokens, maskable, word_starts, ratio=ratio, spec=spec)
         again = jit_mask(key, tokens, maskable, word_starts, ratio=ratio, spec=spec)
@@ -186,7 +188,7 @@ def ordinary_batch(rng, batch, length, vocab=VOCAB, word_start_rate=0.7):
 
 def test_different_keys_differ_and_per_row_keys_match_split():
     tokens, maskable, word_starts = ordinary_batch(np.random.default_rng(0), B, L)
-    for spec in (SMALL_SPECS[s] for s in masking.STRATEGIES):
+    for spec in (SMALL_SPECS[s] for s in masking.EVAL_STRATEGIES):
         a = jit_mask(jax.random.key(1), tokens, maskable, word_starts, ratio=0.4, spec=spec)
         b = jit_mask(jax.random.key(2), tokens, maskable, word_starts, ratio=0.4, spec=spec)
         assert not np.array_equal(a.positions, b.positions)

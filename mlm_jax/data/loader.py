@@ -146,14 +146,16 @@ def _warn_if_trained_on_heldout(tokenizer: tokenizer_lib.Tokenizer, data: DataSp
         )
 
 
-def packed_rows(data: DataSpec, tokenizer, split: str) -> packing.PackedRows:
-    """Rows of the train or heldout split, tokenized once and cached on disk."""
+def packed_rows(data: DataSpec, tokenizer, split: str, units=None) -> packing.PackedRows:
+    """Rows of the train or heldout split, tokenized once and cached on disk. units: a
+    data.pmi.PmiUnits whose unit starts the rows also carry; the cache is named by it."""
     corpus = load_corpus(data)
     documents = {"train": corpus.train, "heldout": corpus.heldout}[split]
-    cache_dir = os.path.join(
-        cache_root(data), "tokens", corpus.key, f"{split}-{tokenizer.fingerprint()}"
-    )
-    stream = packing.tokenize_to_stream(documents, tokenizer, cache_dir)
+    name = f"{split}-{tokenizer.fingerprint()}"
+    if units is not None:
+        name += f"-pmi{units.fingerprint}"
+    cache_dir = os.path.join(cache_root(data), "tokens", corpus.key, name)
+    stream = packing.tokenize_to_stream(documents, tokenizer, cache_dir, units=units)
     if stream.num_documents == 0:
         raise ValueError(
             f"config.data.dataset={data.dataset!r}: the {split} split has no documents"
@@ -259,11 +261,18 @@ class TrainIterator:
 
 
 def make_train_iterator(
-    data: DataSpec, tokenizer, *, batch_size: int, seed: int, process_index=None, process_count=None
+    data: DataSpec,
+    tokenizer,
+    *,
+    batch_size: int,
+    seed: int,
+    process_index=None,
+    process_count=None,
+    units=None,
 ) -> TrainIterator:
     """This host's slice of each global train batch of `batch_size` rows, reshuffled every
-    epoch from `seed`."""
-    rows = packed_rows(data, tokenizer, "train")
+    epoch from `seed`. units: PMI units to mark (packed_rows)."""
+    rows = packed_rows(data, tokenizer, "train", units)
     host_offset, host_batch = _host_slice(
         batch_size, process_index, process_count, "train.batch_size"
     )
@@ -283,10 +292,11 @@ def make_eval_batches(
     seed: int,
     process_index=None,
     process_count=None,
+    units=None,
 ) -> list[dict]:
     """`num_batches` held-out batches (this host's slices), in a fixed order. If the held-out
     split has fewer rows than asked for, it wraps around (and says so)."""
-    rows = packed_rows(data, tokenizer, "heldout")
+    rows = packed_rows(data, tokenizer, "heldout", units)
     host_offset, host_batch = _host_slice(
         batch_size, process_index, process_count, "eval.batch_size"
     )
