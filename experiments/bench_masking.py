@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlm_jax.config_files import load_config_file
-from mlm_jax.masking import STRATEGIES, MaskingSpec, mask_tokens
+from mlm_jax.masking import EVAL_STRATEGIES, MaskingSpec, mask_tokens
 
 TINY_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py"
@@ -84,7 +84,7 @@ def main():
     vocab = types.SimpleNamespace(
         vocab_size=VOCAB, pad_id=PAD, mask_id=MASK, special_ids=(PAD, UNK, CLS, SEP, MASK)
     )
-    for strategy in STRATEGIES:
+    for strategy in EVAL_STRATEGIES:  # (pmi is whole_word on other starts)
         config.masking.strategy = strategy
         spec = MaskingSpec.from_config(
             config.masking, seq_len=args.seq_len, num_steps=config.train.num_steps

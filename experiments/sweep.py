@@ -75,6 +75,9 @@ def define_flags() -> None:
     flags.DEFINE_bool("dry_run", False, "--launch=sky: print the `sky jobs launch` commands only.")
     flags.DEFINE_bool("report", False, "Only regenerate results.* and plots from DIR.")
     flags.DEFINE_string(
+        "baseline", None, "KEY=VALUE: paired-by-seed differences to that setting (95% t CI)."
+    )
+    flags.DEFINE_string(
         "finetune_task", "", "Fine-tune every finished run on this task (see mlm_jax.finetune)."
     )
     flags.DEFINE_integer("finetune_epochs", 3, "Epochs of each fine-tuning.")
@@ -90,7 +93,7 @@ def main(argv) -> None:
     pylogging.getLogger("mlm_jax").setLevel(pylogging.INFO)
     with cli.one_line_errors((SweepError,)):
         if FLAGS.report:
-            write_report(FLAGS.workdir)
+            write_report(FLAGS.workdir, baseline=FLAGS.baseline)
             print(files.read_text(files.join(FLAGS.workdir, "results.md")))
             return
         if FLAGS.config is None:
@@ -107,6 +110,7 @@ def main(argv) -> None:
             finetune_max_len=FLAGS.finetune_max_len,
             launch_file=FLAGS.launch_file,
             dry_run=FLAGS.dry_run,
+            baseline=FLAGS.baseline or "",
         )
     if rows:
         print(files.read_text(files.join(FLAGS.workdir, "results.md")))

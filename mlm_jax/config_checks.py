@@ -112,14 +112,16 @@ def _check_ratios_select_something(run: RunSpec) -> None:
     full = run.data.seq_len - 2  # a full row's maskable tokens: all but [CLS] and [SEP]
     m = run.masking
     ratios = [("masking.ratio", m.ratio), ("eval.mask_ratio", run.eval_masking.ratio)]
-    if m.schedule != "constant":
+    if m.schedule in ("linear", "cosine"):
         ratios.append(("masking.end_ratio", m.end_ratio))
+    ratios += [("masking.piecewise", ratio) for _, ratio in m.pieces]
     for key, ratio in ratios:
+        spec = run.eval_masking if key.startswith("eval.") else m
         _require(
-            round(ratio * full) > 0,
+            round(ratio * full) > 0 or spec.min_predictions > 0,
             f"config.{key}={ratio} selects round({ratio} x {full}) = 0 of the {full} maskable "
             f"tokens of a full {run.data.seq_len}-token row, so no position would be predicted; "
-            f"expected a ratio above {0.5 / full:.3g}",
+            f"expected a ratio above {0.5 / full:.3g} (or masking.min_predictions >= 1)",
         )
 
 
@@ -131,7 +133,8 @@ def check_eval_batches(run: RunSpec, host_batches: list[dict]) -> None:
     predicted = 0
     for batch in host_batches:
         eligible = (batch["maskable"] & ~np.isin(batch["tokens"], excluded)).sum(axis=1)
-        predicted += int(np.round(spec.ratio * eligible).sum())
+        floor = np.minimum(eligible, spec.min_predictions)
+        predicted += int(np.maximum(np.round(spec.ratio * eligible), floor).sum())
     _require(
         predicted > 0,
         f"the held-out batches ({len(host_batches)} of {run.train.eval_batch_size} rows) hold "
@@ -221,7 +224,7 @@ def check_resume_compatible(config, workdir: str) -> None:
             ("learning-rate", "train.lr_schedule"),
             ("masking-ratio", "masking.schedule"),
         )
-        if new.get(key) != "constant"
+        if new.get(key) not in ("constant", "piecewise")  # piecewise: steps, not a fraction
     ]
     if steps[0] != steps[1] and stretched:
         log.warning(

@@ -30,16 +30,27 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.masking = m = ml_collections.ConfigDict()
     m.ratio = 0.15  # fraction of maskable tokens selected per row (start ratio of a schedule)
-    m.strategy = "uniform"  # uniform | whole_word | span
+    m.strategy = "uniform"  # uniform | whole_word | span | pmi (n-grams of masking.pmi_vocab)
     m.mask_prob = 0.8  # of the selected tokens: fraction replaced by [MASK]
     m.random_prob = 0.1  # of the selected tokens: fraction replaced by a random ordinary token
     m.max_predictions = (
         0  # K, predictions per row; 0 = from the largest scheduled ratio and seq_len
     )
-    m.schedule = "constant"  # constant | linear | cosine, from masking.ratio to masking.end_ratio
+    m.schedule = "constant"  # constant | linear | cosine (ratio -> end_ratio) | piecewise
     m.end_ratio = 0.15  # linear/cosine: ratio at step train.num_steps, where LR decay ends too
+    m.piecewise = ""  # piecewise: "STEP:RATIO ..." (e.g. "800:0.15"): that ratio from STEP on
+    # At least this many predictions in a row with eligible tokens (capped by them), as BERT's
+    # max(1, round(ratio * n)): 1, so a short row (packing=pad) still trains; 0 = pure ratio.
+    m.min_predictions = 1
+    # Corruption rate (Wettig et al. 2023), beside masking.ratio = the prediction rate. 0 = the
+    # same. Above: the extra corrupted tokens become [MASK] and carry no loss; below: the extra
+    # predicted tokens are seen unchanged. mask_prob/random_prob split predicted-and-corrupted.
+    m.corruption_ratio = 0.0
+    m.pmi_vocab = ""  # strategy=pmi: DIR from `python -m mlm_jax.data.pmi --out=DIR`
     m.span_p = 0.2  # span strategy: geometric parameter of the span length (in words)
     m.span_max = 10  # span strategy: longest span, in words
+    m.span_sampling = "tile"  # span: tile (spans tile the row) | anchored (SpanBERT's anchors)
+    m.span_replacement = "token"  # token: 80/10/10 drawn per token | span: one draw per span/word
     m.static_epochs = (
         0  # 0 = dynamic (fresh mask each step); N = an example keeps its mask N epochs
     )

@@ -10,7 +10,7 @@ How the trainer calls it (inside the jitted train step):
     keys_B = masking_keys(mask_key, step, batch["example_ids"], batch["epochs"],
                           spec.static_epochs)                        # per-row keys
     masked = mask_tokens(keys_B, batch["tokens"], batch["maskable"], batch["word_starts"],
-                         ratio=ratio_at_step(step, spec), spec=spec)
+                         ratio=scheduled_ratio(step, spec), spec=spec)
     logits_BxKxV = model(masked.inputs, masked.positions, ...)
     loss = mlm_loss(logits_BxKxV, masked.targets, masked.weights)
 
@@ -19,16 +19,25 @@ the dropout key. Eval uses `MaskingSpec.for_eval(config.eval, ...)` and a fixed 
 evaluation of every run masks the same way.
 
 Selection, one row at a time (vmapped over the batch):
-  1. eligible = maskable & token not in special_ids & token not in never_mask_ids.
-  2. num_wanted = round(ratio * num_eligible), in float32, half to even.
-  3. The row is cut into units: tokens (uniform), words (whole_word), or spans of whole words
-     (span). Units get a random priority order from the key; units are taken in that order
-     while the tokens taken so far are fewer than num_wanted, and only while the total fits
-     in K. So uniform selects exactly min(num_wanted, K) tokens; whole_word and span select
-     num_wanted plus less than one word (the last word is whole, never split).
-  4. A row was capped by K exactly when num_selected < num_wanted (diagnostics below).
-Because the priority order depends only on the key, the same key with a larger ratio selects a
-superset of the positions (static masking under a ratio schedule stays nested).
+  1. eligible = maskable & token not in special_ids & token not in never_mask_ids; n of them.
+  2. The row is cut into units: tokens (uniform) or words (whole_word, span). Units get a
+     random priority order from the key and are taken in that order; for span the priority
+     belongs to spans of whole words, whose words are taken left to right.
+  3. The budget. floor = min(min_predictions, n). uniform: exactly
+     b = max(round(ratio * n), floor) tokens, rounded half to even in integers when the ratio
+     is a constant (masking_schedule). whole_word / span: the target t = max(ratio * n, floor)
+     is a real number. Units whose tokens end at or before t are taken; the unit that would
+     cross t (c tokens taken before it, l tokens long) is taken with probability (t - c) / l,
+     or always while c < floor; later units are not. So E[selected | order] = c + l (t - c) / l
+     = t exactly: every row selects ratio * n tokens in expectation (rows where the floor
+     binds select more), and a unit is never split.
+  4. Nothing past K is taken: a unit that would end beyond K is refused (`capped`).
+How a word's chance depends on its length: hardly. On rows of 1-6 piece words at 0.15 a word
+of 1 piece is selected with probability 0.161, of 6 pieces 0.144 (at 0.4: 0.40 for all;
+tests/test_masking_budget.py); BERT's rule (skip a word that would overshoot) halves the
+chance from 1 to 6 pieces. Because the priority order and the crossing draw depend only on
+the key, the same key with a larger ratio selects a superset of the positions (static masking
+under a ratio schedule stays nested).
 """
 
 from __future__ import annotations
@@ -40,10 +49,19 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mlm_jax.masking_schedule import SCHEDULES as SCHEDULES
+from mlm_jax.masking_schedule import ExactRatio as ExactRatio
+from mlm_jax.masking_schedule import as_exact_ratio, largest_ratio, parse_pieces
+from mlm_jax.masking_schedule import ratio_at_step as ratio_at_step
+from mlm_jax.masking_schedule import scheduled_ratio as scheduled_ratio
+from mlm_jax.masking_units import anchored_span_units, budget, span_units, take_units
+from mlm_jax.masking_units import sample_span_lengths as sample_span_lengths
 from mlm_jax.spec_checks import check_choice, check_float, check_int
 
-STRATEGIES = ("uniform", "whole_word", "span")
-SCHEDULES = ("constant", "linear", "cosine")
+STRATEGIES = ("uniform", "whole_word", "span", "pmi")  # pmi: whole_word over PMI units
+EVAL_STRATEGIES = ("uniform", "whole_word", "span")  # (the common eval needs no vocabulary)
+SPAN_SAMPLINGS = ("tile", "anchored")
+SPAN_REPLACEMENTS = ("token", "span")
 # Extra predictions per row when K is derived, for the last word of whole_word/span, which
 # may overshoot the token budget (a word of more pieces than this is dropped if it won't fit).
 WORD_OVERSHOOT_SLACK = 8
@@ -61,10 +79,13 @@ class MaskedBatch(NamedTuple):
     targets: jax.Array  # int32 [B, K] original tokens at those positions
     weights: jax.Array  # float32 [B, K] 1 for a real prediction, 0 for a padding slot
     num_maskable: jax.Array  # int32 [B] eligible positions in the row
-    num_wanted: jax.Array  # int32 [B] round(ratio * num_maskable), before the cap K
-    num_selected: jax.Array  # int32 [B] positions selected (= weights.sum(-1)); < num_wanted
-    #                          exactly when K capped the row
+    num_wanted: jax.Array  # int32 [B] max(round(ratio * num_maskable), floor), before the
+    #                        cap K: uniform's exact budget, the word strategies' rounded target
+    num_selected: jax.Array  # int32 [B] positions selected (= weights.sum(-1))
     num_spans: jax.Array  # int32 [B] units selected: tokens, words, or spans by strategy
+    capped: jax.Array  # bool [B] a unit the budget took was refused because K was full
+    corrupted: jax.Array  # bool [B, L] positions the model cannot see as they are (corruption
+    #                       rate); equal to the selected positions unless corruption_ratio is set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +106,13 @@ class MaskingSpec:
     num_steps: int = 1  # the schedule's length (train.num_steps)
     span_p: float = 0.2
     span_max: int = 10
+    span_sampling: str = "tile"  # tile: spans tile the row | anchored: SpanBERT's anchors
+    span_replacement: str = "token"  # token: 80/10/10 per token | span: one draw per span
+    pmi_vocab: str = ""  # strategy=pmi: the directory of data.pmi's n-gram vocabulary
     static_epochs: int = 0
+    min_predictions: int = 1  # floor of the budget in tokens (rows with eligible tokens)
+    corruption_ratio: float = 0.0  # 0 = corrupt what is predicted; else its own rate (Wettig)
+    pieces: tuple[tuple[int, float], ...] = ()  # piecewise schedule: (from step, ratio)
     never_mask_ids: tuple[int, ...] = ()  # sorted; never selected (may be drawn as random)
     vocab_size: int = 0
     mask_id: int = -1
@@ -110,27 +137,57 @@ class MaskingSpec:
         mask_prob, random_prob = _replacement_split("masking", m.mask_prob, m.random_prob)
         span_p = check_float("masking.span_p", m.span_p, low=0, high=1, low_open=True)
         span_max = check_int("masking.span_max", m.span_max, minimum=1)
+        span_sampling = check_choice("masking.span_sampling", m.span_sampling, SPAN_SAMPLINGS)
+        span_replacement = check_choice(
+            "masking.span_replacement", m.span_replacement, SPAN_REPLACEMENTS
+        )
         static_epochs = check_int("masking.static_epochs", m.static_epochs, minimum=0)
+        min_predictions = check_int(
+            "masking.min_predictions", m.min_predictions, minimum=0, maximum=seq_len
+        )
+        pieces = parse_pieces("masking.piecewise", m.piecewise)
+        pmi_vocab = m.pmi_vocab
+        if strategy == "pmi" and (not isinstance(pmi_vocab, str) or not pmi_vocab):
+            raise ValueError(
+                f"config.masking.pmi_vocab={pmi_vocab!r}: expected the directory "
+                "`python -m mlm_jax.data.pmi --out=DIR` wrote, with masking.strategy='pmi'"
+            )
+        corruption = check_float("masking.corruption_ratio", m.corruption_ratio, low=0, high=1,
+                                 high_open=True)  # fmt: skip
+        if schedule == "piecewise" and not pieces:
+            raise ValueError(
+                f"config.masking.piecewise={m.piecewise!r}: expected at least one STEP:RATIO "
+                "pair with masking.schedule='piecewise', like '800:0.15'"
+            )
         k = check_int("masking.max_predictions", m.max_predictions, minimum=0, maximum=seq_len)
         never = tuple(sorted({int(i) for i in m.never_mask_ids}))
         if never and never[0] < 0:
             raise ValueError(f"config.masking.never_mask_ids={never}: expected ids >= 0")
+        # Fields a schedule does not use are normalised, so equal masking compares equal.
+        pieces = pieces if schedule == "piecewise" else ()
+        if schedule in ("constant", "piecewise"):
+            end_ratio = ratio
         if k == 0:
-            max_ratio = ratio if schedule == "constant" else max(ratio, end_ratio)
+            max_ratio = largest_ratio(schedule, ratio, end_ratio, pieces)
             k = derived_max_predictions(max_ratio, seq_len, strategy)
-        constant = schedule == "constant"  # nothing else can change its masks: normalised
         return cls(
             strategy=strategy,
             mask_prob=mask_prob,
             random_prob=random_prob,
             max_predictions=k,
             ratio=ratio,
-            end_ratio=ratio if constant else end_ratio,
+            end_ratio=end_ratio,
             schedule=schedule,
-            num_steps=1 if constant else int(num_steps),
+            num_steps=1 if schedule in ("constant", "piecewise") else int(num_steps),
             span_p=span_p,
             span_max=span_max,
+            span_sampling=span_sampling,
+            span_replacement=span_replacement,
             static_epochs=static_epochs,
+            min_predictions=min_predictions,
+            corruption_ratio=corruption,
+            pmi_vocab=pmi_vocab if strategy == "pmi" else "",
+            pieces=pieces,
             never_mask_ids=never,
         )
 
@@ -146,7 +203,7 @@ class MaskingSpec:
         ratio = check_float(
             "eval.mask_ratio", e.mask_ratio, low=0, high=1, low_open=True, high_open=True
         )
-        strategy = check_choice("eval.strategy", e.strategy, STRATEGIES)
+        strategy = check_choice("eval.strategy", e.strategy, EVAL_STRATEGIES)
         mask_prob, random_prob = _replacement_split("eval", e.mask_prob, e.random_prob)
         return cls(
             strategy=strategy,
@@ -195,23 +252,6 @@ def _replacement_split(section: str, mask_prob: Any, random_prob: Any) -> tuple[
     return mask_prob, random_prob
 
 
-def ratio_at_step(step: Any, spec: MaskingSpec) -> jax.Array:
-    """Masking ratio at `step` (float32 scalar; step may be traced).
-
-    With t = clip(step / num_steps, 0, 1): constant -> ratio; linear -> ratio + (end - ratio) t;
-    cosine -> end + (ratio - end) (1 + cos(pi t)) / 2. t is the fraction of training done, the
-    clock the learning rate decays on too, so the end ratio is where the schedule arrives after
-    the last step (num_steps - 1 is 1/num_steps short).
-    """
-    start, end = spec.ratio, spec.end_ratio
-    if spec.schedule == "constant":
-        return jnp.float32(start)
-    t = jnp.clip(jnp.asarray(step, jnp.float32) / spec.num_steps, 0.0, 1.0)
-    if spec.schedule == "linear":
-        return jnp.float32(start) + (end - start) * t
-    return jnp.float32(end) + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
-
-
 def masking_keys(
     base_key: jax.Array,
     step: Any,
@@ -250,7 +290,8 @@ def mask_tokens(
     """Selects and corrupts positions; see the module docstring for the exact rule.
 
     key: one key (split into one per row) or per-row keys [B] (from masking_keys); typed
-    (jax.random.key) or raw uint32 keys both work. ratio: float or traced scalar in (0, 1).
+    (jax.random.key) or raw uint32 keys both work. ratio in (0, 1): a Python float (its
+    budget rounds exactly), an ExactRatio (from scheduled_ratio), or a traced float32 scalar.
     Of the selected positions, a fraction mask_prob becomes [MASK], random_prob a token drawn
     uniformly from ids 0..vocab_size-1 minus special_ids (it may equal the original), and the
     rest is kept. Replacement draws use keys split off the selection keys.
@@ -274,6 +315,7 @@ def mask_tokens(
         word_starts_BxL = jnp.ones(tokens_BxL.shape, bool)
     if isinstance(ratio, (int, float)) and not 0 < ratio < 1:
         raise ValueError(f"ratio={ratio!r}: expected a float in (0, 1)")
+    ratio = as_exact_ratio(ratio)
     if spec.vocab_size == 0:
         raise ValueError("MaskingSpec without a vocabulary: call spec.with_vocab(tokenizer)")
 
@@ -286,9 +328,7 @@ def mask_tokens(
         raise ValueError(f"key batch {key.shape[0]}: expected one key or {batch} keys")
 
     row_fn = jax.vmap(_mask_row, in_axes=(0, 0, 0, 0, None, None))
-    return row_fn(
-        key, tokens_BxL, maskable_BxL, word_starts_BxL, jnp.asarray(ratio, jnp.float32), spec
-    )
+    return row_fn(key, tokens_BxL, maskable_BxL, word_starts_BxL, ratio, spec)
 
 
 def _mask_row(key, tokens_L, maskable_L, word_starts_L, ratio, spec: MaskingSpec):
@@ -300,8 +340,8 @@ def _mask_row(key, tokens_L, maskable_L, word_starts_L, ratio, spec: MaskingSpec
     excluded = jnp.asarray(spec.special_ids + spec.never_mask_ids, jnp.int32)
     eligible_L = maskable_L & ~jnp.isin(tokens_L, excluded)
     num_maskable = eligible_L.sum(dtype=jnp.int32)
-    num_wanted = jnp.round(ratio * num_maskable.astype(jnp.float32)).astype(jnp.int32)
-    budget = jnp.minimum(num_wanted, k)
+    floor = jnp.minimum(num_maskable, spec.min_predictions)
+    num_wanted, target = budget(num_maskable, ratio, floor, spec.strategy)
 
     if spec.strategy == "uniform":
         word_id_L = jnp.arange(length, dtype=jnp.int32)
@@ -317,28 +357,51 @@ def _mask_row(key, tokens_L, maskable_L, word_starts_L, ratio, spec: MaskingSpec
         )
     word_eligible_W = word_len_W > 0
 
-    if spec.strategy == "span":
-        unit_start_W, unit_id_W = _span_units(span_key, word_eligible_W, spec)
+    priority_U = jax.random.bits(order_key, (length,), jnp.uint32)
+    if spec.strategy == "span" and spec.span_sampling == "anchored":
+        unit_start_W, unit_id_W = anchored_span_units(
+            span_key, priority_U, word_eligible_W, spec.span_p, spec.span_max
+        )
+    elif spec.strategy == "span":
+        unit_start_W, unit_id_W = span_units(span_key, word_eligible_W, spec.span_p, spec.span_max)
     else:
         unit_start_W = word_eligible_W
         unit_id_W = jnp.arange(length, dtype=jnp.int32)
-    priority_U = jax.random.bits(order_key, (length,), jnp.uint32)
     # Stable sort: the words of one span stay in position order, so a span fills left to right.
     order_W = jnp.argsort(priority_U[unit_id_W], stable=True)
+    crossing_key = jax.random.fold_in(order_key, 1)
     len_sorted_W = word_len_W[order_W]
-    taken_after_W = jnp.cumsum(len_sorted_W)
-    take_sorted_W = (taken_after_W - len_sorted_W < budget) & (taken_after_W <= k)
-    selected_W = jnp.zeros(length, bool).at[order_W].set(take_sorted_W, unique_indices=True)
-    selected_L = selected_W[word_id_L] & eligible_L
+
+    def positions_taken(target, cap):
+        take_sorted_W, capped = take_units(crossing_key, len_sorted_W, target, floor, cap)
+        taken_W = jnp.zeros(length, bool).at[order_W].set(take_sorted_W, unique_indices=True)
+        return taken_W, taken_W[word_id_L] & eligible_L, capped
+
+    selected_W, selected_L, capped = positions_taken(target, k)
     num_selected = selected_L.sum(dtype=jnp.int32)
     num_spans = (selected_W & unit_start_W).sum(dtype=jnp.int32)
+    if spec.corruption_ratio:
+        # The same order and crossing draw at another target: a superset or a subset of the
+        # predicted positions (| and & only matter where K capped the predictions). Corrupting
+        # more needs no room in K: no loss is taken there.
+        _, corrupt_target = budget(
+            num_maskable, as_exact_ratio(spec.corruption_ratio), floor, spec.strategy
+        )
+        other_L = positions_taken(corrupt_target, length)[1]
+        more = corrupt_target >= target
+        corrupted_L = jnp.where(more, other_L | selected_L, other_L & selected_L)
+    else:
+        corrupted_L = selected_L
+    split_L = selected_L & corrupted_L  # predicted and corrupted: mask_prob / random_prob / keep
 
     u_L = jax.random.uniform(split_key, (length,))
+    if spec.span_replacement == "span":  # one draw per span (per word for whole_word)
+        u_L = u_L[unit_id_W[word_id_L]]
     random_L = _random_ordinary_tokens(token_key, (length,), spec)
     inputs_L = jnp.where(
-        selected_L & (u_L < spec.mask_prob),
+        (split_L & (u_L < spec.mask_prob)) | (corrupted_L & ~selected_L),
         spec.mask_id,
-        jnp.where(selected_L & (u_L < spec.mask_prob + spec.random_prob), random_L, tokens_L),
+        jnp.where(split_L & (u_L < spec.mask_prob + spec.random_prob), random_L, tokens_L),
     )
 
     slot_L = jnp.where(selected_L, jnp.cumsum(selected_L, dtype=jnp.int32) - 1, k)
@@ -358,43 +421,9 @@ def _mask_row(key, tokens_L, maskable_L, word_starts_L, ratio, spec: MaskingSpec
         num_wanted=num_wanted,
         num_selected=num_selected,
         num_spans=num_spans,
+        capped=capped,
+        corrupted=corrupted_L,
     )
-
-
-def _span_units(key, word_eligible_W, spec: MaskingSpec):
-    """Cuts the eligible words into spans of truncated-geometric length (in words).
-
-    The eligible words are tiled left to right by i.i.d. span lengths; a span is also cut at
-    ineligible tokens ([SEP], padding) so it is contiguous in the row. Spans are later taken
-    in random order, so every word is equally likely to start one. Returns (span start flag
-    per word, span id per word).
-    """
-    num_words = word_eligible_W.shape[0]
-    lengths_E = sample_span_lengths(key, (num_words,), spec.span_p, spec.span_max)
-    offsets_E = jnp.cumsum(lengths_E) - lengths_E
-    tile_start_E = jnp.zeros(num_words, bool).at[offsets_E].set(True, mode="drop")
-    eligible_index_W = jnp.cumsum(word_eligible_W, dtype=jnp.int32) - 1
-    prev_eligible_W = jnp.concatenate([jnp.zeros(1, bool), word_eligible_W[:-1]])
-    start_W = word_eligible_W & (
-        tile_start_E[jnp.clip(eligible_index_W, 0, num_words - 1)] | ~prev_eligible_W
-    )
-    return start_W, jnp.cumsum(start_W, dtype=jnp.int32)
-
-
-def sample_span_lengths(key: jax.Array, shape: tuple[int, ...], p: float, max_len: int):
-    """Span lengths with P(l) proportional to p (1 - p)^(l - 1) on 1..max_len (int32).
-
-    Inverse CDF against thresholds computed on the host in float64, so the draw is the same
-    under jit and eagerly (no transcendental functions on device).
-    """
-    q = 1.0 - p
-    total = 1.0 - q**max_len
-    cdf = [(1.0 - q**length) / total for length in range(1, max_len)]
-    u = jax.random.uniform(key, shape)
-    lengths = jnp.ones(shape, jnp.int32)
-    for threshold in cdf:
-        lengths = lengths + (u >= threshold).astype(jnp.int32)
-    return lengths
 
 
 def _random_ordinary_tokens(key, shape, spec: MaskingSpec):

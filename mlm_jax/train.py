@@ -126,7 +126,7 @@ def check(config, workdir: str) -> Checked:
     """Every check a run makes before it writes or compiles anything: the config, the
     workdir's owner and its resume compatibility, the tokenizer, the data (a held-out split to
     evaluate on, predictions in it). One ConfigError each; nothing is written to the workdir."""
-    from mlm_jax.data import loader  # the input pipeline (grain, TFDS) only where data is read
+    from mlm_jax.data import loader, pmi  # the input pipeline (grain, TFDS) only where data is read
 
     with as_config_errors():
         run = resolve(config)
@@ -138,8 +138,11 @@ def check(config, workdir: str) -> Checked:
         config = resolved_config(config, run)
         if run.init_from and resume_step is None:
             pretrained.check_init_from(run.init_from, run.model, tokenizer)
+        units = None  # masking.strategy=pmi: the host marks its n-gram units while packing
+        if run.masking.strategy == "pmi":
+            units = pmi.load_units(run.masking.pmi_vocab, tokenizer)
         train_iter = loader.make_train_iterator(
-            run.data, tokenizer, batch_size=run.train.batch_size, seed=run.seed
+            run.data, tokenizer, batch_size=run.train.batch_size, seed=run.seed, units=units
         )
         host_eval_batches = loader.make_eval_batches(
             run.data,
@@ -147,6 +150,7 @@ def check(config, workdir: str) -> Checked:
             batch_size=run.train.eval_batch_size,
             num_batches=run.train.eval_batches,
             seed=run.seed,
+            units=units,
         )
         check_eval_batches(run, host_eval_batches)
     return Checked(run, config, tokenizer, train_iter, host_eval_batches, resume_step)
@@ -281,7 +285,8 @@ def _write_config(config, workdir: str) -> None:
 
 
 _LOG_WINDOW = "log_window"  # key in the saved data state: the open train-log window
-_TRAIN_KEYS = ("loss", "accuracy", "grad_norm", "mask_ratio")  # averaged over a log window
+# Averaged over a log window; masked_fraction = selected / eligible tokens of each step.
+_TRAIN_KEYS = ("loss", "accuracy", "grad_norm", "mask_ratio", "masked_fraction")
 
 
 def _loop(
@@ -402,8 +407,9 @@ def _window_means(window: list[dict], step: int) -> dict[str, float]:
     means = {}
     for k in _TRAIN_KEYS:
         rows = scored if k in ("loss", "accuracy") else window
-        if rows:
-            means[f"train/{k}"] = float(np.mean([m[k] for m in rows]))
+        values = [m[k] for m in rows if k in m]  # (a window saved by an older version lacks some)
+        if values:
+            means[f"train/{k}"] = float(np.mean(values))
     return means
 
 

@@ -70,12 +70,12 @@ def _skippable_update(finite, new_opt_state, old_opt_state):
 def train_step(state: TrainState, batch: dict, *, model, tx, run: RunSpec) -> tuple:
     """One optimizer update on a global batch: mask on device, forward, backward, AdamW."""
     step, spec = state.step, run.masking
-    ratio = masking.ratio_at_step(step, spec)
+    ratio = masking.scheduled_ratio(step, spec)
     keys = masking.masking_keys(
         stream_key(run.seed, _MASK), step, batch["example_ids"], batch["epochs"], spec.static_epochs
     )
     masked = masking.mask_tokens(
-        keys, batch["tokens"], batch["maskable"], batch["word_starts"], ratio=ratio, spec=spec
+        keys, batch["tokens"], batch["maskable"], _starts(batch, spec), ratio=ratio, spec=spec
     )
     dropout_key = jax.random.fold_in(stream_key(run.seed, _DROPOUT), step)
 
@@ -143,18 +143,30 @@ def train_step(state: TrainState, batch: dict, *, model, tx, run: RunSpec) -> tu
         "loss": loss,
         "accuracy": sums["correct_sum"] / denom,
         "grad_norm": grad_norm,
-        "mask_ratio": ratio,
+        "mask_ratio": ratio.value,
+        "masked_fraction": masked_fraction(masked),
         "predictions": sums["weight_sum"],
         "finite": finite,
     }
     return new_state, metrics
 
 
+def _starts(batch: dict, spec) -> jax.Array:
+    """The unit starts the strategy takes: PMI n-gram units (host-marked) or word starts."""
+    return batch["unit_starts"] if spec.strategy == "pmi" else batch["word_starts"]
+
+
+def masked_fraction(masked) -> jax.Array:
+    """Selected / eligible tokens over the batch: the rate the model was trained at."""
+    eligible = jnp.maximum(masked.num_maskable.sum(), 1).astype(jnp.float32)
+    return masked.num_selected.sum().astype(jnp.float32) / eligible
+
+
 def eval_step(params, batch: dict, key, ratio, *, model, spec) -> dict:
     """Metric sums on one held-out batch, masked with a fixed key (the same in every run)."""
     keys = jax.random.split(key, batch["tokens"].shape[0])
     masked = masking.mask_tokens(
-        keys, batch["tokens"], batch["maskable"], batch["word_starts"], ratio=ratio, spec=spec
+        keys, batch["tokens"], batch["maskable"], _starts(batch, spec), ratio=ratio, spec=spec
     )
     logits = model.apply(
         {"params": params},
@@ -163,7 +175,8 @@ def eval_step(params, batch: dict, key, ratio, *, model, spec) -> dict:
         document_ids_BxL=batch["document_ids"],
         deterministic=True,
     )
-    return _sum_metrics(logits, masked.targets, masked.weights)
+    sums = _sum_metrics(logits, masked.targets, masked.weights)
+    return {**sums, "eligible_sum": masked.num_maskable.sum().astype(jnp.float32)}
 
 
 class Trainer:
@@ -269,7 +282,7 @@ class Trainer:
 
         batch = {k: like(v, self.run.train.batch_size) for k, v in eval_batch.items()}
         key = jax.eval_shape(lambda: jax.random.key(0))
-        ratio = jax.ShapeDtypeStruct((), jnp.float32)
+        ratio = jax.eval_shape(lambda: masking.scheduled_ratio(0, self.run.masking))
         with self.activate():
             compiled = {"train": self._jitted["train"].lower(self.abstract_state, batch).compile()}
             for name in self.eval_steps:
@@ -297,9 +310,9 @@ class Trainer:
         out = {}
         for name, eval_fn in self.eval_steps.items():
             spec = self.run.eval_masking if name == "eval" else self.run.masking
-            ratio = masking.ratio_at_step(step, spec)
+            ratio = masking.scheduled_ratio(step, spec)
             base = stream_key(self.run.seed, _EVAL)
-            totals = {k: 0.0 for k in _SUM_KEYS}
+            totals = {k: 0.0 for k in (*_SUM_KEYS, "eligible_sum")}
             with self.activate():
                 sums = [
                     eval_fn(params, batch, jax.random.fold_in(base, i), ratio)
@@ -310,6 +323,7 @@ class Trainer:
                     totals[k] += float(v)
             n = totals["weight_sum"]
             out[f"{name}/predictions"] = n
+            out[f"{name}/masked_fraction"] = n / max(totals["eligible_sum"], 1.0)
             if n == 0:  # a mean over nothing is not a score: no number is logged for it
                 log.warning(
                     "%s at step %s: no position was selected; no loss to report", name, step

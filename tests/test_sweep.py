@@ -360,3 +360,58 @@ def test_a_mean_over_fewer_runs_than_the_seeds_says_so(tmp_path):
     assert row["seeds"] == "3"
     assert row["eval_loss"] == "6.0000 ± 1.0000"
     assert row["finetune_accuracy"] == "0.6000 ± 0.0000 (n=2)"
+
+
+def test_baseline_adds_paired_t_intervals_checked_by_hand(tmp_path):
+    """Made-up losses of 3 seeds at three ratios, baseline 0.15. Against a t table
+    (t(0.975, 2) = 4.303): ratio 0.3 differs by -0.2, -0.1, -0.3 -> mean -0.2, sd 0.1,
+    half-width 4.303 * 0.1 / sqrt(3) = 0.2484: [-0.4484, +0.0484], holds 0, no mark; ratio 0.6
+    by +0.3, +0.5, +0.4 -> [+0.1516, +0.6484], marked. Its plot is written too."""
+    from mlm_jax.sweep import baseline, plots
+
+    base, low, high = [5.0, 5.2, 4.9], [4.8, 5.1, 4.6], [5.3, 5.7, 5.3]
+    rows = [
+        {"run": f"r{ratio}s{s}", "masking.ratio": ratio, "seed": s, "status": "done",
+         "eval_loss": losses[s], "eval_accuracy": 0.3, "own_loss": None, "own_accuracy": None}
+        for ratio, losses in ((0.15, base), (0.3, low), (0.6, high)) for s in range(3)
+    ]  # fmt: skip
+    axes = [["masking.ratio"], ["seed"]]
+    metrics = ["eval_loss", "eval_accuracy"]
+    paired = baseline.paired_differences(axes, rows, "masking.ratio=0.15", metrics)
+    by_ratio = {e["settings"]["masking.ratio"]: e for e in paired["entries"]}
+    assert sorted(by_ratio) == [0.3, 0.6] and by_ratio[0.3]["n"] == 3
+    for ratio, (mean, lo, hi) in ((0.3, (-0.2, -0.4484, 0.0484)), (0.6, (0.4, 0.1516, 0.6484))):
+        got = by_ratio[ratio]["eval_loss"]
+        assert got == pytest.approx((mean, lo, hi), abs=2e-4), (ratio, got)
+    assert by_ratio[0.3]["eval_accuracy"] == pytest.approx((0.0, 0.0, 0.0), abs=1e-12)
+    lines = baseline.markdown_lines(paired, metrics)
+    row_03 = [x for x in lines if x.startswith("| 0.3 |")][0]
+    row_06 = [x for x in lines if x.startswith("| 0.6 |")][0]
+    assert "-0.2000 [-0.4484, +0.0484] |" in row_03 and "*" not in row_03.split("|")[3]
+    assert "+0.4000 [+0.1516, +0.6484] * |" in row_06
+    path = plots.plot_paired(str(tmp_path), paired, metrics)
+    assert matplotlib.image.imread(path).shape[0] > 100
+    with pytest.raises(SweepError, match="not swept"):
+        baseline.parse_baseline("masking.strategy=uniform", axes)
+    with pytest.raises(SweepError, match="no finished run"):
+        baseline.paired_differences(axes, rows, "masking.ratio=0.45", metrics)
+
+
+def test_corruption_and_prediction_sweep_together(tmp_path, capsys):
+    """Both rates as one axis (and a piecewise schedule) parse, resolve and launch."""
+    from mlm_jax import run_spec
+
+    config = base_config()
+    axes = parse_axes(
+        ["masking.ratio/masking.corruption_ratio=0.15/0.4,0.4/0.15",
+         "masking.schedule/masking.piecewise=constant/,piecewise/800:0.15"],
+        config,
+    )  # fmt: skip
+    runs = expand(axes)
+    assert len(runs) == 4
+    for settings in runs:
+        spec = run_spec.resolve(apply_settings(config, settings)).masking
+        assert spec.corruption_ratio == settings["masking.corruption_ratio"]
+        assert spec.pieces == (
+            ((800, 0.15),) if settings["masking.schedule"] == "piecewise" else ()
+        )

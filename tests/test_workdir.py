@@ -157,6 +157,7 @@ def _refused(config, run_dir, match):
 def test_degenerate_data_and_masking_are_refused_before_anything_is_written(data_dir, tmp_path):
     config = small_run_config(data_dir)
     config.masking.ratio = 0.001  # round(0.001 x 62) = 0 tokens of a full row
+    config.masking.min_predictions = 0  # (the default floor of 1 would still predict one)
     _refused(config, str(tmp_path / "a"), r"masking.ratio=0.001 selects round\(0.001 x 62\) = 0")
 
     lines = tmp_path / "lines.txt"  # 400 documents, of which 0.2% (one, or none) held out
@@ -168,14 +169,20 @@ def test_degenerate_data_and_masking_are_refused_before_anything_is_written(data
     config.data.heldout_fraction = 0.002
     _refused(config, str(tmp_path / "b"), "held-out split|no document fell in the held-out")
 
-    short = tmp_path / "short.txt"  # one-word documents: no row has a token to select at 0.15
-    short.write_text("\n".join(f"word{i % 50}" for i in range(3000)) + "\n")
-    config = small_run_config(str(tmp_path / "tfds"))
-    config.data.dataset = f"text:{short}"
-    config.data.text_unit = "line"
-    config.data.packing = "pad"
-    config.data.vocab_size = 128
-    _refused(config, str(tmp_path / "c"), "no token the eval masking .* would select")
+    # One-word pad rows now get their one prediction (masking.min_predictions); held-out rows
+    # with no eligible token at all are still refused, in one line.
+    import types
+
+    from mlm_jax.config_checks import check_eval_batches
+
+    spec = types.SimpleNamespace(special_ids=(0, 1, 2, 3), never_mask_ids=(), ratio=0.15,
+                                 min_predictions=1)  # fmt: skip
+    run = types.SimpleNamespace(eval_masking=spec, train=types.SimpleNamespace(eval_batch_size=2))
+    batch = {"tokens": np.array([[2, 3, 0], [2, 9, 3]]), "maskable": np.zeros((2, 3), bool)}
+    with pytest.raises(ConfigError, match="no token the eval masking .* would select"):
+        check_eval_batches(run, [batch])
+    batch["maskable"][1, 1] = True  # one eligible token: its one prediction is enough
+    check_eval_batches(run, [batch])
 
 
 def test_a_metric_over_no_predictions_is_never_a_number():

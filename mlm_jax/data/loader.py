@@ -153,18 +153,27 @@ def _warn_if_trained_on_heldout(tokenizer: tokenizer_lib.Tokenizer, data: DataSp
         )
 
 
-def packed_rows(data: DataSpec, tokenizer, split: str) -> packing.PackedRows | rows.StoreRows:
+def packed_rows(
+    data: DataSpec, tokenizer, split: str, units=None
+) -> packing.PackedRows | rows.StoreRows:
     """Rows of the train or heldout split, tokenized once and cached on disk (or, for a
-    rows:<dir> dataset, read from the prepared store by row id: nothing tokenized or cached)."""
+    rows:<dir> dataset, read from the prepared store by row id: nothing tokenized or cached).
+    units: a data.pmi.PmiUnits whose unit starts the rows also carry; the cache is named by it."""
     if data.dataset.startswith(rows.PREFIX):
+        if units is not None:
+            raise ValueError(
+                f"config.data.dataset={data.dataset!r}: a prepared store holds no PMI units; "
+                "masking.strategy=pmi needs an on-the-fly dataset (python_docs, text:, tfds:)"
+            )
         rows.check_tokenizer(data, tokenizer)  # a resumed run's own copy must be the store's too
         return rows.StoreRows(rows.store_dir(data.dataset), split, tokenizer)
     corpus = load_corpus(data)
     documents = {"train": corpus.train, "heldout": corpus.heldout}[split]
-    cache_dir = os.path.join(
-        cache_root(data), "tokens", corpus.key, f"{split}-{tokenizer.fingerprint()}"
-    )
-    stream = packing.tokenize_to_stream(documents, tokenizer, cache_dir)
+    name = f"{split}-{tokenizer.fingerprint()}"
+    if units is not None:
+        name += f"-pmi{units.fingerprint}"
+    cache_dir = os.path.join(cache_root(data), "tokens", corpus.key, name)
+    stream = packing.tokenize_to_stream(documents, tokenizer, cache_dir, units=units)
     if stream.num_documents == 0:
         raise ValueError(
             f"config.data.dataset={data.dataset!r}: the {split} split has no documents"
@@ -270,16 +279,23 @@ class TrainIterator:
 
 
 def make_train_iterator(
-    data: DataSpec, tokenizer, *, batch_size: int, seed: int, process_index=None, process_count=None
+    data: DataSpec,
+    tokenizer,
+    *,
+    batch_size: int,
+    seed: int,
+    process_index=None,
+    process_count=None,
+    units=None,
 ) -> TrainIterator:
     """This host's slice of each global train batch of `batch_size` rows, reshuffled every
-    epoch from `seed`."""
-    rows = packed_rows(data, tokenizer, "train")
+    epoch from `seed`. units: PMI units to mark (packed_rows)."""
+    train_rows = packed_rows(data, tokenizer, "train", units)
     host_offset, host_batch = _host_slice(
         batch_size, process_index, process_count, "train.batch_size"
     )
     host_batches = _HostBatches(
-        rows, global_batch=batch_size, host_offset=host_offset, host_batch=host_batch,
+        train_rows, global_batch=batch_size, host_offset=host_offset, host_batch=host_batch,
         seed=int(seed), shuffle=True,
     )  # fmt: skip
     return TrainIterator(host_batches, prefetch=data.prefetch)
@@ -294,26 +310,27 @@ def make_eval_batches(
     seed: int,
     process_index=None,
     process_count=None,
+    units=None,
 ) -> list[dict]:
     """`num_batches` held-out batches (this host's slices), in a fixed order. If the held-out
     split has fewer rows than asked for, it wraps around (and says so)."""
-    rows = packed_rows(data, tokenizer, "heldout")
+    heldout = packed_rows(data, tokenizer, "heldout", units)
     host_offset, host_batch = _host_slice(
         batch_size, process_index, process_count, "eval.batch_size"
     )
-    if len(rows) < batch_size:
+    if len(heldout) < batch_size:
         raise ValueError(
-            f"config.data.dataset={data.dataset!r}: the held-out split holds {len(rows)} rows of "
+            f"config.data.dataset={data.dataset!r}: the held-out split holds {len(heldout)} rows of "
             f"{data.seq_len} tokens, fewer than one eval batch (eval.batch_size={batch_size}), "
             "too few to evaluate; add text, raise data.heldout_fraction or lower eval.batch_size"
         )
     wanted = num_batches * batch_size
-    if wanted > len(rows):
+    if wanted > len(heldout):
         log.warning(
-            "eval asks for %d rows, the held-out split has %d: rows repeat", wanted, len(rows)
+            "eval asks for %d rows, the held-out split has %d: rows repeat", wanted, len(heldout)
         )
     host_batches = _HostBatches(
-        rows, global_batch=batch_size, host_offset=host_offset, host_batch=host_batch,
+        heldout, global_batch=batch_size, host_offset=host_offset, host_batch=host_batch,
         seed=int(seed), shuffle=False,
     )  # fmt: skip
     return [host_batches(i) for i in range(num_batches)]

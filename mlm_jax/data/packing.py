@@ -35,6 +35,7 @@ class TokenStream:
     tokens: np.ndarray  # uint16 or int32 [T], memory-mapped
     word_starts: np.ndarray  # bool [T]
     offsets: np.ndarray  # int64 [N+1]
+    unit_starts: np.ndarray | None = None  # bool [T]: PMI unit starts, when built with units
 
     @property
     def num_documents(self) -> int:
@@ -47,28 +48,37 @@ def token_dtype(tokenizer) -> np.dtype:
     return np.dtype(np.uint16 if fits else np.int32)
 
 
-def encode_documents(texts, tokenizer) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Documents -> their piece of the stream: tokens [T] (int32), word starts [T] (bool), and
-    each document's length; every document's tokens are followed by [SEP]."""
+def encode_documents(texts, tokenizer, units=None):
+    """Documents -> their piece of the stream: tokens [T] (int32), word starts [T] (bool), each
+    document's length, and (with units, a data.pmi.PmiUnits) PMI unit starts [T] (bool), else
+    None; every document's tokens are followed by [SEP]."""
     encoded = tokenizer.encode_arrays(texts)
     sep, no = np.asarray([tokenizer.sep_id], np.int32), np.zeros(1, bool)
     tokens = np.concatenate([np.zeros(0, np.int32)] + [x for ids, _ in encoded for x in (ids, sep)])
     starts = np.concatenate([np.zeros(0, bool)] + [x for _, st in encoded for x in (st, no)])
-    return tokens.astype(np.int32), starts.astype(bool), [len(ids) + 1 for ids, _ in encoded]
+    unit_starts = None
+    if units is not None:  # the host marks PMI unit starts while packing
+        marked = [units.unit_starts(ids, st) for ids, st in encoded]
+        unit_starts = np.concatenate([np.zeros(0, bool)] + [x for st in marked for x in (st, no)])
+    lengths = [len(ids) + 1 for ids, _ in encoded]
+    return tokens.astype(np.int32), starts.astype(bool), lengths, unit_starts
 
 
-def _write_stream(directory: str, documents, tokenizer, batch_docs: int) -> dict:
+def _write_stream(directory: str, documents, tokenizer, batch_docs: int, units=None) -> dict:
     dtype = token_dtype(tokenizer)
     lengths = []
     with (
         open(os.path.join(directory, "tokens.bin"), "wb") as tokens_f,
         open(os.path.join(directory, "word_starts.bin"), "wb") as starts_f,
+        open(os.path.join(directory, "unit_starts.bin"), "wb") as units_f,
     ):
         for begin in range(0, len(documents), batch_docs):
             texts = documents.get_batch(range(begin, min(begin + batch_docs, len(documents))))
-            tokens, starts, doc_lengths = encode_documents(texts, tokenizer)
+            tokens, starts, doc_lengths, unit_starts = encode_documents(texts, tokenizer, units)
             tokens_f.write(tokens.astype(dtype).tobytes())
             starts_f.write(starts.tobytes())
+            if unit_starts is not None:
+                units_f.write(unit_starts.tobytes())
             lengths.extend(doc_lengths)
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -77,6 +87,7 @@ def _write_stream(directory: str, documents, tokenizer, batch_docs: int) -> dict
         "dtype": np.dtype(dtype).name,
         "num_tokens": int(offsets[-1]),
         "version": _FORMAT_VERSION,
+        "units": units is not None,  # unit_starts.bin holds PMI unit starts
     }
 
 
@@ -94,17 +105,19 @@ def _read_stream(directory: str) -> TokenStream:
         tokens=memmap("tokens.bin", np.dtype(meta["dtype"])),
         word_starts=memmap("word_starts.bin", np.bool_),
         offsets=np.load(os.path.join(directory, "offsets.npy")),
+        unit_starts=memmap("unit_starts.bin", np.bool_) if meta.get("units") else None,
     )
 
 
 def tokenize_to_stream(
-    documents, tokenizer, cache_dir: str, *, batch_docs: int = 512
+    documents, tokenizer, cache_dir: str, *, batch_docs: int = 512, units=None
 ) -> TokenStream:
-    """Tokenizes `documents` (a DocumentSource) once into cache_dir; later calls just map it."""
+    """Tokenizes `documents` (a DocumentSource) once into cache_dir; later calls just map it.
+    units (a data.pmi.PmiUnits): also mark its unit starts (the cache dir must name it)."""
     if os.path.exists(os.path.join(cache_dir, "meta.json")):
         return _read_stream(cache_dir)
     with files.new_local_dir(cache_dir) as tmp:  # concurrent writers write equal caches
-        meta = _write_stream(tmp, documents, tokenizer, batch_docs)
+        meta = _write_stream(tmp, documents, tokenizer, batch_docs, units)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f)
     return _read_stream(cache_dir)
@@ -135,19 +148,26 @@ class PackedRows:
             body = self._concat_body(row_ids)
         else:
             body = self._pad_body(row_ids)
-        tokens_BxLm1, starts_BxLm1, doc_ids_BxLm1 = body
+        tokens_BxLm1, safe_BxLm1, valid_BxLm1, doc_ids_BxLm1 = body
         b = len(row_ids)
         tokens = np.concatenate([np.full((b, 1), self.cls_id, np.int32), tokens_BxLm1], axis=1)
         # [CLS] belongs to the row's first document (a row always holds at least one token).
         document_ids = np.concatenate([np.ones((b, 1), np.int32), doc_ids_BxLm1], axis=1)
         maskable = ~self.is_special_V[tokens]
-        word_starts = np.concatenate([np.zeros((b, 1), bool), starts_BxLm1], axis=1) & maskable
-        return {
+
+        def starts(stream_starts):
+            body_starts = np.where(valid_BxLm1, stream_starts[safe_BxLm1], False)
+            return np.concatenate([np.zeros((b, 1), bool), body_starts], axis=1) & maskable
+
+        out = {
             "tokens": tokens,
             "document_ids": document_ids.astype(np.int32),
             "maskable": maskable,
-            "word_starts": word_starts,
+            "word_starts": starts(self.stream.word_starts),
         }
+        if self.stream.unit_starts is not None:  # PMI units (data.pmi), for strategy=pmi
+            out["unit_starts"] = starts(self.stream.unit_starts)
+        return out
 
     def _concat_body(self, row_ids):
         width = self.seq_len - 1
@@ -156,10 +176,9 @@ class PackedRows:
         valid = positions_BxW < total
         safe = np.where(valid, positions_BxW, 0)
         tokens = np.where(valid, self.stream.tokens[safe].astype(np.int32), self.pad_id)
-        starts = np.where(valid, self.stream.word_starts[safe], False)
         doc_index = np.searchsorted(self.stream.offsets, safe, side="right") - 1
         doc_ids = np.where(valid, doc_index - doc_index[:, :1] + 1, 0)
-        return tokens, starts, doc_ids
+        return tokens, safe, valid, doc_ids
 
     def _pad_body(self, row_ids):
         width = self.seq_len - 1
@@ -171,6 +190,5 @@ class PackedRows:
         safe = np.where(is_text, starts_at[:, None] + cols, 0)
         tokens = np.where(is_text, self.stream.tokens[safe].astype(np.int32), self.pad_id)
         tokens[np.arange(len(row_ids)), lengths] = self.sep_id
-        starts = np.where(is_text, self.stream.word_starts[safe], False)
         doc_ids = (cols <= lengths[:, None]).astype(np.int32)
-        return tokens, starts, doc_ids
+        return tokens, safe, is_text, doc_ids

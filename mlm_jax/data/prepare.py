@@ -53,7 +53,7 @@ class _Tokenize(beam.DoFn):
 
     def process(self, element):
         index, begin, end = element
-        tokens, starts, lengths = packing.encode_documents(
+        tokens, starts, lengths, _ = packing.encode_documents(
             self.documents.get_batch(range(begin, end)), self.tokenizer
         )
         yield index, {"tokens": tokens, "starts": starts, "lengths": np.asarray(lengths, np.int64)}

@@ -28,6 +28,7 @@ from mlm_jax.sweep.axes import (
     parse_axes,
     run_name,
 )
+from mlm_jax.sweep.baseline import parse_baseline
 from mlm_jax.sweep.run_state import FINETUNE_DIR, FINETUNE_REQUEST, is_finished, one_line
 
 log = pylogging.getLogger("mlm_jax.sweep")
@@ -262,9 +263,11 @@ def run_sweep(
     finetune_max_len: int = 0,
     launch_file: str = "launch/tpu_v5e.yaml",
     dry_run: bool = False,
+    baseline: str = "",
 ) -> list[dict]:
     """Validates the axes, runs (or prints, or submits) every unfinished run, then writes the
-    report (not for print and sky, whose runs train elsewhere: --report collects them)."""
+    report (not for print and sky, whose runs train elsewhere: --report collects them), with
+    paired differences to `baseline` (KEY=VALUE) when given."""
     if parallel < 1:
         raise SweepError(f"--parallel={parallel}: expected >= 1")
     axes = parse_axes(sweep_specs, config)
@@ -272,7 +275,10 @@ def run_sweep(
     configs = [apply_settings(config, settings) for settings in runs]
     names = [run_name(settings) for settings in runs]
     check_names(names, runs)
+    if baseline:
+        parse_baseline(baseline, [list(keys) for keys, _ in axes])
     sweep_record = {
+        "baseline": baseline,
         "axes": [list(keys) for keys, _ in axes],
         "runs": [{"name": n, "settings": s} for n, s in zip(names, runs)],
         "config_args": base_args,
@@ -306,7 +312,7 @@ def run_sweep(
             _finetune_run(
                 files.join(workdir, name), finetune_task, finetune_epochs, finetune_max_len
             )
-    return report.write_report(workdir)
+    return report.write_report(workdir, baseline=baseline)
 
 
 def _finetune_run(run_dir: str, task: str, epochs: int, max_len: int) -> None:

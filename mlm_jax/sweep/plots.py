@@ -17,6 +17,22 @@ def _axis_label(keys) -> str:
     return "/".join(keys)
 
 
+# What each metric is, written on the figures that show it.
+EXPLAINED = (
+    "eval_*: held-out MLM at the common eval masking (eval.mask_ratio, the same for every run); "
+    "own_*: at the run's own training masking; finetune_accuracy: dev accuracy after fine-tuning"
+)
+
+
+def _sane_ylim(ax, ys, errs) -> None:
+    """A y-range at least 4 seed spreads tall, so a difference inside the noise looks flat."""
+    spread = max([e for e in errs if e] or [0.0])
+    low = min(y - (e or 0.0) for y, e in zip(ys, errs))
+    high = max(y + (e or 0.0) for y, e in zip(ys, errs))
+    middle, half = (low + high) / 2, max((high - low) / 2 * 1.15, 2 * spread, 1e-6)
+    ax.set_ylim(middle - half, middle + half)
+
+
 def plot_metrics(workdir: str, axes, grouped: list[dict]) -> list[str]:
     """Per non-seed axis: final metrics against the axis value, one line per other setting.
 
@@ -29,7 +45,7 @@ def plot_metrics(workdir: str, axes, grouped: list[dict]) -> list[str]:
 
     if not grouped:
         return []
-    panels = [name for name, _ in METRICS]
+    panels = [name for name, _ in METRICS if not name.endswith("masked_fraction")]
     if any(g["finetune_accuracy"] for g in grouped):
         panels.append("finetune_accuracy")
     paths = []
@@ -45,6 +61,7 @@ def plot_metrics(workdir: str, axes, grouped: list[dict]) -> list[str]:
         lines = {}
         for g in grouped:
             lines.setdefault(tuple(g["settings"][k] for k in others), []).append(g)
+        all_ys: dict[str, tuple[list, list]] = {}
         for ax, name in zip(axs[0], panels):
             for other, members in sorted(lines.items(), key=str):
                 members = sorted(
@@ -63,19 +80,62 @@ def plot_metrics(workdir: str, axes, grouped: list[dict]) -> list[str]:
                 errs = [m[name][1] or 0.0 for m in members]
                 label = ", ".join(f"{k}={format_value(v)}" for k, v in zip(others, other))
                 ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label or None)
+                for x, y, m in zip(xs, ys, members):
+                    ax.annotate(f"n={m['counts'][name]}", (x, y), fontsize=7,
+                                textcoords="offset points", xytext=(4, 4))  # fmt: skip
+                all_ys[name] = all_ys.get(name, ([], []))
+                all_ys[name][0].extend(ys)
+                all_ys[name][1].extend(errs)
             if not numeric:
                 ax.set_xticks(range(len(x_values)))
                 ax.set_xticklabels(["/".join(format_value(v) for v in x) for x in x_values])
             ax.set_xlabel(_axis_label(keys))
+            ax.set_ylabel(f"{name} (mean ± seed std)")
             ax.set_title(name)
             ax.grid(alpha=0.3)
+            if name in all_ys:
+                _sane_ylim(ax, *all_ys[name])
         if others:
             axs[0][0].legend(fontsize=7)
-        fig.tight_layout()
+        fig.text(0.01, 0.01, EXPLAINED + "; n = seeds behind a point", fontsize=7)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
         path = files.join(workdir, f"metric_vs_{_axis_label(keys).replace('/', '+')}.png")
         _save_figure(fig, path)
         paths.append(path)
     return paths
+
+
+def plot_paired(workdir: str, paired: dict, metrics: list[str]) -> str:
+    """paired_vs_baseline.png: per metric, each setting's paired difference with its 95% t
+    interval, a line at 0, and the seed pairs behind each point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = paired["entries"]
+    labels = [",".join(f"{k}={format_value(v)}" for k, v in e["settings"].items()) for e in entries]
+    fig, axs = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.2), squeeze=False)
+    for ax, name in zip(axs[0], metrics):
+        for i, e in enumerate(entries):
+            if e[name] is None:
+                continue
+            mean, low, high = e[name]
+            ax.errorbar([i], [mean], yerr=[[mean - low], [high - mean]], marker="o", capsize=3,
+                        color="C3" if low > 0 or high < 0 else "C0")  # fmt: skip
+            ax.annotate(f"n={e['n']}", (i, mean), fontsize=7, textcoords="offset points",
+                        xytext=(4, 4))  # fmt: skip
+        ax.axhline(0.0, color="k", linewidth=0.8)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(f"Δ {name} vs {paired['key']}={paired['value']}")
+        ax.set_title(f"{name}: paired difference, 95% t CI")
+        ax.grid(alpha=0.3)
+    fig.text(0.01, 0.01, EXPLAINED + "; red: interval excludes 0; n = seed pairs", fontsize=7)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path = files.join(workdir, "paired_vs_baseline.png")
+    _save_figure(fig, path)
+    return path
 
 
 def plot_curves(workdir: str, rows: list[dict]) -> str | None:
@@ -106,6 +166,7 @@ def plot_curves(workdir: str, rows: list[dict]) -> str | None:
         return None
     for ax, key in zip(axs, ("eval/loss", "eval/accuracy")):
         ax.set_xlabel("step")
+        ax.set_ylabel(key)
         ax.set_title(f"{key} (common eval masking)")
         ax.grid(alpha=0.3)
     axs[1].legend(fontsize=7)

@@ -14,11 +14,13 @@ import os
 
 from mlm_jax import files
 from mlm_jax.sweep import SweepError, plots
+from mlm_jax.sweep import baseline as baseline_lib
 from mlm_jax.sweep.run_state import (
     DONE_MARKER,
     FAILED_MARKER,
     METRICS,
     SWEEP_FILE,
+    TRAIN_MEANS,
     final_eval,
     finetune_accuracy,
     is_finished,
@@ -62,7 +64,8 @@ def collect(workdir: str) -> tuple[list[list[str]], list[dict]]:
 
 def _columns(axes) -> tuple[list[str], list[str]]:
     keys = [k for group in axes for k in group]
-    values = [name for name, _ in METRICS] + ["finetune_accuracy", "tokens_seen", "wall_s"]
+    values = [name for name, _ in METRICS + TRAIN_MEANS]
+    values += ["finetune_accuracy", "tokens_seen", "wall_s"]
     return keys, values
 
 
@@ -114,7 +117,7 @@ def group_over_seeds(axes, rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_markdown(path: str, axes, rows: list[dict]) -> None:
+def write_markdown(path: str, axes, rows: list[dict], paired: dict | None = None) -> None:
     keys, values = _columns(axes)
     group_keys = [k for k in keys if k != "seed"]
     grouped = group_over_seeds(axes, rows)
@@ -142,20 +145,39 @@ def write_markdown(path: str, axes, rows: list[dict]) -> None:
     notes = [
         "",
         "eval_* = held-out MLM at the common eval masking (eval.mask_ratio); own_* = at the "
-        "run's training masking. Mean ± sample std over seeds; (n=k) marks a mean over fewer "
-        "runs than the seeds column.",
+        "run's training masking. *masked_fraction = selected / eligible tokens (train: mean "
+        "over the run's log windows). Mean ± sample std over seeds; (n=k) marks a mean over "
+        "fewer runs than the seeds column.",
     ]
     for r in failed:
         notes.append(f"- {r['run']}: {r['status']} {r.get('reason', '')}".rstrip())
+    if paired is not None:
+        notes += baseline_lib.markdown_lines(paired, paired_metrics(rows))
     files.write_text(path, "\n".join(lines + notes) + "\n")
 
 
-def write_report(workdir: str) -> list[dict]:
-    """results.csv, results.md and the plots in `workdir`; returns the rows."""
+def paired_metrics(rows: list[dict]) -> list[str]:
+    """The metrics the baseline differences cover: the eval/own scores (+ fine-tuning)."""
+    names = ["eval_loss", "eval_accuracy", "own_loss", "own_accuracy"]
+    if any(r.get("finetune_accuracy") is not None for r in rows):
+        names.append("finetune_accuracy")
+    return names
+
+
+def write_report(workdir: str, baseline: str | None = None) -> list[dict]:
+    """results.csv, results.md and the plots in `workdir`; returns the rows. baseline: KEY=VALUE
+    for paired differences (None: the one the sweep was started with, if any)."""
     axes, rows = collect(workdir)
+    if baseline is None:
+        baseline = (read_json(files.join(workdir, SWEEP_FILE)) or {}).get("baseline", "")
+    paired = None
+    if baseline:
+        paired = baseline_lib.paired_differences(axes, rows, baseline, paired_metrics(rows))
     write_csv(files.join(workdir, "results.csv"), axes, rows)
-    write_markdown(files.join(workdir, "results.md"), axes, rows)
+    write_markdown(files.join(workdir, "results.md"), axes, rows, paired)
     metric_plots = plots.plot_metrics(workdir, axes, group_over_seeds(axes, rows))
+    if paired is not None:
+        metric_plots.append(plots.plot_paired(workdir, paired, paired_metrics(rows)))
     curves = plots.plot_curves(workdir, rows)
     done = sum(r["status"] == "done" for r in rows)
     log.info(

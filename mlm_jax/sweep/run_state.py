@@ -23,7 +23,10 @@ METRICS = (
     ("eval_accuracy", "eval/accuracy"),
     ("own_loss", "eval_own/loss"),
     ("own_accuracy", "eval_own/accuracy"),
+    ("eval_masked_fraction", "eval/masked_fraction"),
 )
+# (column, key in the train events): averaged over all of the run's train events.
+TRAIN_MEANS = (("masked_fraction", "train/masked_fraction"),)
 
 
 def read_json(path: str):
@@ -88,6 +91,9 @@ def final_eval(events: list[dict]) -> dict:
     if out["own_loss"] is None:  # trained at the eval masking: the same numbers
         out["own_loss"], out["own_accuracy"] = out["eval_loss"], out["eval_accuracy"]
     out["step"] = last["step"]
+    for name, key in TRAIN_MEANS:
+        seen = [e[key] for e in events if isinstance(e.get(key), float)]
+        out[name] = sum(seen) / len(seen) if seen else None
     return out
 
 
