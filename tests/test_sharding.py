@@ -20,7 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _eight_cpu_devices_env(**extra):
     """Environment of a subprocess whose JAX sees 8 CPU devices and imports this checkout."""
     return dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=ROOT, **extra
+        os.environ,
+        XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=8",
+        PYTHONPATH=ROOT,
+        **extra,
     )
 
 

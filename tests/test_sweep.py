@@ -45,8 +45,8 @@ def small_overrides(data_dir: str, num_steps: int) -> list[str]:
 
 
 def _sweep_cli(*args, env_extra=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))  # one device each
     env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "experiments", "sweep.py"), *args],
