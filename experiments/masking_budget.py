@@ -1,6 +1,6 @@
 """What the masking rules select, measured on synthetic rows (docs/experiments.md quotes it).
 
-    python experiments/masking_budget.py
+    python -m experiments.masking_budget    # from the checkout: it reuses the tests' row makers
 
 Rows of 128 tokens: [CLS], words of 1-6 pieces (uniform), [SEP]; 4,096 full rows and 4,096 of
 20-126 tokens. For whole_word and span at 0.15 and 0.4 it prints the selected token fraction with
@@ -11,22 +11,17 @@ and how often a multi-word run mixes [MASK]/random/keep with per-token and per-s
 
 from __future__ import annotations
 
-import os
-import sys
-
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mlm_jax.masking_schedule import as_exact_ratio  # noqa: E402
-from tests.test_masking_budget import (  # noqa: E402
+from mlm_jax.masking_schedule import as_exact_ratio
+from tests.test_masking_budget import (
     _jit_mask,
     selected_BxL,
     spec_for,
     synthetic_rows,
 )
-from tests.test_masking_spans import one_piece_rows, run_lengths  # noqa: E402
+from tests.test_masking_spans import one_piece_rows, run_lengths
 
 ROWS, L = 4096, 128
 

