@@ -91,6 +91,7 @@ def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     pylogging.getLogger("mlm_jax").setLevel(pylogging.INFO)
+    cli.quiet_library_noise()  # in-process runs log as mlm_jax.main's do
     with cli.one_line_errors((SweepError,)):
         if FLAGS.report:
             write_report(FLAGS.workdir, baseline=FLAGS.baseline)
