@@ -17,7 +17,7 @@ no attention dropout) and `--config.model.scan_layers=false --config.model.remat
 time then grows with depth; for BERT-large at batch 256 XLA's memory analysis gives ~33 GiB).
 """
 
-from mlm_jax.config_defaults import base_config
+from mlm_jax.config.defaults import base_config
 
 SIZES = {  # (layers, hidden, heads, intermediate)
     "base": (12, 768, 12, 3072),

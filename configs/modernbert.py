@@ -11,7 +11,7 @@ phase starts from a run directory: --config.model.init_from=<workdir of phase 1>
 --config.data.seq_len=8192 (docs/experiments.md, phases).
 """
 
-from mlm_jax.config_defaults import base_config
+from mlm_jax.config.defaults import base_config
 
 SIZES = {  # (layers, hidden, heads, intermediate (the GLU's half-width))
     "tiny": (4, 128, 4, 384),

@@ -5,10 +5,10 @@ Run it (no download; see README.md for the time it takes and what it reaches):
     python -m mlm_jax.main --config=configs/tiny.py --workdir=/tmp/mlm_tiny
 
 Override any field from the command line, e.g. `--config.masking.ratio=0.4`. Every field and
-its meaning: mlm_jax/config_defaults.py.
+its meaning: mlm_jax/config/defaults.py.
 """
 
-from mlm_jax.config_defaults import base_config
+from mlm_jax.config.defaults import base_config
 
 
 def get_config():

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 
-from mlm_jax.config_files import load_config_file
+from mlm_jax.config.files import load_config_file
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
 Times jit(mask_tokens) for each strategy and jit(BertMLM.apply) at configs/tiny.py (vocab
 8192, deterministic) on the same synthetic batch: median wall time over --runs calls after
 --warmup calls, each call blocked until ready. Masking should cost well under the forward.
-If mlm_jax/model.py is missing, the forward is skipped and the line says so.
+If mlm_jax/models/registry.py is missing, the forward is skipped and the line says so.
 """
 
 import argparse
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlm_jax.config_files import load_config_file
+from mlm_jax.config.files import load_config_file
 from mlm_jax.masking import EVAL_STRATEGIES, MaskingSpec, mask_tokens
 
 TINY_CONFIG = os.path.join(
@@ -102,14 +102,14 @@ def main():
             masked = call(0)
             result["max_predictions"] = spec.max_predictions
 
-    if importlib.util.find_spec("mlm_jax.model") is None:
+    if importlib.util.find_spec("mlm_jax.models.registry") is None:
         result["forward_ms"] = None
-        result["note"] = "mlm_jax/model.py not found: forward pass not timed"
+        result["note"] = "mlm_jax/models/registry.py not found: forward pass not timed"
     else:
         import flax.linen as nn
 
-        from mlm_jax.model import mlm_model
-        from mlm_jax.model_spec import ModelSpec
+        from mlm_jax.models.registry import mlm_model
+        from mlm_jax.models.spec import ModelSpec
 
         model = mlm_model(ModelSpec.from_config(config.model).with_vocab(vocab))
         variables = model.init(

@@ -4,13 +4,13 @@
         --config.model.dtype=float32 --config.train.batch_size=8
     python experiments/benchmark.py --config=configs/bert.py:large --compile_scaling
 
-Runs the real jitted train step (mlm_jax.trainer.Trainer: masking, forward, backward, AdamW,
-donated state) on synthetic token ids of the config's vocabulary (mlm_jax.synthetic:
+Runs the real jitted train step (mlm_jax.training.trainer.Trainer: masking, forward, backward, AdamW,
+donated state) on synthetic token ids of the config's vocabulary (mlm_jax.training.synthetic:
 config.model.vocab_size, or data.vocab_size when that is 0; no corpus, no tokenizer). Compile
 and --warmup steps are excluded; the step time is the median of --steps timed steps, each
 blocked until ready.
 
-Model FLOPs per token are mlm_jax.flops.flops_per_token (its docstring has the formula: the
+Model FLOPs per token are mlm_jax.models.flops.flops_per_token (its docstring has the formula: the
 FLOPs the objective needs, 6 x parameters per token for the matmuls, plus attention and the
 MLM head at the prediction slots only).
 
@@ -41,9 +41,14 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mlm_jax import cli, masking
-from mlm_jax.flops import datasheet_peak, flops_per_token
-from mlm_jax.synthetic import compile_train_step, make_trainer, synthetic_batch, vocab_size_of
-from mlm_jax.trainer import stream_key
+from mlm_jax.models.flops import datasheet_peak, flops_per_token
+from mlm_jax.training.synthetic import (
+    compile_train_step,
+    make_trainer,
+    synthetic_batch,
+    vocab_size_of,
+)
+from mlm_jax.training.trainer import stream_key
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/<exp>.py[:arg]).", lock_config=True

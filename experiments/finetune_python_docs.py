@@ -127,7 +127,7 @@ def build_task(
 
 def _heldout_fraction(run_dir: str) -> float:
     """The run's own data.heldout_fraction: its held-out documents are the dev documents."""
-    from mlm_jax.checkpoint import saved_config
+    from mlm_jax.training.checkpoint import saved_config
 
     config = saved_config(run_dir)
     if config is None:

@@ -11,7 +11,7 @@
 
 How: JAX's topology API hands XLA a description of an H100 instead of a device (deviceless
 ahead-of-time compilation), and the train step is compiled for it exactly as benchmark.py
-compiles it (mlm_jax.synthetic.compile_train_step; model FLOPs from mlm_jax.flops). The
+compiles it (mlm_jax.training.synthetic.compile_train_step; model FLOPs from mlm_jax.models.flops). The
 optimized HLO is then what an H100 would run (fusions, cuBLAS calls and their epilogues, cuDNN
 attention, remat, buffers) except for autotuning, which needs a device: every matmul goes to
 cuBLAS here, while a real run may move a few into Triton kernels.
@@ -41,7 +41,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mlm_jax import cli  # noqa: E402
-from mlm_jax.flops import flops_per_token  # noqa: E402
+from mlm_jax.models.flops import flops_per_token  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -264,7 +264,7 @@ def compile_for_h100(config):
     """(optimized HLO, memory line, model FLOPs per token) of config's step on one H100."""
     from jax.experimental import topologies
 
-    from mlm_jax.synthetic import compile_train_step
+    from mlm_jax.training.synthetic import compile_train_step
 
     topology = topologies.get_topology_desc(
         "h100", platform="cuda", target_config=H100_TARGET, topology="1x1x1"

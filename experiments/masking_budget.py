@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from mlm_jax.masking_schedule import as_exact_ratio
+from mlm_jax.masking.schedule import as_exact_ratio
 from tests.test_masking_budget import (
     _jit_mask,
     selected_BxL,

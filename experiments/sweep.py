@@ -4,7 +4,7 @@
         --sweep=masking.ratio=0.15,0.3,0.4,0.6 --sweep=seed=0,1 [--config.train.num_steps=300]
     python experiments/sweep.py --workdir=DIR --report        # tables and plots, no training
 
-Each run trains through the same `mlm_jax.train.train_and_evaluate` as a single run, in its own
+Each run trains through the same `mlm_jax.training.run.train_and_evaluate` as a single run, in its own
 sub-workdir named after its settings (`DIR/masking.ratio=0.3,seed=1`). A run is finished when
 its latest checkpoint is at train.num_steps (or, checkpoints deleted, its marker
 `DIR/<run>/sweep_done.json` says so); finished runs are skipped and interrupted ones resume from their checkpoints, so rerunning a

@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlm_jax import cli, pretrained
-from mlm_jax.model import mlm_model
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax import cli
+from mlm_jax.models.registry import mlm_model
+from mlm_jax.models.spec import ModelSpec
+from mlm_jax.training import pretrained
 
 MASK_TEXT = "[MASK]"
 

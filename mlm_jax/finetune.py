@@ -5,7 +5,7 @@
     python -m mlm_jax.finetune --pretrained=HF_BERT_DIR --task=tfds:glue/sst2 --workdir=OUT
 
 MLM losses at different masking ratios do not compare on their own; accuracy on a downstream
-task does. The encoder comes from the run's latest checkpoint (mlm_jax.checkpoint.load_trained)
+task does. The encoder comes from the run's latest checkpoint (mlm_jax.training.checkpoint.load_trained)
 or a Hugging Face BERT directory (mlm_jax.hf). The classifier starts fresh; so does the pooler
 from a run directory (MLM pretraining does not train one), while a Hugging Face checkpoint's
 pooler is loaded, as transformers' BertForSequenceClassification loads it.
@@ -36,8 +36,8 @@ import numpy as np
 import optax
 
 from mlm_jax import cli, files
-from mlm_jax import pretrained as pretrained_lib
-from mlm_jax.optim import OptimizerSpec, make_optimizer
+from mlm_jax.training import pretrained as pretrained_lib
+from mlm_jax.training.optim import OptimizerSpec, make_optimizer
 
 log = logging.getLogger("mlm_jax.finetune")  # also when run as __main__
 
@@ -198,9 +198,9 @@ def load_encoder(
     """The model to fine-tune: a run directory or a Hugging Face BERT directory
     (pretrained_lib.load), or, with path '', the default architecture with no weights
     (params {}) and the tokenizer given."""
-    from mlm_jax.config_defaults import base_config
+    from mlm_jax.config.defaults import base_config
     from mlm_jax.data.tokenizer import load_tokenizer
-    from mlm_jax.model_spec import ModelSpec
+    from mlm_jax.models.spec import ModelSpec
 
     if not path:  # from scratch with the default architecture and a given tokenizer
         if not tokenizer_path:
@@ -276,7 +276,7 @@ def finetune(
     pooling: str = "cls",
 ) -> dict:
     """Fine-tunes and returns {"dev/accuracy", "dev/majority_accuracy", ...}; see the module doc."""
-    from mlm_jax.model import classifier
+    from mlm_jax.models.registry import classifier
 
     if init not in ("pretrained", "random"):
         raise ValueError(f"--init={init!r}: expected pretrained or random")

@@ -5,7 +5,7 @@
 
 Every config field, its value and what it means: --print_config (nothing is trained, written or
 compiled; with --workdir it also says what a run there would do: start, resume from step S, or
-nothing left to do). The defaults and their comments live in mlm_jax/config_defaults.py;
+nothing left to do). The defaults and their comments live in mlm_jax/config/defaults.py;
 configs/*.py override a few. Override any field with --config.KEY=VALUE (a misspelt key is an
 error). This module parses flags, starts the distributed runtime when asked, and calls
 train.train_and_evaluate.
@@ -103,10 +103,11 @@ def main(argv) -> None:
     _maybe_initialize_distributed()
     import tensorflow_datasets as tfds
 
-    from mlm_jax import checkpoint, train
+    from mlm_jax.training import checkpoint
+    from mlm_jax.training import run as train
 
     tfds.display_progress_bar(False)  # the first-use corpus build is seconds; no bars in logs
-    from mlm_jax.config_checks import ConfigError
+    from mlm_jax.config.errors import ConfigError
 
     failed_run = (train.NonFiniteError, checkpoint.CheckpointWriteError)
     # Bad config, flag or workdir: found before compiling (2); a run that failed on its way (1).
@@ -124,8 +125,9 @@ def main(argv) -> None:
 
 def _print_config() -> None:
     """The config's fields with values and comments; with --workdir, what a run would do."""
-    from mlm_jax import config_doc, train
-    from mlm_jax.config_checks import ConfigError
+    from mlm_jax.config import doc as config_doc
+    from mlm_jax.config.errors import ConfigError
+    from mlm_jax.training import run as train
 
     config = _CONFIG.value
     if _WORKDIR.value:

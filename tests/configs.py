@@ -1,6 +1,6 @@
 """Small configs for tests: the real defaults, shrunk to run in seconds on 2 CPU cores."""
 
-from mlm_jax import config_defaults
+from mlm_jax.config import defaults as config_defaults
 
 
 def small_run_config(data_dir: str, *, num_steps: int = 30):

@@ -50,7 +50,7 @@ def bucket(monkeypatch, tmp_path):
 @pytest.fixture(scope="session")
 def uninterrupted_run(data_dir, tmp_path_factory):
     """The workdir of resume_test_config's run, start to end: the oracle of the resume tests."""
-    from mlm_jax.train import train_and_evaluate
+    from mlm_jax.training.run import train_and_evaluate
     from tests.configs import resume_test_config
 
     workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")

@@ -2,8 +2,8 @@
 
 import time
 
-from mlm_jax import checkpoint
-from mlm_jax.trainer import Trainer
+from mlm_jax.training import checkpoint
+from mlm_jax.training.trainer import Trainer
 
 
 class Stop(Exception):

@@ -11,9 +11,9 @@ import types
 import jax
 import numpy as np
 
-from mlm_jax import config_defaults
-from mlm_jax.run_spec import resolve
-from mlm_jax.trainer import Trainer
+from mlm_jax.config import defaults as config_defaults
+from mlm_jax.training.resolve import resolve
+from mlm_jax.training.trainer import Trainer
 
 VOCAB = types.SimpleNamespace(pad_id=0, unk_id=1, cls_id=2, sep_id=3, mask_id=4, vocab_size=512)
 VOCAB.special_ids = (0, 1, 2, 3, 4)

@@ -101,7 +101,7 @@ def test_fast_dropout_mask_has_the_rate_and_independent_quarters():
     import jax
     import numpy as np
 
-    from mlm_jax.layers import dropout_keep_mask
+    from mlm_jax.models.layers import dropout_keep_mask
 
     def assert_rate(keep, p):  # 5 binomial standard deviations (~3e-4 here)
         assert abs(keep.mean() - p) < 5 * (p * (1 - p) / keep.size) ** 0.5
@@ -245,7 +245,7 @@ ENTRY %main (a: {t}, b: {t}) -> {t} {{
 def test_datasheet_peak_tells_the_h100_variants_apart():
     """NVIDIA's bf16 dense figures: SXM 989, PCIe 756, NVL 835 TFLOP/s (device_kind strings as
     JAX reports them)."""
-    from mlm_jax import flops
+    from mlm_jax.models import flops
 
     assert flops.datasheet_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
     assert flops.datasheet_peak("NVIDIA H100 PCIe", "bfloat16") == 756e12

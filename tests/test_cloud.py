@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from mlm_jax.config_defaults import base_config
+from mlm_jax.config.defaults import base_config
 from mlm_jax.sweep import SweepError, execution
 from mlm_jax.sweep.execution import run_sweep
 

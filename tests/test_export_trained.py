@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlm_jax import fill_mask, pretrained
-from mlm_jax.train import train_and_evaluate
+from mlm_jax import fill_mask
+from mlm_jax.training import pretrained
+from mlm_jax.training.run import train_and_evaluate
 from tests.configs import small_run_config
 
 pytestmark = pytest.mark.slow  # end-to-end: every test here trains
@@ -54,7 +55,7 @@ def test_exported_trained_checkpoint_gives_our_logits(trained):
     model_config, params, tokenizer = loaded.spec, loaded.params, loaded.tokenizer
     hf_model = transformers.BertForMaskedLM.from_pretrained(out_dir).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out_dir)
-    from mlm_jax.bert import BertMLM
+    from mlm_jax.models.bert import BertMLM
 
     for text in SENTENCES:
         ids = hf_tokenizer(text)["input_ids"]

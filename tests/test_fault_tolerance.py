@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from mlm_jax import checkpoint, metrics
+from mlm_jax.training import checkpoint, metrics
 
 pytestmark = pytest.mark.slow  # end-to-end: every test here trains
 

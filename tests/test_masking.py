@@ -266,7 +266,7 @@ def test_replacement_split_and_random_spread_statistics():
 def test_random_tokens_skip_scattered_specials_uniformly():
     specials = (0, 1, 2, 3, 4, 100, 101, 199)
     spec = make_spec(vocab_size=200, special_ids=specials, random_prob=0.2)
-    draws = np.asarray(masking._random_ordinary_tokens(jax.random.key(0), (200_000,), spec))
+    draws = np.asarray(masking.core._random_ordinary_tokens(jax.random.key(0), (200_000,), spec))
     counts = np.bincount(draws, minlength=200)
     assert counts.size == 200 and counts[list(specials)].sum() == 0
     ordinary_counts = np.delete(counts, specials)

@@ -19,7 +19,7 @@ import pytest
 from mlm_jax.data import loader
 from mlm_jax.data.spec import DataSpec
 from mlm_jax.masking import MaskingSpec, mask_tokens, scheduled_ratio
-from mlm_jax.masking_schedule import as_exact_ratio
+from mlm_jax.masking.schedule import as_exact_ratio
 from tests.configs import small_run_config
 from tests.test_masking import MASK, SPECIAL, masking_config
 

@@ -4,8 +4,8 @@ schedule that changes at its step and resumes across the change to the same loss
 import numpy as np
 import pytest
 
-from mlm_jax import metrics
-from mlm_jax.train import train_and_evaluate
+from mlm_jax.training import metrics
+from mlm_jax.training.run import train_and_evaluate
 from tests import interrupt
 from tests.configs import resume_test_config, small_run_config
 

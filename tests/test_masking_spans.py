@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mlm_jax.masking_schedule import as_exact_ratio
+from mlm_jax.masking.schedule import as_exact_ratio
 from tests.test_masking_budget import _jit_mask, selected_BxL, spec_for
 
 R, L, RATIO = 512, 128, 0.3

@@ -6,7 +6,7 @@ import json
 import struct
 import time
 
-from mlm_jax import metrics
+from mlm_jax.training import metrics
 
 
 def test_truncate_after_keeps_earlier_events_and_drops_a_torn_line(tmp_path):

@@ -14,10 +14,10 @@ import pytest
 from jax.ad_checkpoint import print_saved_residuals
 from scipy.special import erf, log_softmax, ndtr
 
-from mlm_jax.bert import BertEncoder, BertForSequenceClassification, BertMLM
-from mlm_jax.layers import activation, tied_logits
-from mlm_jax.model import mlm_loss
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax.models.bert import BertEncoder, BertForSequenceClassification, BertMLM
+from mlm_jax.models.layers import activation, tied_logits
+from mlm_jax.models.spec import ModelSpec
+from mlm_jax.training.loss import mlm_loss
 
 LOGICAL_NAMES = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers"}
 
@@ -316,7 +316,7 @@ def test_dropout_is_active_in_training_and_keyed():
 def test_bf16_dropout_keeps_the_expectation():
     """Kept units are x / keep_prob rounded once to bfloat16: over many units the relative error
     averages to ~0 (it was -0.16 % when the scale itself was rounded to bfloat16 first)."""
-    from mlm_jax.layers import Dropout
+    from mlm_jax.models.layers import Dropout
 
     x = jax.random.normal(jax.random.key(0), (1000, 1024), jnp.float32).astype(jnp.bfloat16)
     y = Dropout(0.1).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})

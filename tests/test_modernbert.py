@@ -9,8 +9,9 @@ import pytest
 import torch
 import transformers
 
-from mlm_jax import modernbert, pretrained
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax.models import modernbert
+from mlm_jax.models.spec import ModelSpec
+from mlm_jax.training import pretrained
 
 LENGTHS = (24, 17, 9, 3)  # a padded batch: every row but the first ends in padding
 
@@ -155,7 +156,7 @@ def test_import_of_another_architecture_names_the_path(tmp_path):
 
 
 def test_a_window_that_covers_every_row_is_refused_before_anything_is_built():
-    from mlm_jax.run_spec import resolve
+    from mlm_jax.training.resolve import resolve
     from tests.configs import small_run_config
 
     config = small_run_config("")  # 64-token rows
@@ -188,18 +189,16 @@ def test_configs_have_modernberts_shapes_masking_and_the_common_eval():
 def test_a_run_started_before_the_new_keys_existed_still_resumes(monkeypatch):
     import ml_collections
 
-    from mlm_jax import config_checks
+    from mlm_jax.training import resume
     from tests.configs import small_run_config
 
     old = small_run_config("").to_dict()
     for section, key in (("model", "arch"), ("model", "local_window"), ("train", "decay_share")):
         del old[section][key]
-    monkeypatch.setattr(config_checks.ckpt, "latest_step", lambda workdir: 10)
-    monkeypatch.setattr(
-        config_checks.ckpt, "saved_config", lambda workdir: ml_collections.ConfigDict(old)
-    )
+    monkeypatch.setattr(resume.ckpt, "latest_step", lambda workdir: 10)
+    monkeypatch.setattr(resume.ckpt, "saved_config", lambda workdir: ml_collections.ConfigDict(old))
     config = small_run_config("")
-    config_checks.check_resume_compatible(config, "run")  # the new keys at their defaults
+    resume.check_resume_compatible(config, "run")  # the new keys at their defaults
     config.model.arch = "modernbert"
     with pytest.raises(ValueError, match="model.arch: None -> 'modernbert'"):
-        config_checks.check_resume_compatible(config, "run")
+        resume.check_resume_compatible(config, "run")

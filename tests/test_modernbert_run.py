@@ -14,9 +14,10 @@ import pytest
 import torch
 import transformers
 
-from mlm_jax import fill_mask, finetune, pretrained
-from mlm_jax.model import mlm_model
-from mlm_jax.train import train_and_evaluate
+from mlm_jax import fill_mask, finetune
+from mlm_jax.models.registry import mlm_model
+from mlm_jax.training import pretrained
+from mlm_jax.training.run import train_and_evaluate
 from tests.configs import small_run_config
 
 pytestmark = pytest.mark.slow  # end-to-end: every test here trains

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_fault_tolerance import run_main, write_config_file
 
-from mlm_jax import checkpoint, metrics
+from mlm_jax.training import checkpoint, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlm_jax import optim
-from mlm_jax.bert import BertMLM
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax.models.bert import BertMLM
+from mlm_jax.models.spec import ModelSpec
+from mlm_jax.training import optim
 from tests.configs import small_run_config
 
 

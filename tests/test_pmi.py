@@ -15,7 +15,7 @@ import pytest
 
 from mlm_jax.data import loader, pmi
 from mlm_jax.data.spec import DataSpec
-from mlm_jax.masking_schedule import as_exact_ratio
+from mlm_jax.masking.schedule import as_exact_ratio
 from tests.configs import small_run_config
 from tests.test_masking_budget import _jit_mask, selected_BxL, spec_for
 

@@ -16,10 +16,10 @@ import sys
 import numpy as np
 import pytest
 
-from mlm_jax import train
-from mlm_jax.config_checks import ConfigError
+from mlm_jax.config.errors import ConfigError
 from mlm_jax.data import loader, prepare, rows
 from mlm_jax.data.spec import DataSpec
+from mlm_jax.training import run as train
 from tests.test_data_loader import (
     VOCAB,
     assert_batches_equal,

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from mlm_jax import sharding
+from mlm_jax.training import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

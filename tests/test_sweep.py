@@ -13,12 +13,13 @@ import sys
 import matplotlib.image
 import pytest
 
-from mlm_jax import checkpoint, files
-from mlm_jax.config_defaults import base_config
+from mlm_jax import files
+from mlm_jax.config.defaults import base_config
 from mlm_jax.sweep import SweepError, execution, run_state
 from mlm_jax.sweep.axes import apply_settings, expand, format_value, parse_axes, run_name
 from mlm_jax.sweep.execution import run_sweep
 from mlm_jax.sweep.report import write_markdown, write_report
+from mlm_jax.training import checkpoint
 from tests.configs import small_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -399,7 +400,7 @@ def test_baseline_adds_paired_t_intervals_checked_by_hand(tmp_path):
 
 def test_corruption_and_prediction_sweep_together(tmp_path, capsys):
     """Both rates as one axis (and a piecewise schedule) parse, resolve and launch."""
-    from mlm_jax import run_spec
+    from mlm_jax.training.resolve import resolve
 
     config = base_config()
     axes = parse_axes(
@@ -410,7 +411,7 @@ def test_corruption_and_prediction_sweep_together(tmp_path, capsys):
     runs = expand(axes)
     assert len(runs) == 4
     for settings in runs:
-        spec = run_spec.resolve(apply_settings(config, settings)).masking
+        spec = resolve(apply_settings(config, settings)).masking
         assert spec.corruption_ratio == settings["masking.corruption_ratio"]
         assert spec.pieces == (
             ((800, 0.15),) if settings["masking.schedule"] == "piecewise" else ()

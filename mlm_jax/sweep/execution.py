@@ -55,7 +55,7 @@ def run_command(base_args: list[str], run_dir: str, settings: dict) -> list[str]
 
 
 def _train_in_process(config, run_dir: str) -> None:
-    from mlm_jax import train
+    from mlm_jax.training import run as train
 
     train.train_and_evaluate(config, run_dir)
 
@@ -316,8 +316,8 @@ def run_sweep(
 
 
 def _finetune_run(run_dir: str, task: str, epochs: int, max_len: int) -> None:
-    from mlm_jax import checkpoint as ckpt
     from mlm_jax import finetune
+    from mlm_jax.training import checkpoint as ckpt
 
     out = files.join(run_dir, FINETUNE_DIR)
     if not is_finished(run_dir):

@@ -145,7 +145,7 @@ def plot_curves(workdir: str, rows: list[dict]) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mlm_jax import metrics as metrics_lib
+    from mlm_jax.training import metrics as metrics_lib
 
     fig, axs = plt.subplots(1, 2, figsize=(10, 4))
     drawn = 0

@@ -32,8 +32,8 @@ log = pylogging.getLogger("mlm_jax.sweep")
 
 def collect(workdir: str) -> tuple[list[list[str]], list[dict]]:
     """(axes, one row per run) read from the sweep's workdirs only."""
-    from mlm_jax import checkpoint as ckpt
-    from mlm_jax import metrics as metrics_lib
+    from mlm_jax.training import checkpoint as ckpt
+    from mlm_jax.training import metrics as metrics_lib
 
     sweep = read_json(files.join(workdir, SWEEP_FILE))
     if sweep is None:

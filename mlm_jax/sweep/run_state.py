@@ -49,7 +49,7 @@ def is_finished(run_dir: str, config=None) -> bool:
     Reading the checkpoint first means a run launched elsewhere (--launch=print) counts, and a
     run whose last checkpoint was lost counts as unfinished even if an old marker remains.
     """
-    from mlm_jax import checkpoint as ckpt
+    from mlm_jax.training import checkpoint as ckpt
 
     step, total = ckpt.latest_step(run_dir), _num_steps(run_dir, config)
     if step is not None:

@@ -4,7 +4,7 @@ A thin wrapper over Hugging Face `tokenizers` that exposes the ids the rest of t
 ([PAD] [CLS] [SEP] [MASK] [UNK]) and returns word starts next to ids, so whole-word masking
 never has to re-derive them. Encoding is batched (`encode_batch` runs on all cores).
 
-CLI (train a vocabulary on the train split of a corpus, once, ahead of a run):
+Its command (`__main__.py`) trains a vocabulary on the train split of a corpus, once:
 
     python -m mlm_jax.data.tokenizer --dataset=python_docs --vocab_size=8192 --out=/tmp/tok
 """
@@ -19,7 +19,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from mlm_jax import cli, files
+from mlm_jax import files
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Beside a vocabulary this project trained: what it was trained on (dataset, held-out fraction),
@@ -324,54 +324,3 @@ def _is_continuation(c: str) -> bool:
 
 def _without_private_planes(word: str) -> str:
     return "".join(c for c in word if ord(c) < _PLANE_15) if max(word) >= "\U000f0000" else word
-
-
-def main(argv=None) -> None:
-    import argparse
-
-    from mlm_jax.config_defaults import base_config
-    from mlm_jax.data import loader
-    from mlm_jax.data.spec import DataSpec
-
-    defaults = base_config().data
-
-    parser = argparse.ArgumentParser(
-        description="Train a WordPiece vocabulary on a corpus's train split."
-    )
-    parser.add_argument(
-        "--dataset",
-        default="python_docs",
-        help="python_docs | text:<glob> | tfds:<name>[:<feature>]",
-    )
-    parser.add_argument("--vocab_size", type=int, default=defaults.vocab_size)
-    parser.add_argument(
-        "--out", required=True, help="directory to write vocab.txt, tokenizer.json, ..."
-    )
-    parser.add_argument("--data_dir", default="")
-    parser.add_argument("--text_unit", default=defaults.text_unit)
-    parser.add_argument(
-        "--heldout_fraction",
-        type=float,
-        default=defaults.heldout_fraction,
-        help="documents held out from training, as the runs hold them out (default: the "
-        f"configs' data.heldout_fraction, {defaults.heldout_fraction})",
-    )
-    parser.add_argument("--cased", action="store_true", help="keep case and accents")
-    args = parser.parse_args(argv)
-    with cli.one_line_errors():
-        data = DataSpec.from_config(
-            defaults,
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            text_unit=args.text_unit,
-            heldout_fraction=args.heldout_fraction,
-            vocab_size=args.vocab_size,
-            lowercase=not args.cased,
-        )
-        tokenizer = loader.train_tokenizer(data)
-        tokenizer.save(args.out)
-    print(f"wrote a {tokenizer.vocab_size}-token WordPiece vocabulary to {args.out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """The units masking takes whole, and how a budget takes them (pure, jit- and vmap-safe).
 
-masking.py's docstring states the rule; here are its pieces: the budget a ratio gives a row,
+masking/core.py's docstring states the rule; here are its pieces: the budget a ratio gives a row,
 the taking of units in priority order with the exact-expectation crossing draw, spans of whole
 words (tiled, truncated-geometric lengths), and the span length sampler.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mlm_jax.masking_schedule import ExactRatio, real_target, round_budget
+from mlm_jax.masking.schedule import ExactRatio, real_target, round_budget
 
 
 def budget(num_maskable, ratio: ExactRatio, floor, strategy: str):

@@ -49,14 +49,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mlm_jax.masking_schedule import SCHEDULES as SCHEDULES
-from mlm_jax.masking_schedule import ExactRatio as ExactRatio
-from mlm_jax.masking_schedule import as_exact_ratio, largest_ratio, parse_pieces
-from mlm_jax.masking_schedule import ratio_at_step as ratio_at_step
-from mlm_jax.masking_schedule import scheduled_ratio as scheduled_ratio
-from mlm_jax.masking_units import anchored_span_units, budget, span_units, take_units
-from mlm_jax.masking_units import sample_span_lengths as sample_span_lengths
-from mlm_jax.spec_checks import check_choice, check_float, check_int
+from mlm_jax.config.fields import check_choice, check_float, check_int
+from mlm_jax.masking.schedule import SCHEDULES, as_exact_ratio, largest_ratio, parse_pieces
+from mlm_jax.masking.units import anchored_span_units, budget, span_units, take_units
 
 STRATEGIES = ("uniform", "whole_word", "span", "pmi")  # pmi: whole_word over PMI units
 EVAL_STRATEGIES = ("uniform", "whole_word", "span")  # (the common eval needs no vocabulary)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mlm_jax.spec_checks import check_choice, check_float, check_int
+from mlm_jax.config.fields import check_choice, check_float, check_int
 
 LR_SCHEDULES = ("linear", "cosine", "constant", "wsd")
 DECAY_SHAPES = ("linear", "cosine", "sqrt")  # wsd's decay: sqrt = 1 - sqrt(t) (ModernBERT's)

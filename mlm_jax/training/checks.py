@@ -1,62 +1,19 @@
-"""The config checks that span sections (mesh x model x batch, resume compatibility).
+"""The config checks that span sections (mesh x model x batch, hosts, held-out batches).
 
-Each section's own fields are checked by its spec (run_spec.py says which); these need several
+Each section's own fields are checked by its spec (training/spec.py says which); these need several
 at once. Every failure is one ValueError line naming the key, the value and what was expected.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-from typing import TYPE_CHECKING
 
-import ml_collections
 import numpy as np
 
-from mlm_jax import checkpoint as ckpt
-from mlm_jax import sharding
-from mlm_jax.config_defaults import base_config
-
-if TYPE_CHECKING:
-    from mlm_jax.model_spec import ModelSpec
-    from mlm_jax.run_spec import RunSpec
-
-log = logging.getLogger(__name__)
-
-# Keys a resumed run may change: they do not alter what the state or the data mean.
-# (train.num_steps lengthens or shortens the run; its schedules stretch with it, with a warning.)
-RESUMABLE_CHANGES = (
-    "train.num_steps",
-    "train.nan_policy",
-    "log.",
-    "eval.every_steps",
-    "eval.num_batches",
-    "checkpoint.",
-    "mesh.",
-    "data.prefetch",
-    "data.num_workers",
-    "data.data_dir",
-    "model.remat",
-    "model.fused_qkv",
-    "model.attention",
-    "model.init_from",
-)
-
-
-class ConfigError(ValueError):
-    """A bad config, flag or workdir, found before any compilation."""
-
-
-@contextlib.contextmanager
-def as_config_errors():
-    """Reports the ValueErrors of the setup phase as ConfigError (one line, non-zero exit)."""
-    try:
-        yield
-    except ConfigError:
-        raise
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(str(e)) from e
+from mlm_jax.config.errors import ConfigError
+from mlm_jax.models.spec import ModelSpec
+from mlm_jax.training import sharding
+from mlm_jax.training.spec import RunSpec
 
 
 def _require(ok: bool, message: str) -> None:
@@ -173,72 +130,3 @@ def _check_hosts_feed_whole_groups(mesh: sharding.MeshSpec, local_devices: int, 
         f"group, more than fit whole on one host ({local_devices} devices): each host feeds "
         f"different rows, so put those axes within a host (mesh {mesh.sizes})",
     )
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _normalise(v):
-    """Tuples (a config) and lists (its JSON copy) compare equal."""
-    if isinstance(v, (list, tuple)):
-        return [_normalise(x) for x in v]
-    return v
-
-
-def check_resume_compatible(config, workdir: str) -> None:
-    """A workdir with checkpoints resumes only under a config that means the same run."""
-    if ckpt.latest_step(workdir) is None:
-        return
-    saved = ckpt.saved_config(workdir)
-    if saved is None:
-        return
-    old = _flatten(saved.to_dict())
-    new = _flatten(ml_collections.ConfigDict(config).to_dict())
-    differ = []
-    defaults = _flatten(base_config().to_dict())
-    for key in sorted(set(old) | set(new)):
-        if any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_CHANGES):
-            continue
-        if key not in old and _normalise(new.get(key)) == _normalise(defaults.get(key)):
-            continue  # a field added since the run started, at its default: the same run
-        if key == "model.vocab_size" and new.get(key) == 0:
-            continue  # 0 = the tokenizer's size, and a resumed run keeps its tokenizer
-        if _normalise(old.get(key)) != _normalise(new.get(key)):
-            differ.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
-    _require(
-        not differ,
-        f"{workdir} holds checkpoints of a different config ({'; '.join(differ)}); "
-        "use a new workdir or the original values",
-    )
-    steps = (old.get("train.num_steps"), new.get("train.num_steps"))
-    stretched = [
-        name
-        for name, key in (
-            ("learning-rate", "train.lr_schedule"),
-            ("masking-ratio", "masking.schedule"),
-        )
-        if new.get(key) not in ("constant", "piecewise")  # piecewise: steps, not a fraction
-    ]
-    if steps[0] != steps[1] and stretched:
-        log.warning(
-            "train.num_steps %s -> %s on resume: the %s schedule now spans the new length, so the "
-            "steps after the checkpoint follow a different schedule than the first attempt planned",
-            *steps,
-            " and ".join(stretched),
-        )
-
-
-def resolved_config(config, run: RunSpec) -> ml_collections.ConfigDict:
-    """A locked copy of `config` with the fields the tokenizer decided filled in
-    (model.vocab_size): what config.json and every checkpoint record."""
-    resolved = ml_collections.ConfigDict(config.to_dict())
-    resolved.model.vocab_size = run.model.vocab_size
-    resolved.lock()
-    return resolved

@@ -24,19 +24,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from mlm_jax import checkpoint as ckpt
-from mlm_jax import files, pretrained, sharding
-from mlm_jax import metrics as metrics_lib
-from mlm_jax import workdir as workdir_lib
-from mlm_jax.config_checks import (
-    ConfigError,
-    as_config_errors,
-    check_eval_batches,
-    check_resume_compatible,
-    resolved_config,
-)
-from mlm_jax.run_spec import RunSpec, resolve
-from mlm_jax.trainer import Trainer, TrainState, compile_steps
+from mlm_jax import files
+from mlm_jax.config.errors import ConfigError, as_config_errors
+from mlm_jax.training import checkpoint as ckpt
+from mlm_jax.training import metrics as metrics_lib
+from mlm_jax.training import pretrained, sharding
+from mlm_jax.training import workdir as workdir_lib
+from mlm_jax.training.checks import check_eval_batches
+from mlm_jax.training.resolve import resolve
+from mlm_jax.training.resume import check_resume_compatible, resolved_config
+from mlm_jax.training.spec import RunSpec
+from mlm_jax.training.trainer import Trainer, TrainState, compile_steps
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Hugging Face BERT and ModernBERT directories on disk: find, read and write them (conversion:
-hf_bert.py, hf_modernbert.py; `family` picks one by config.json's model_type).
+hf/bert.py, hf/modernbert.py; `family` picks one by config.json's model_type).
 
 Reading takes config.json + model.safetensors (preferred, sharded or not) or pytorch_model.bin
 (only through torch.load(weights_only=True), so loading never runs code), in the BertModel,
@@ -20,8 +20,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mlm_jax import hf_bert, hf_modernbert
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax.hf import bert as hf_bert
+from mlm_jax.hf import modernbert as hf_modernbert
+from mlm_jax.models.spec import ModelSpec
 
 _TOKENIZER_FILES = (
     "tokenizer.json",

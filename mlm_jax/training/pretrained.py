@@ -17,9 +17,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mlm_jax import checkpoint, files, hf_dir
+from mlm_jax import files
 from mlm_jax.data.tokenizer import Tokenizer, load_tokenizer
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax.hf import directories as hf_dir
+from mlm_jax.models.spec import ModelSpec
+from mlm_jax.training import checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """ModernBERT tensors in Hugging Face's layout <-> our parameter tree: pure conversion, no files.
 
 HF names tensors as ModernBertModel / ModernBertForMaskedLM do (`layers.{i}.attn.Wqkv`, torch
-Linear weights [out, in], `model.` prefixed in the MLM class); ours are modernbert.py's tree.
+Linear weights [out, in], `model.` prefixed in the MLM class); ours are models/modernbert.py's tree.
 config.json is read in both of transformers' forms: 5.x (`layer_types`, `rope_parameters`) and
 4.5x (`global_attn_every_n_layers`, `global_rope_theta`, `local_rope_theta`); the export writes
 both, so either line of transformers opens it.
@@ -14,8 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from mlm_jax.hf_bert import _fresh_mlm_head, _pad_rows, _Tensors, _unstacked_layers
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax.hf.bert import _fresh_mlm_head, _pad_rows, _Tensors, _unstacked_layers
+from mlm_jax.models.spec import ModelSpec
 
 _CONFIG_KEYS = {  # our config.model key <- HF config.json key
     "num_layers": "num_hidden_layers",

@@ -1,4 +1,4 @@
-"""The train state and the sharded train and eval steps (the run that loops over them: train.py).
+"""The train state and the sharded train and eval steps (the run that loops over them: training/run.py).
 
 A step is one `jax.jit` over the device mesh: `(state, batch) -> (state, metrics)` with
 explicit shardings and the state donated. Randomness comes only from keys folded from the
@@ -19,9 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlm_jax import masking, optim, sharding
-from mlm_jax.model import mlm_loss, mlm_model
-from mlm_jax.run_spec import RunSpec
+from mlm_jax import masking
+from mlm_jax.models.registry import mlm_model
+from mlm_jax.training import optim, sharding
+from mlm_jax.training.loss import mlm_loss
+from mlm_jax.training.spec import RunSpec
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import types
 import jax
 import numpy as np
 
-from mlm_jax.config_checks import as_config_errors
-from mlm_jax.run_spec import resolve
-from mlm_jax.trainer import Trainer
+from mlm_jax.config.errors import as_config_errors
+from mlm_jax.training.resolve import resolve
+from mlm_jax.training.trainer import Trainer
 
 # Synthetic vocabulary: ids 0..4 are the specials, everything above an ordinary token.
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4

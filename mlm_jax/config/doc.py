@@ -1,7 +1,7 @@
-"""Every config field with its value and the comment config_defaults.py gives it.
+"""Every config field with its value and the comment config/defaults.py gives it.
 
 `python -m mlm_jax.main --config=FILE --print_config` prints this table; the comments are read
-from config_defaults.py's source, so the table can never disagree with the file it documents.
+from config/defaults.py's source, so the table can never disagree with the file it documents.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import inspect
 import io
 import tokenize
 
-from mlm_jax import config_defaults
+from mlm_jax.config import defaults as config_defaults
 
 
 def field_comments() -> dict[str, str]:

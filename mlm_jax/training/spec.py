@@ -5,7 +5,7 @@
 
 Each section's spec checks its own fields in its constructor (ModelSpec: model.*, MaskingSpec:
 masking.* and eval's masking, OptimizerSpec: the optimizer's train.*, DataSpec: data.*,
-TrainSpec: the loop's train.*, log.*, eval.*, checkpoint.*, MeshSpec: mesh.*); config_checks
+TrainSpec: the loop's train.*, log.*, eval.*, checkpoint.*, MeshSpec: mesh.*); training/checks.py
 holds the checks that span sections. Nothing after `resolve` reads the ConfigDict.
 """
 
@@ -14,12 +14,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mlm_jax import config_checks, sharding
+from mlm_jax.config.fields import check_choice, check_int
 from mlm_jax.data.spec import DataSpec
 from mlm_jax.masking import MaskingSpec
-from mlm_jax.model_spec import ModelSpec
-from mlm_jax.optim import OptimizerSpec
-from mlm_jax.spec_checks import check_choice, check_int
+from mlm_jax.models.spec import ModelSpec
+from mlm_jax.training import sharding
+from mlm_jax.training.optim import OptimizerSpec
 
 NAN_POLICIES = ("stop", "skip")
 
@@ -100,38 +100,3 @@ class RunSpec:
             masking=self.masking.with_vocab(tokenizer),
             eval_masking=self.eval_masking.with_vocab(tokenizer),
         )
-
-
-def resolve(
-    config: Any,
-    *,
-    num_devices: int | None = None,
-    local_devices: int | None = None,
-    num_hosts: int | None = None,
-) -> RunSpec:
-    """Checks every field of `config` and returns its specs; one ValueError line per problem.
-
-    Device and host counts default to this process's JAX runtime.
-    """
-    import jax
-
-    num_devices = jax.device_count() if num_devices is None else num_devices
-    local_devices = jax.local_device_count() if local_devices is None else local_devices
-    num_hosts = jax.process_count() if num_hosts is None else num_hosts
-    train = TrainSpec.from_config(config)
-    data = DataSpec.from_config(config.data)
-    run = RunSpec(
-        seed=check_int("seed", config.seed, minimum=0),
-        model=ModelSpec.from_config(config.model),
-        masking=MaskingSpec.from_config(
-            config.masking, seq_len=data.seq_len, num_steps=train.num_steps
-        ),
-        eval_masking=MaskingSpec.for_eval(config.eval, seq_len=data.seq_len),
-        optimizer=OptimizerSpec.from_config(config.train),
-        data=data,
-        train=train,
-        mesh=sharding.MeshSpec.from_config(config.mesh, num_devices),
-        init_from=str(config.model.init_from),
-    )
-    config_checks.check_run(run, local_devices=local_devices, num_hosts=num_hosts)
-    return run

@@ -13,7 +13,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from mlm_jax.spec_checks import check_bool, check_choice, check_float, check_int
+from mlm_jax.config.fields import check_bool, check_choice, check_float, check_int
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTIONS = ("xla", "cudnn")
@@ -52,7 +52,7 @@ class ModelSpec:
     attend_across_documents: bool = False
     pad_id: int = 0
     arch: str = "bert"
-    # modernbert only (bert ignores them): see config_defaults.py
+    # modernbert only (bert ignores them): see config/defaults.py
     global_rope_theta: float = 160_000.0
     local_rope_theta: float = 10_000.0
     local_window: int = 128

@@ -29,7 +29,7 @@ def flops_per_token(model_config, seq_len: int, max_predictions: int) -> dict[st
     """Model FLOPs per input token, by part and "total" (the formula is the module docstring).
 
     `model_config` needs num_layers, hidden_size, intermediate_size and vocab_size (the real
-    vocabulary, as in mlm_jax.model_spec.ModelSpec).
+    vocabulary, as in mlm_jax.models.spec.ModelSpec).
     """
     n, e, m = model_config.num_layers, model_config.hidden_size, model_config.intermediate_size
     v = model_config.vocab_size

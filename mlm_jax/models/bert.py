@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mlm_jax.layers import (
+from mlm_jax.models.layers import (
     Dropout,
     activation,
     attention_mask,
@@ -36,7 +36,7 @@ from mlm_jax.layers import (
     layer_norm,
     tied_logits,
 )
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax.models.spec import ModelSpec
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing inside a block: recompute it all in the backward pass

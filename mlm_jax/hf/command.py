@@ -4,19 +4,20 @@
     python -m mlm_jax.hf export --workdir=W --out_dir=D  # latest checkpoint of a run -> D
 
 The export is a BertForMaskedLM or, for model.arch=modernbert, a ModernBertForMaskedLM
-directory (hf_dir.py writes it) that transformers loads
-as it is; reading either kind of directory is pretrained.py's.
+directory (hf/directories.py writes it) that transformers loads
+as it is; reading either kind of directory is training/pretrained.py's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import jax
 
-from mlm_jax import cli, hf_dir, pretrained
+from mlm_jax import cli
+from mlm_jax.hf import directories as hf_dir
+from mlm_jax.training import pretrained
 
 
 def export_workdir(workdir: str, out_dir: str) -> None:
@@ -76,7 +77,3 @@ def main(argv: list[str] | None = None) -> None:
         else:
             export_workdir(args.workdir, args.out_dir)
             print(f"wrote {args.out_dir} (a MaskedLM directory + tokenizer)")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

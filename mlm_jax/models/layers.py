@@ -2,7 +2,7 @@
 
 Each takes the ModelSpec for its numerics (compute dtype, float32 parameters, init range) and
 names its parameters' dims with logical axes (batch, length, embed, heads, kv, mlp, vocab); the
-mesh mapping lives in the config. A family's blocks (bert.py) import these instead of copying.
+mesh mapping lives in the config. A family's blocks (models/bert.py) import these instead of copying.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry2x32_p
 
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax.models.spec import ModelSpec
 
 
 def init_weights(spec: ModelSpec, stddev: float | None = None):

@@ -1,7 +1,7 @@
 """ModernBERT: rotary positions, pre-norm bias-free blocks, GeGLU, local and global attention.
 
 The architecture as transformers' ModernBertForMaskedLM computes it, so weights move to and
-from Hugging Face unchanged (hf_modernbert.py): token embeddings and a norm (no position
+from Hugging Face unchanged (hf/modernbert.py): token embeddings and a norm (no position
 table); per block a norm (none in layer 0), fused Wqkv, RoPE (rotate-half layout; one theta
 for global layers, another for local ones), attention, Wo, residual, norm, Wi [E, 2, M] whose
 first half goes through the activation and gates the second, Wo, residual; a final norm; an
@@ -9,7 +9,7 @@ MLM head of dense, activation, norm and the tied decoder with a bias. Layers 0, 
 attend globally (n = model.global_every), the others only to tokens at most
 model.local_window / 2 away, within the packing document mask.
 
-Parameter tree (names as bert.py's where the role is the same; nothing has a bias but the
+Parameter tree (names as models/bert.py's where the role is the same; nothing has a bias but the
 decoder's output_bias; layer 0's attention_norm exists so the layers stack, and is unused):
 
     encoder/embeddings/{word_embeddings [Vp,E], norm/scale}
@@ -20,9 +20,9 @@ decoder's output_bias; layer 0's attention_norm exists so the layers stack, and 
     classifier_head/{transform, norm}, classifier/{kernel,bias}   (sequence classification)
 
 A sliding-window layer computes its scores in blocks of window/2 queries against the 3 key
-blocks around them, so its cost grows with L x 1.5 window, not L^2 (flops.py counts the
+blocks around them, so its cost grows with L x 1.5 window, not L^2 (models/flops.py counts the
 window) where that is at most half the row (`uses_blocks`).
-Shape letters as in bert.py; W window/2 (a block), C blocks.
+Shape letters as in models/bert.py; W window/2 (a block), C blocks.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mlm_jax.bert import scanned_stack, with_remat, word_embeddings
-from mlm_jax.layers import (
+from mlm_jax.models.bert import scanned_stack, with_remat, word_embeddings
+from mlm_jax.models.layers import (
     Dropout,
     activation,
     constrain,
@@ -44,7 +44,7 @@ from mlm_jax.layers import (
     layer_norm,
     tied_logits,
 )
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax.models.spec import ModelSpec
 
 POOLINGS = ("cls", "mean")  # ModernBERT's classifier_pooling choices
 

@@ -1,9 +1,9 @@
 """BERT tensors in Hugging Face's layout <-> our parameter tree: pure conversion, no files.
 
 HF names tensors as BertModel / BertForMaskedLM do (`encoder.layer.{i}.attention.self.query...`,
-torch Linear weights [out, in]); ours are bert.py's tree (qkv fused [E, 3, N, D], layers stacked
+torch Linear weights [out, in]); ours are models/bert.py's tree (qkv fused [E, 3, N, D], layers stacked
 when scan_layers). A checkpoint without an MLM head (BertModel, sentence-transformers) gets a
-freshly initialised head. hf.py reads and writes the directories.
+freshly initialised head. hf/command.py reads and writes the directories.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mlm_jax.model_spec import ModelSpec
+from mlm_jax.models.spec import ModelSpec
 
 # Our config.model key <- HF config.json key.
 _CONFIG_KEYS = {

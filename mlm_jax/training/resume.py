@@ -1,0 +1,105 @@
+"""Whether a workdir's checkpoints may resume under a config, and the config a run records.
+
+A resumed run must mean the same run: keys that change what the state or the data mean are
+refused, naming them; keys that only change how it runs (log cadence, mesh, ...) may change.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ml_collections
+
+from mlm_jax.config.defaults import base_config
+from mlm_jax.config.errors import ConfigError
+from mlm_jax.training import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
+
+# Keys a resumed run may change: they do not alter what the state or the data mean.
+# (train.num_steps lengthens or shortens the run; its schedules stretch with it, with a warning.)
+RESUMABLE_CHANGES = (
+    "train.num_steps",
+    "train.nan_policy",
+    "log.",
+    "eval.every_steps",
+    "eval.num_batches",
+    "checkpoint.",
+    "mesh.",
+    "data.prefetch",
+    "data.num_workers",
+    "data.data_dir",
+    "model.remat",
+    "model.fused_qkv",
+    "model.attention",
+    "model.init_from",
+)
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _normalise(v):
+    """Tuples (a config) and lists (its JSON copy) compare equal."""
+    if isinstance(v, (list, tuple)):
+        return [_normalise(x) for x in v]
+    return v
+
+
+def check_resume_compatible(config, workdir: str) -> None:
+    """A workdir with checkpoints resumes only under a config that means the same run."""
+    if ckpt.latest_step(workdir) is None:
+        return
+    saved = ckpt.saved_config(workdir)
+    if saved is None:
+        return
+    old = _flatten(saved.to_dict())
+    new = _flatten(ml_collections.ConfigDict(config).to_dict())
+    differ = []
+    defaults = _flatten(base_config().to_dict())
+    for key in sorted(set(old) | set(new)):
+        if any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_CHANGES):
+            continue
+        if key not in old and _normalise(new.get(key)) == _normalise(defaults.get(key)):
+            continue  # a field added since the run started, at its default: the same run
+        if key == "model.vocab_size" and new.get(key) == 0:
+            continue  # 0 = the tokenizer's size, and a resumed run keeps its tokenizer
+        if _normalise(old.get(key)) != _normalise(new.get(key)):
+            differ.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    if differ:
+        raise ConfigError(
+            f"{workdir} holds checkpoints of a different config ({'; '.join(differ)}); "
+            "use a new workdir or the original values"
+        )
+    steps = (old.get("train.num_steps"), new.get("train.num_steps"))
+    stretched = [
+        name
+        for name, key in (
+            ("learning-rate", "train.lr_schedule"),
+            ("masking-ratio", "masking.schedule"),
+        )
+        if new.get(key) not in ("constant", "piecewise")  # piecewise: steps, not a fraction
+    ]
+    if steps[0] != steps[1] and stretched:
+        log.warning(
+            "train.num_steps %s -> %s on resume: the %s schedule now spans the new length, so the "
+            "steps after the checkpoint follow a different schedule than the first attempt planned",
+            *steps,
+            " and ".join(stretched),
+        )
+
+
+def resolved_config(config, run) -> ml_collections.ConfigDict:
+    """A locked copy of `config` with the fields the tokenizer decided filled in
+    (model.vocab_size): what config.json and every checkpoint record."""
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    resolved.model.vocab_size = run.model.vocab_size
+    resolved.lock()
+    return resolved
