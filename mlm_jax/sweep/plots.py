@@ -20,7 +20,8 @@ def _axis_label(keys) -> str:
 # What each metric is, written on the figures that show it.
 EXPLAINED = (
     "eval_*: held-out MLM at the common eval masking (eval.mask_ratio, the same for every run); "
-    "own_*: at the run's own training masking; finetune_accuracy: dev accuracy after fine-tuning"
+    "own_*: at the run's own training masking; finetune_accuracy/<task>: dev accuracy after "
+    "fine-tuning (mean over fine-tuning seeds), finetune_accuracy: its mean over tasks"
 )
 
 
@@ -46,8 +47,8 @@ def plot_metrics(workdir: str, axes, grouped: list[dict]) -> list[str]:
     if not grouped:
         return []
     panels = [name for name, _ in METRICS if not name.endswith("masked_fraction")]
-    if any(g["finetune_accuracy"] for g in grouped):
-        panels.append("finetune_accuracy")
+    finetuned = [k for k in grouped[0]["counts"] if k.startswith("finetune_accuracy")]
+    panels += [k for k in finetuned if any(g[k] for g in grouped)]  # the mean, then each task
     paths = []
     for keys in axes:
         if keys == ["seed"]:
@@ -90,8 +91,8 @@ def plot_metrics(workdir: str, axes, grouped: list[dict]) -> list[str]:
                 ax.set_xticks(range(len(x_values)))
                 ax.set_xticklabels(["/".join(format_value(v) for v in x) for x in x_values])
             ax.set_xlabel(_axis_label(keys))
-            ax.set_ylabel(f"{name} (mean ± seed std)")
-            ax.set_title(name)
+            ax.set_ylabel("mean ± seed std")
+            ax.set_title(name, fontsize=9)
             ax.grid(alpha=0.3)
             if name in all_ys:
                 _sane_ylim(ax, *all_ys[name])
@@ -128,8 +129,8 @@ def plot_paired(workdir: str, paired: dict, metrics: list[str]) -> str:
         ax.axhline(0.0, color="k", linewidth=0.8)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel(f"Δ {name} vs {paired['key']}={paired['value']}")
-        ax.set_title(f"{name}: paired difference, 95% t CI")
+        ax.set_ylabel(f"Δ vs {paired['key']}={paired['value']}")
+        ax.set_title(f"{name}\npaired difference, 95% t CI", fontsize=9)
         ax.grid(alpha=0.3)
     fig.text(0.01, 0.01, EXPLAINED + "; red: interval excludes 0; n = seed pairs", fontsize=7)
     fig.tight_layout(rect=(0, 0.05, 1, 1))

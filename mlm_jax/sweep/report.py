@@ -22,7 +22,7 @@ from mlm_jax.sweep.run_state import (
     SWEEP_FILE,
     TRAIN_MEANS,
     final_eval,
-    finetune_accuracy,
+    finetune_results,
     is_finished,
     read_json,
 )
@@ -51,7 +51,7 @@ def collect(workdir: str) -> tuple[list[list[str]], list[dict]]:
         done = read_json(files.join(run_dir, DONE_MARKER))
         failed = read_json(files.join(run_dir, FAILED_MARKER))
         row["wall_s"] = round(done["wall_s"], 1) if done else None
-        row["finetune_accuracy"] = finetune_accuracy(run_dir, step)
+        row["finetune"] = finetune_results(run_dir, step)
         if is_finished(run_dir):  # (a run that failed once and was finished since is done)
             row["status"], row["reason"] = "done", ""
         elif failed:
@@ -59,13 +59,53 @@ def collect(workdir: str) -> tuple[list[list[str]], list[dict]]:
         else:
             row["status"], row["reason"] = ("partial" if events else "missing"), ""
         rows.append(row)
+    add_finetune_columns(rows)
     return sweep["axes"], rows
 
 
-def _columns(axes) -> tuple[list[str], list[str]]:
+FINETUNE = "finetune_accuracy"  # mean over the tasks of each task's mean over fine-tuning seeds
+
+
+def add_finetune_columns(rows: list[dict]) -> None:
+    """Turns each row's "finetune" ({task: {seed: dev accuracy}}, run_state.finetune_results)
+    into columns: finetune_accuracy/<task>/seed=<s> for each result; finetune_accuracy/<task>,
+    the mean over the seeds that task has anywhere in the sweep (empty unless the run has them
+    all, so every run's mean is over the same seeds); finetune_accuracy, the mean over tasks
+    (empty unless the run has every task). Pairing by pretraining seed then compares these
+    means: the fine-tuning seeds of one run are repeats within it, not independent runs."""
+    seeds: dict[str, set[int]] = {}
+    for row in rows:
+        for task, by_seed in row.get("finetune", {}).items():
+            seeds.setdefault(task, set()).update(by_seed)
+    for row in rows:
+        got = row.pop("finetune", {})
+        task_means = []
+        for task in sorted(seeds):
+            values = [got.get(task, {}).get(s) for s in sorted(seeds[task])]
+            for s, value in zip(sorted(seeds[task]), values):
+                row[f"{FINETUNE}/{task}/seed={s}"] = value
+            mean = None if None in values else sum(values) / len(values)
+            row[f"{FINETUNE}/{task}"] = mean
+            task_means.append(mean)
+        if seeds:
+            row[FINETUNE] = None if None in task_means else sum(task_means) / len(task_means)
+
+
+def finetune_columns(rows: list[dict], per_seed: bool = False) -> list[str]:
+    """finetune_accuracy and each task's mean (per_seed: each task and seed's result instead),
+    in the order add_finetune_columns made them; [] when no row has any."""
+    names = dict.fromkeys(k for r in rows for k in r if k.startswith(FINETUNE + "/"))
+    if per_seed:
+        return [k for k in names if "/seed=" in k]
+    means = [k for k in names if "/seed=" not in k]
+    shown = any(r.get(FINETUNE) is not None for r in rows) or means
+    return [FINETUNE, *means] if shown else []
+
+
+def _columns(axes, rows: list[dict]) -> tuple[list[str], list[str]]:
     keys = [k for group in axes for k in group]
     values = [name for name, _ in METRICS + TRAIN_MEANS]
-    values += ["finetune_accuracy", "tokens_seen", "wall_s"]
+    values += [*finetune_columns(rows), "tokens_seen", "wall_s"]
     return keys, values
 
 
@@ -80,8 +120,8 @@ def _cell(v) -> str:
 def write_csv(path: str, axes, rows: list[dict]) -> None:
     import csv
 
-    keys, values = _columns(axes)
-    header = ["run", *keys, "status", "step", *values, "reason"]
+    keys, values = _columns(axes, rows)
+    header = ["run", *keys, "status", "step", *values, *finetune_columns(rows, True), "reason"]
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(header)
@@ -100,7 +140,7 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 def group_over_seeds(axes, rows: list[dict]) -> list[dict]:
     """One entry per setting of the non-seed keys: mean and sample std of each metric."""
-    keys, values = _columns(axes)
+    keys, values = _columns(axes, rows)
     group_keys = [k for k in keys if k != "seed"]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -118,7 +158,7 @@ def group_over_seeds(axes, rows: list[dict]) -> list[dict]:
 
 
 def write_markdown(path: str, axes, rows: list[dict], paired: dict | None = None) -> None:
-    keys, values = _columns(axes)
+    keys, values = _columns(axes, rows)
     group_keys = [k for k in keys if k != "seed"]
     grouped = group_over_seeds(axes, rows)
     header = [*group_keys, "seeds", *values]
@@ -149,6 +189,11 @@ def write_markdown(path: str, axes, rows: list[dict], paired: dict | None = None
         "over the run's log windows). Mean ± sample std over seeds; (n=k) marks a mean over "
         "fewer runs than the seeds column.",
     ]
+    if finetune_columns(rows):
+        notes.append(
+            f"{FINETUNE}/<task>: dev accuracy after fine-tuning, each run's mean over its "
+            f"fine-tuning seeds; {FINETUNE}: the mean over tasks (results.csv has each seed's)."
+        )
     for r in failed:
         notes.append(f"- {r['run']}: {r['status']} {r.get('reason', '')}".rstrip())
     if paired is not None:
@@ -157,11 +202,9 @@ def write_markdown(path: str, axes, rows: list[dict], paired: dict | None = None
 
 
 def paired_metrics(rows: list[dict]) -> list[str]:
-    """The metrics the baseline differences cover: the eval/own scores (+ fine-tuning)."""
-    names = ["eval_loss", "eval_accuracy", "own_loss", "own_accuracy"]
-    if any(r.get("finetune_accuracy") is not None for r in rows):
-        names.append("finetune_accuracy")
-    return names
+    """The metrics the baseline differences cover: the eval/own scores (+ fine-tuning, the
+    mean over tasks and each task)."""
+    return ["eval_loss", "eval_accuracy", "own_loss", "own_accuracy", *finetune_columns(rows)]
 
 
 def write_report(workdir: str, baseline: str | None = None) -> list[dict]:

@@ -15,7 +15,7 @@ SWEEP_FILE = "sweep.json"  # in the sweep directory: its axes and runs
 DONE_MARKER = "sweep_done.json"
 FAILED_MARKER = "sweep_failed.json"
 FINETUNE_DIR = "finetune"
-FINETUNE_REQUEST = "sweep_request.json"  # in FINETUNE_DIR: what its result.json answers
+FINETUNE_REQUEST = "sweep_request.json"  # beside a fine-tuning's result.json: what it answers
 
 # (column in results.csv, key in metrics.jsonl) of a run's final eval.
 METRICS = (
@@ -97,13 +97,45 @@ def final_eval(events: list[dict]) -> dict:
     return out
 
 
-def finetune_accuracy(run_dir: str, step: int | None) -> float | None:
-    """The fine-tune result of the run's checkpoint at `step`; None if none, or an older one's."""
-    out = files.join(run_dir, FINETUNE_DIR)
-    result, request = (
-        read_json(files.join(out, "result.json")),
-        read_json(files.join(out, FINETUNE_REQUEST)),
-    )
-    if result is None or request is None or request.get("step") != step:
+def finetune_dir(run_dir: str, task: str, seed: int) -> str:
+    """Where the sweep fine-tunes a run on `task` (its name) with fine-tuning seed `seed`."""
+    return files.join(run_dir, FINETUNE_DIR, task, f"seed={seed}")
+
+
+def finetune_result(out: str) -> dict | None:
+    """The result.json of a fine-tuning directory, None if it has none (or not one of ours)."""
+    result = read_json(files.join(out, "result.json"))
+    return result if isinstance(result, dict) and "dev/accuracy" in result else None
+
+
+def _answered(out: str, step: int | None) -> tuple[dict, dict] | None:
+    """(request, result) of a fine-tuning of the run's checkpoint at `step`; None otherwise."""
+    request = read_json(files.join(out, FINETUNE_REQUEST))
+    result = finetune_result(out)
+    if result is None or not isinstance(request, dict) or request.get("step") != step:
         return None
-    return result["dev/accuracy"]
+    return request, result
+
+
+def finetune_results(run_dir: str, step: int | None) -> dict[str, dict[int, float]]:
+    """{task name: {fine-tuning seed: dev accuracy}} of the run's checkpoint at `step`: a result
+    of another (older) checkpoint, or one without its request, is left out. An older sweep's
+    single fine-tuning (FINETUNE_DIR/result.json itself) counts as seed 0 of its task."""
+    from mlm_jax.finetuning.tasks import task_name
+
+    root = files.join(run_dir, FINETUNE_DIR)
+    if step is None or not files.isdir(root):
+        return {}
+    out: dict[str, dict[int, float]] = {}
+    legacy = _answered(root, step)
+    if legacy:
+        out[task_name(legacy[0]["task"])] = {0: float(legacy[1]["dev/accuracy"])}
+    for task in files.listdir(root):
+        task_dir = files.join(root, task)
+        if not files.isdir(task_dir):
+            continue
+        for folder in files.listdir(task_dir):
+            got = _answered(files.join(task_dir, folder), step)
+            if folder.startswith("seed=") and got:
+                out.setdefault(task, {})[int(got[0]["seed"])] = float(got[1]["dev/accuracy"])
+    return out
