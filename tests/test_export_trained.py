@@ -90,3 +90,22 @@ def test_fill_mask_cli_ranks_like_the_transformers_pipeline(trained):
             assert token in block, (text, theirs, block)
         mine = fill_mask.fill_mask(text, loaded.spec, loaded.params, loaded.tokenizer, top_k=5)[0]
         assert [t for t, _ in mine] == [r["token_str"] for r in pipe(text)]
+
+
+def test_generate_from_the_run_and_from_its_export_gives_the_same_text(trained):
+    """`python -m mlm_jax.generate --workdir=RUN` and `--hf_dir=` its export: one model, so at
+    temperature 0 the same greedy unmasking, token for token; no [MASK] left."""
+    workdir, out_dir = trained
+    flags = ["--prompt=Return the", "--length=12", "--steps=6", "--remasking=low_confidence",
+             "--temperature=0", "--num_samples=2"]  # fmt: skip
+    outputs = []
+    for source in (f"--workdir={workdir}", f"--hf_dir={out_dir}"):
+        done = subprocess.run(
+            [sys.executable, "-m", "mlm_jax.generate", source, *flags],
+            cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(done.stdout)
+    lines = outputs[0].strip().splitlines()
+    assert outputs[0] == outputs[1] and len(lines) == 2, outputs
+    assert all(line.startswith("return the") and "[MASK]" not in line for line in lines), lines

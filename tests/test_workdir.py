@@ -244,13 +244,14 @@ def test_numeric_fields_have_ranges(key, value, message):
 def test_help_exits_0_on_every_command(capsys):
     # finetune defines the same absl flags as main (one process holds one set); it parses with
     # the same cli.absl_flags_parser, checked here through main and the sweep.
-    from mlm_jax import cli, fill_mask, main
+    from mlm_jax import cli, fill_mask, generate, main
     from mlm_jax.data.tokenizer import __main__ as tokenizer_cli
     from mlm_jax.hf import command as hf
 
     for run in (
         lambda: main._parse_flags(["mlm_jax.main", "--help"]),
         lambda: fill_mask.main(["--help"]),
+        lambda: generate.main(["--help"]),
         lambda: hf.main(["--help"]),
         lambda: tokenizer_cli.main(["--help"]),
         lambda: cli.absl_flags_parser("A sweep.", "experiments.sweep")(["sweep.py", "-h"]),
