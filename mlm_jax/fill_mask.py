@@ -70,17 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         no_mask = [text for text in args.texts if MASK_TEXT not in text]
         if no_mask:  # checked before the weights load
             raise ValueError(f"text {no_mask[0]!r}: contains no {MASK_TEXT}")
-        if args.workdir:
-            if not pretrained.is_run_dir(args.workdir):
-                raise ValueError(f"--workdir={args.workdir!r}: no checkpoints/ there")
-            model = pretrained.load(args.workdir)
-        else:
-            model = pretrained.load(args.hf_dir)
-            if not model.has_mlm_head:  # BertModel, sentence-transformers: a random head's
-                raise ValueError(  # fillers would look confident and mean nothing
-                    f"--hf_dir={args.hf_dir}: the checkpoint has no MLM head "
-                    "(cls.predictions.*), so its predictions would be random"
-                )
+        model = pretrained.load_mlm(args.workdir, args.hf_dir)
     for text in args.texts:
         print(text)
         fillers_per_mask = fill_mask(text, model.spec, model.params, model.tokenizer, args.top_k)

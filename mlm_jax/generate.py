@@ -24,21 +24,6 @@ from mlm_jax.generation.text import check_arguments, generate
 from mlm_jax.training import pretrained
 
 
-def load_model(workdir: str | None, hf_dir: str | None) -> pretrained.Pretrained:
-    """A run's latest checkpoint or a Hugging Face directory with its MLM head."""
-    if workdir:
-        if not pretrained.is_run_dir(workdir):
-            raise ValueError(f"--workdir={workdir!r}: no checkpoints/ there")
-        return pretrained.load(workdir)
-    model = pretrained.load(hf_dir)
-    if not model.has_mlm_head:  # a random head's tokens would look like text and mean nothing
-        raise ValueError(
-            f"--hf_dir={hf_dir}: the checkpoint has no MLM head (cls.predictions.*), so its "
-            "tokens would be random"
-        )
-    return model
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mlm_jax.generate", description=__doc__.split("\n")[0]
@@ -58,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         check_arguments(
             args.length, args.steps, args.num_samples, args.temperature, args.remasking
         )  # before the weights load
-        model = load_model(args.workdir, args.hf_dir)
+        model = pretrained.load_mlm(args.workdir, args.hf_dir)
         rows = generate(
             model,
             prompt=args.prompt,

@@ -87,6 +87,24 @@ def load(
     return Pretrained(spec, params, tok, seq_len, hf_family.has_mlm_head(tensors), str(path))
 
 
+def load_mlm(workdir: str | None = None, hf_dir: str | None = None) -> Pretrained:
+    """The model behind `--workdir=RUN` or `--hf_dir=DIR` for a tool that reads its MLM head
+    (fill_mask, generate): one ValueError line for a workdir without checkpoints or a HF
+    checkpoint without a head (BertModel, sentence-transformers: a random head's output would
+    look confident and mean nothing)."""
+    if workdir:
+        if not is_run_dir(workdir):
+            raise ValueError(f"--workdir={workdir!r}: no checkpoints/ there")
+        return load(workdir)
+    model = load(hf_dir)
+    if not model.has_mlm_head:
+        raise ValueError(
+            f"--hf_dir={hf_dir}: the checkpoint has no MLM head (cls.predictions.*), so its "
+            "predictions would be random"
+        )
+    return model
+
+
 def _tokenizer(asked: str | None, default: str) -> Tokenizer | None:
     if asked is None:
         return None
