@@ -13,7 +13,8 @@ with the reason.
 
 Axes: `--sweep=KEY=V1,V2,...` over any leaf of the config; values are parsed with the type of
 the config field. Keys that must move together form one axis with `/` between keys and values:
-`--sweep=masking.mask_prob/masking.random_prob=0.8/0.1,1.0/0.0` (80/10/10 vs 100/0/0).
+`--sweep=masking.mask_prob/masking.random_prob=0.8/0.1,1.0/0.0` (80/10/10 vs 100/0/0). Where
+a value holds a comma, `;` separates the values instead: `--sweep='data.dataset=text:{a,b}.txt;python_docs'`.
 
 Where runs go:
   default         one after another in this process.

@@ -334,6 +334,15 @@ def test_bad_sweep_inputs_are_one_line(spec, fragment):
     assert "\n" not in str(info.value)
 
 
+def test_semicolons_separate_points_whose_values_hold_commas():
+    config = base_config()
+    spec = "data.dataset/masking.mask_prob=text:{a,b}.txt/0.8;python_docs/1.0"
+    assert parse_axes([spec], config) == [
+        (("data.dataset", "masking.mask_prob"), [("text:{a,b}.txt", 0.8), ("python_docs", 1.0)])
+    ]
+    assert parse_axes(["masking.ratio=0.1,0.2"], config)[0][1] == [(0.1,), (0.2,)]
+
+
 def test_values_take_the_type_of_the_config_field():
     axes = parse_axes(
         ["masking.ratio=1,0.5", "seed=2", "model.pre_ln=true", "masking.strategy=span"],

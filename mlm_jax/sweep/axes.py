@@ -1,7 +1,7 @@
 """Sweep axes: `--sweep` strings parsed against the config, their cross product, run names.
 
 An axis is (keys, points): keys that move together (`masking.mask_prob/masking.random_prob`)
-and one tuple of values per point, each parsed with the type of its config field. A run is a
+and one tuple of values per point (separated by `,`, or by `;` where a value holds a comma), each parsed with the type of its config field. A run is a
 {key: value} dict; its directory name is the settings written out (`masking.ratio=0.3,seed=1`).
 """
 
@@ -72,7 +72,8 @@ def parse_axes(specs: list[str], config) -> list[tuple[tuple[str, ...], list[tup
                 raise SweepError(f"--sweep key {key!r} appears twice")
             seen.add(key)
         currents = [_leaf(config, key) for key in keys]
-        items = [v for v in values_text.split(",") if v.strip()]
+        # `;` separates the points when the list has one: values with commas (uniform:0,1).
+        items = [v for v in values_text.split(";" if ";" in values_text else ",") if v.strip()]
         if not items:
             raise SweepError(f"--sweep={spec!r}: empty value list")
         points = []
