@@ -265,11 +265,12 @@ def test_help_exits_0_on_every_command(capsys):
 
 def test_print_config_shows_every_field_with_its_comment_and_the_plan(uninterrupted_run):
     from mlm_jax.config import doc as config_doc
+    from mlm_jax.config import keys
     from mlm_jax.training.run import check, plan
 
     config = resume_test_config(os.path.dirname(os.path.dirname(uninterrupted_run)))
     described = config_doc.describe(config).splitlines()
-    assert len(described) == len(config_doc._flatten(config.to_dict()))
+    assert len(described) == len(keys.flatten(config))
     assert all("  # " in line for line in described)  # every field has its comment
     assert "data.vocab_size = 512  [default 8192]" in "\n".join(described)
     assert "nothing left to do" in plan(check(config, uninterrupted_run), uninterrupted_run)

@@ -1,21 +1,54 @@
 """Every config field with its default and meaning; experiment files in configs/ override a few.
 
 Keeping the defaults in one place means a new field is added once and every experiment file
-(configs/tiny.py, configs/bert.py, ...) stays a short list of what it changes.
+(configs/tiny.py, configs/bert.py, ...) stays a short list of what it changes. Beside a key's
+default stands whether it may change without making another run (config/keys.py):
+`may_change(value, ON_RESUME)` when a workdir resumes, BETWEEN_PHASES for the model keys a phase
+may change from the run it starts from (model.init_from), COMPUTE_ONLY for both.
 """
+
+import functools
 
 import ml_collections
 
+from mlm_jax.config import keys
+from mlm_jax.config.keys import BETWEEN_PHASES, COMPUTE_ONLY, ON_RESUME, may_change
+
 
 def base_config() -> ml_collections.ConfigDict:
+    """Every field at its default (an experiment file changes a few)."""
+    return keys.unwrap(_tagged_config())[0]
+
+
+def can_change(key: str, when: str) -> bool:
+    """Whether the dotted `key` may change `when` (keys.ON_RESUME or keys.BETWEEN_PHASES)."""
+    return when in _changeable().get(key, ())
+
+
+@functools.cache
+def _changeable() -> dict[str, frozenset[str]]:
+    return keys.unwrap(_tagged_config())[1]
+
+
+def _tagged_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # root of every random key in the run (init, masking, dropout, data order)
+    c.data = _data()
+    c.masking = _masking()
+    c.model = _model()
+    c.train = _train()
+    c.log = _log()
+    c.eval = _eval()
+    c.checkpoint = _checkpoint()
+    c.mesh = _mesh()
+    return c
 
-    c.data = d = ml_collections.ConfigDict()
+
+def _data() -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
     d.dataset = "python_docs"  # python_docs | text:<glob> | tfds:<name>[:<feature>] | rows:<dir>
-    d.data_dir = (
-        ""  # where TFDS datasets are built/read; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
-    )
+    # where TFDS datasets are built/read; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    d.data_dir = may_change("", ON_RESUME)
     d.tokenizer = ""  # vocab.txt or tokenizer.json; "" = train a WordPiece vocab on the train split
     d.vocab_size = 8192  # size of the trained WordPiece vocabulary (ignored with data.tokenizer)
     d.lowercase = True  # lowercase and strip accents when training a tokenizer
@@ -25,10 +58,13 @@ def base_config() -> ml_collections.ConfigDict:
     # text:<glob>, python_docs and tfds sets without a held-out split: fraction of documents
     # held out for eval (a hash of each document's text decides; the tokenizer CLI's default too)
     d.heldout_fraction = 0.05
-    d.prefetch = 2  # batches prepared ahead on background threads
-    d.num_workers = 0  # grain worker processes (0 = in-process)
+    d.prefetch = may_change(2, ON_RESUME)  # batches prepared ahead on background threads
+    d.num_workers = may_change(0, ON_RESUME)  # grain worker processes (0 = in-process)
+    return d
 
-    c.masking = m = ml_collections.ConfigDict()
+
+def _masking() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
     m.ratio = 0.15  # fraction of maskable tokens selected per row (start ratio of a schedule)
     m.strategy = "uniform"  # uniform | whole_word | span | pmi (n-grams of masking.pmi_vocab)
     m.mask_prob = 0.8  # of the selected tokens: fraction replaced by [MASK]
@@ -55,28 +91,40 @@ def base_config() -> ml_collections.ConfigDict:
         0  # 0 = dynamic (fresh mask each step); N = an example keeps its mask N epochs
     )
     m.never_mask_ids = ()  # token ids never selected, besides [CLS] [SEP] [PAD] and other specials
+    return m
 
-    c.model = mo = ml_collections.ConfigDict()
+
+def _model() -> ml_collections.ConfigDict:
+    mo = ml_collections.ConfigDict()
     mo.num_layers = 4  # Transformer blocks
     mo.hidden_size = 256  # width of the residual stream
     mo.num_heads = 4  # attention heads (hidden_size must divide by it)
     mo.intermediate_size = 1024  # width of the MLP inside each block
     mo.vocab_size = 0  # 0 = take it from the tokenizer
-    mo.max_position_embeddings = 512  # longest sequence the position table holds
+    # longest sequence the position table holds
+    mo.max_position_embeddings = may_change(512, BETWEEN_PHASES)
     mo.type_vocab_size = 2  # token type (segment A/B) embeddings, as in BERT
-    mo.dropout_rate = 0.1  # dropout on embeddings, attention output and MLP output
-    mo.attention_dropout_rate = 0.1  # dropout on attention probabilities
+    # dropout on embeddings, attention output and MLP output
+    mo.dropout_rate = may_change(0.1, BETWEEN_PHASES)
+    # dropout on attention probabilities
+    mo.attention_dropout_rate = may_change(0.1, BETWEEN_PHASES)
     mo.layer_norm_eps = 1e-12  # LayerNorm epsilon (BERT: 1e-12)
-    mo.initializer_range = 0.02  # stddev of the truncated-normal weight init
+    # stddev of the truncated-normal weight init
+    mo.initializer_range = may_change(0.02, BETWEEN_PHASES)
     mo.pre_ln = False  # True = pre-LN blocks (not exportable to Hugging Face BERT)
-    mo.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
-    mo.attention = "xla"  # jax.nn.dot_product_attention implementation: xla | cudnn
+    # compute dtype: float32 | bfloat16 (parameters stay float32)
+    mo.dtype = may_change("float32", BETWEEN_PHASES)
+    # jax.nn.dot_product_attention implementation: xla | cudnn
+    mo.attention = may_change("xla", COMPUTE_ONLY)
     mo.gelu = "exact"  # activation: exact (erf, BERT's) | tanh (approximation, HF's gelu_new)
-    mo.remat = "none"  # per-layer rematerialisation: none | full | dots (save matmul outputs)
+    # per-layer rematerialisation: none | full | dots (save matmul outputs)
+    mo.remat = may_change("none", COMPUTE_ONLY)
     mo.scan_layers = True  # stack layers with nn.scan (compile time flat in depth)
-    mo.fused_qkv = True  # q, k, v from one [E, 3E] matmul (False: three matmuls, same weights)
+    # q, k, v from one [E, 3E] matmul (False: three matmuls, same weights)
+    mo.fused_qkv = may_change(True, COMPUTE_ONLY)
     mo.pad_vocab_multiple = 128  # embedding rows padded to this multiple; padding never predicted
-    mo.attend_across_documents = False  # False = packed documents do not attend to each other
+    # False = packed documents do not attend to each other
+    mo.attend_across_documents = may_change(False, BETWEEN_PHASES)
     mo.arch = "bert"  # bert (BERT, post- or pre-LN) | modernbert (ModernBERT blocks below)
     mo.global_rope_theta = 160_000.0  # modernbert: RoPE base of the global layers
     mo.local_rope_theta = 10_000.0  # modernbert: RoPE base of the sliding-window layers
@@ -84,10 +132,14 @@ def base_config() -> ml_collections.ConfigDict:
     mo.global_every = 3  # modernbert: layers 0, n, 2n, ... attend globally (1 = all global)
     mo.glu_activation = "gelu"  # modernbert gated MLP: gelu (GeGLU, model.gelu's) | silu
     mo.norm = "layernorm"  # modernbert norms: layernorm (bias-free) | rmsnorm
-    mo.init_from = ""  # HF BERT/ModernBERT dir or a run dir of this project ("" = random init)
+    # HF BERT/ModernBERT dir or a run dir of this project ("" = random init)
+    mo.init_from = may_change("", ON_RESUME)
+    return mo
 
-    c.train = t = ml_collections.ConfigDict()
-    t.num_steps = 3000  # optimizer steps
+
+def _train() -> ml_collections.ConfigDict:
+    t = ml_collections.ConfigDict()
+    t.num_steps = may_change(3000, ON_RESUME)  # optimizer steps
     t.batch_size = 32  # global batch, in sequences
     t.learning_rate = 1e-3  # peak learning rate
     t.warmup_steps = 200  # linear warmup from 0 to the peak
@@ -101,37 +153,56 @@ def base_config() -> ml_collections.ConfigDict:
     t.eps = 1e-6  # Adam epsilon
     t.grad_clip = 1.0  # global gradient norm clip (0 = off)
     t.microbatches = 1  # gradient accumulation: batch_size is split into this many microbatches
-    t.nan_policy = "stop"  # on a NaN/Inf loss or gradient: stop | skip (skip the update, count it)
+    # on a NaN/Inf loss or gradient: stop | skip (skip the update, count it)
+    t.nan_policy = may_change("stop", ON_RESUME)
+    return t
 
-    c.log = lg = ml_collections.ConfigDict()
-    lg.every_steps = 50  # train metrics pulled to the host and written this often
 
-    c.eval = e = ml_collections.ConfigDict()
-    e.every_steps = 500  # evaluate before step 1, then this often and at the end
+def _log() -> ml_collections.ConfigDict:
+    lg = ml_collections.ConfigDict()
+    # train metrics pulled to the host and written this often
+    lg.every_steps = may_change(50, ON_RESUME)
+    return lg
+
+
+def _eval() -> ml_collections.ConfigDict:
+    e = ml_collections.ConfigDict()
+    # evaluate before step 1, then this often and at the end
+    e.every_steps = may_change(500, ON_RESUME)
     e.mask_ratio = 0.15  # eval masking ratio, the same for every run so runs compare
-    e.num_batches = 8  # held-out batches per evaluation (fixed, the same every time)
+    # held-out batches per evaluation (fixed, the same every time)
+    e.num_batches = may_change(8, ON_RESUME)
     e.strategy = "uniform"  # eval masking strategy, common to all runs
     e.mask_prob = 0.8  # eval replacement split: [MASK] fraction
     e.random_prob = 0.1  # eval replacement split: random-token fraction
     e.batch_size = 32  # global eval batch, in sequences
+    return e
 
-    c.checkpoint = ck = ml_collections.ConfigDict()
-    ck.every_steps = 500  # save this often (and at the end, and on SIGTERM)
-    ck.keep = 2  # checkpoints kept on disk
 
-    c.mesh = me = ml_collections.ConfigDict()
-    me.data = -1  # data-parallel axis size (-1 = all devices left over)
-    me.fsdp = 1  # parameter/optimizer sharding axis (ZeRO-3 style)
-    me.tensor = 1  # tensor-parallel axis (Megatron style)
+def _checkpoint() -> ml_collections.ConfigDict:
+    ck = ml_collections.ConfigDict()
+    ck.every_steps = may_change(500, ON_RESUME)  # save this often (and at the end, and on SIGTERM)
+    ck.keep = may_change(2, ON_RESUME)  # checkpoints kept on disk
+    return ck
+
+
+def _mesh() -> ml_collections.ConfigDict:
+    me = ml_collections.ConfigDict()
+    me.data = may_change(-1, ON_RESUME)  # data-parallel axis size (-1 = all devices left over)
+    me.fsdp = may_change(1, ON_RESUME)  # parameter/optimizer sharding axis (ZeRO-3 style)
+    me.tensor = may_change(1, ON_RESUME)  # tensor-parallel axis (Megatron style)
     # logical axis name -> mesh axes; the model names only logical axes
-    me.logical_axis_rules = (
-        ("batch", ("data", "fsdp")),
-        ("length", None),
-        ("embed", "fsdp"),
-        ("heads", "tensor"),
-        ("kv", None),
-        ("mlp", "tensor"),
-        ("vocab", "tensor"),
-        ("layers", None),
+    me.logical_axis_rules = may_change(
+        (
+            ("batch", ("data", "fsdp")),
+            ("length", None),
+            ("embed", "fsdp"),
+            ("heads", "tensor"),
+            ("kv", None),
+            ("mlp", "tensor"),
+            ("vocab", "tensor"),
+            ("layers", None),
+        ),
+        ON_RESUME,
     )
-    return c
+    return me

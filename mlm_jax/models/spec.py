@@ -22,8 +22,6 @@ REMATS = ("none", "full", "dots")
 ARCHS = ("bert", "modernbert")
 GLU_ACTIVATIONS = ("gelu", "silu")  # modernbert's gated MLP: GeGLU (ModernBERT) | SwiGLU
 NORMS = ("layernorm", "rmsnorm")
-# config.model keys that say how to compute, not what: a resumed run may change them.
-COMPUTE_ONLY = ("remat", "fused_qkv", "attention")
 
 
 @dataclasses.dataclass(frozen=True)

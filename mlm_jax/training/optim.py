@@ -14,27 +14,30 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mlm_jax.config.defaults import base_config
 from mlm_jax.config.fields import check_choice, check_float, check_int
 
 LR_SCHEDULES = ("linear", "cosine", "constant", "wsd")
 DECAY_SHAPES = ("linear", "cosine", "sqrt")  # wsd's decay: sqrt = 1 - sqrt(t) (ModernBERT's)
+_TRAIN = base_config().train
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
     """The optimizer and its learning-rate schedule; the constructor checks every field."""
 
+    # The defaults are config/defaults.py's train.* (one source); what each means is said there.
     learning_rate: float  # peak
     num_steps: int  # the schedule's length: decay reaches 0 after the last step
-    warmup_steps: int = 0
-    lr_schedule: str = "linear"
-    weight_decay: float = 0.01
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-6
-    grad_clip: float = 1.0  # global norm; 0 = off
-    decay_share: float = 0.1  # wsd: the share of num_steps spent decaying, at the end
-    decay_shape: str = "sqrt"  # wsd: linear | cosine | sqrt
+    warmup_steps: int = _TRAIN.warmup_steps
+    lr_schedule: str = _TRAIN.lr_schedule
+    weight_decay: float = _TRAIN.weight_decay
+    b1: float = _TRAIN.b1
+    b2: float = _TRAIN.b2
+    eps: float = _TRAIN.eps
+    grad_clip: float = _TRAIN.grad_clip  # global norm; 0 = off
+    decay_share: float = _TRAIN.decay_share  # wsd: the share of num_steps spent decaying
+    decay_shape: str = _TRAIN.decay_shape  # wsd: linear | cosine | sqrt
 
     def __post_init__(self):
         check_float("train.learning_rate", self.learning_rate, low=0, low_open=True)

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 
 from mlm_jax import files
+from mlm_jax.config.defaults import can_change
+from mlm_jax.config.keys import BETWEEN_PHASES
 from mlm_jax.data.tokenizer import Tokenizer, load_tokenizer
 from mlm_jax.hf import directories as hf_dir
 from mlm_jax.models.spec import ModelSpec
@@ -111,17 +113,11 @@ def _tokenizer(asked: str | None, default: str) -> Tokenizer | None:
     return load_tokenizer(asked or default)
 
 
-# What a phase may change about the model it starts from (how it computes, how far it sees).
-_PHASE_MAY_CHANGE = ("dtype", "attention", "remat", "fused_qkv", "dropout_rate",
-                     "attention_dropout_rate", "max_position_embeddings",
-                     "attend_across_documents", "initializer_range")  # fmt: skip
-
-
 def check_init_from(path: str, spec: ModelSpec, tokenizer: Tokenizer | None = None) -> None:
     """What `model.init_from` can tell before anything compiles. A HF checkpoint: its
     architecture is the config's (weight shapes are checked at load). A run directory of this
-    project (a phase before this one): the same model (every config.model key but how it
-    computes and max_position_embeddings) and, given `tokenizer`, the same vocabulary."""
+    project (a phase before this one): the same model (every config.model key but those
+    config/defaults.py lets change BETWEEN_PHASES) and, given `tokenizer`, the same vocabulary."""
     if not is_run_dir(path):
         hf_config = hf_dir.read_config(path)
         hf_dir.family(hf_config).check_model(hf_config, path, spec)
@@ -129,7 +125,7 @@ def check_init_from(path: str, spec: ModelSpec, tokenizer: Tokenizer | None = No
     source = load(path, tokenizer=None, weights=False)
     ours = dataclasses.asdict(spec)
     for key, value in dataclasses.asdict(source.spec).items():
-        if key in _PHASE_MAY_CHANGE or key in ("vocab_size", "pad_id"):
+        if can_change(f"model.{key}", BETWEEN_PHASES) or key in ("vocab_size", "pad_id"):
             continue
         if ours[key] != value:
             raise ValueError(

@@ -1,7 +1,9 @@
 """Whether a workdir's checkpoints may resume under a config, and the config a run records.
 
 A resumed run must mean the same run: keys that change what the state or the data mean are
-refused, naming them; keys that only change how it runs (log cadence, mesh, ...) may change.
+refused, naming them; keys that only change how it runs (log cadence, mesh, ...) may change:
+config/defaults.py tags those ON_RESUME beside their defaults. (train.num_steps lengthens or
+shortens the run; its schedules stretch with it, with a warning.)
 """
 
 from __future__ import annotations
@@ -10,40 +12,12 @@ import logging
 
 import ml_collections
 
-from mlm_jax.config.defaults import base_config
+from mlm_jax.config.defaults import base_config, can_change
 from mlm_jax.config.errors import ConfigError
+from mlm_jax.config.keys import ON_RESUME, flatten
 from mlm_jax.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
-
-# Keys a resumed run may change: they do not alter what the state or the data mean.
-# (train.num_steps lengthens or shortens the run; its schedules stretch with it, with a warning.)
-RESUMABLE_CHANGES = (
-    "train.num_steps",
-    "train.nan_policy",
-    "log.",
-    "eval.every_steps",
-    "eval.num_batches",
-    "checkpoint.",
-    "mesh.",
-    "data.prefetch",
-    "data.num_workers",
-    "data.data_dir",
-    "model.remat",
-    "model.fused_qkv",
-    "model.attention",
-    "model.init_from",
-)
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _normalise(v):
@@ -60,12 +34,12 @@ def check_resume_compatible(config, workdir: str) -> None:
     saved = ckpt.saved_config(workdir)
     if saved is None:
         return
-    old = _flatten(saved.to_dict())
-    new = _flatten(ml_collections.ConfigDict(config).to_dict())
+    old = flatten(saved.to_dict())
+    new = flatten(ml_collections.ConfigDict(config).to_dict())
     differ = []
-    defaults = _flatten(base_config().to_dict())
+    defaults = flatten(base_config().to_dict())
     for key in sorted(set(old) | set(new)):
-        if any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_CHANGES):
+        if can_change(key, ON_RESUME):
             continue
         if key not in old and _normalise(new.get(key)) == _normalise(defaults.get(key)):
             continue  # a field added since the run started, at its default: the same run
