@@ -10,11 +10,13 @@ copied folder counts as present only once its marker object is written (`copy_di
 from __future__ import annotations
 
 import contextlib
+import glob as globlib
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from etils import epath
 
@@ -49,6 +51,37 @@ def listdir(path) -> list[str]:
     if is_remote(path):
         return sorted(child.name for child in epath.Path(path).iterdir())
     return sorted(os.listdir(path))
+
+
+def glob(pattern: str) -> dict[str, tuple[int, str]]:
+    """The files `pattern` matches (`**` recursive, `~` expanded here), sorted by path, each
+    with its size and a token that changes when it is rewritten (mtime, or GCS generation)."""
+    if not is_remote(pattern):
+        found = {}
+        for path in sorted(globlib.glob(os.path.expanduser(pattern), recursive=True)):
+            if os.path.isfile(path):
+                stat = os.stat(path)
+                found[path] = (stat.st_size, str(stat.st_mtime_ns))
+        return found
+    import fsspec
+
+    protocol = pattern.split("://", 1)[0]
+    fs, inside = fsspec.core.url_to_fs(pattern)
+    return {
+        f"{protocol}://{name}": (
+            int(info["size"]),
+            "|".join(str(info.get(k, "")) for k in ("generation", "mtime", "updated", "created")),
+        )
+        for name, info in sorted(fs.glob(inside, detail=True).items())
+        if info.get("type") == "file"
+    }
+
+
+def open_binary(path) -> BinaryIO:
+    """A file opened for reading bytes, local or in a bucket (seekable either way)."""
+    if is_remote(path):
+        return epath.Path(path).open("rb")
+    return open(path, "rb")  # noqa: SIM115
 
 
 def read_text(path) -> str:

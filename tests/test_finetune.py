@@ -279,7 +279,8 @@ def test_python_docs_task_has_no_dev_text_seen_in_pretraining_and_no_repeats(tmp
     import collections
 
     from experiments import finetune_python_docs as task_lib
-    from mlm_jax.data.python_docs import heldout_by_hash, stdlib_documents
+    from mlm_jax.data.sources.built import heldout_by_hash
+    from mlm_jax.data.sources.python_docs import stdlib_documents
 
     spec = task_lib.build_task(str(tmp_path), kind=kind, heldout_fraction=0.05)
     train_path, dev_path = spec.removeprefix("tsv:").split(",")

@@ -46,7 +46,8 @@ def _tagged_config() -> ml_collections.ConfigDict:
 
 def _data() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
-    d.dataset = "python_docs"  # python_docs | text:<glob> | tfds:<name>[:<feature>] | rows:<dir>
+    # python_docs | text:<glob> | parquet:<glob> | tfds:<name>[:<feature>] | rows:<dir>
+    d.dataset = "python_docs"
     # where TFDS datasets are built/read; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
     d.data_dir = may_change("", ON_RESUME)
     d.tokenizer = ""  # vocab.txt or tokenizer.json; "" = train a WordPiece vocab on the train split
@@ -54,8 +55,11 @@ def _data() -> ml_collections.ConfigDict:
     d.lowercase = True  # lowercase and strip accents when training a tokenizer
     d.seq_len = 128  # tokens per packed row, [CLS] and [SEP] included
     d.packing = "concat"  # concat: documents joined and cut into rows | pad: one document per row
-    d.text_unit = "paragraph"  # text:<glob> documents: paragraph | line | file
-    # text:<glob>, python_docs and tfds sets without a held-out split: fraction of documents
+    d.text_unit = "paragraph"  # text: and parquet: documents: paragraph | line | file (record)
+    d.text_field = (
+        "text"  # the text of a text: .jsonl record (its field) or a parquet: row (column)
+    )
+    # python_docs, text:, parquet: and tfds sets without a held-out split: fraction of documents
     # held out for eval (a hash of each document's text decides; the tokenizer CLI's default too)
     d.heldout_fraction = 0.05
     d.prefetch = may_change(2, ON_RESUME)  # batches prepared ahead on background threads

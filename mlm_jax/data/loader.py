@@ -17,12 +17,13 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 
 import grain
 import numpy as np
 
 from mlm_jax import files
-from mlm_jax.data import corpora, packing, rows
+from mlm_jax.data import packing, rows, sources
 from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.data.spec import DataSpec
 
@@ -37,22 +38,22 @@ _NUM_BATCHES = 2**62  # "infinite": the train stream never ends
 
 def cache_root(data: DataSpec) -> str:
     """Where tokenizers and tokenized splits are cached: <data_dir>/mlm_jax (local disk only)."""
-    directory = corpora.data_dir(data)
+    directory = sources.core.data_dir(data)
     if "://" in directory:  # memory-mapped caches need a local file system
         return os.path.expanduser("~/.cache/mlm_jax")
     return os.path.join(directory, "mlm_jax")
 
 
 @functools.lru_cache(maxsize=8)
-def load_corpus(data: DataSpec) -> corpora.Corpus:
+def load_corpus(data: DataSpec) -> sources.Corpus:
     """The spec's corpus, built on first use (once per process and spec)."""
-    return corpora.load_corpus(data)
+    return sources.load_corpus(data)
 
 
 def get_tokenizer(data: DataSpec) -> tokenizer_lib.Tokenizer:
     """The tokenizer the spec asks for: data.tokenizer, or (empty) a WordPiece vocabulary of
     data.vocab_size trained on the train split once and cached. Writes nothing to a workdir."""
-    if data.dataset.startswith(rows.PREFIX):  # a prepared store: its own tokenizer, or the same
+    if sources.holds_rows(data.dataset):  # a prepared store: its own tokenizer, or the same
         store = rows.store_dir(data.dataset)
         tokenizer = tokenizer_lib.load_tokenizer(
             data.tokenizer or files.join(store, rows.TOKENIZER_DIR)
@@ -106,7 +107,7 @@ def train_tokenizer(data: DataSpec) -> tokenizer_lib.Tokenizer:
     what it was trained on (so a run that holds out other documents can tell)."""
     corpus = load_corpus(data)
     tokenizer = tokenizer_lib.train_wordpiece(
-        corpora.iter_training_texts(corpus.train),
+        iter_training_texts(corpus.train),
         vocab_size=data.vocab_size,
         lowercase=data.lowercase,
     )
@@ -116,6 +117,20 @@ def train_tokenizer(data: DataSpec) -> tokenizer_lib.Tokenizer:
         "corpus": corpus.key,
     }
     return tokenizer
+
+
+def iter_training_texts(
+    source: sources.DocumentSource, *, max_chars: int = 200_000_000, chunk: int = 1024
+) -> Iterator[str]:
+    """Documents for training a tokenizer: all of them, or evenly spread ones up to max_chars."""
+    n = len(source)
+    if n == 0:
+        return
+    mean_chars = max(1, sum(len(t) for t in source.get_batch(range(min(n, 256)))) // min(n, 256))
+    keep = min(n, max(1, max_chars // mean_chars))
+    indices = np.linspace(0, n - 1, keep).round().astype(np.int64) if keep < n else np.arange(n)
+    for begin in range(0, len(indices), chunk):
+        yield from source.get_batch(indices[begin : begin + chunk])
 
 
 def _trained_tokenizer(data: DataSpec) -> tokenizer_lib.Tokenizer:
@@ -159,11 +174,11 @@ def packed_rows(
     """Rows of the train or heldout split, tokenized once and cached on disk (or, for a
     rows:<dir> dataset, read from the prepared store by row id: nothing tokenized or cached).
     units: a data.pmi.PmiUnits whose unit starts the rows also carry; the cache is named by it."""
-    if data.dataset.startswith(rows.PREFIX):
+    if sources.holds_rows(data.dataset):
         if units is not None:
             raise ValueError(
                 f"config.data.dataset={data.dataset!r}: a prepared store holds no PMI units; "
-                "masking.strategy=pmi needs an on-the-fly dataset (python_docs, text:, tfds:)"
+                "masking.strategy=pmi needs a dataset of documents (python_docs, text:, parquet:, tfds:)"
             )
         rows.check_tokenizer(data, tokenizer)  # a resumed run's own copy must be the store's too
         return rows.StoreRows(rows.store_dir(data.dataset), split, tokenizer)

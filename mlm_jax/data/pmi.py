@@ -154,6 +154,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="directory for pmi_vocab.txt + meta")
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--text_unit", default=defaults.text_unit)
+    parser.add_argument(
+        "--text_field", default=defaults.text_field, help="JSONL field, Parquet column"
+    )
     parser.add_argument("--heldout_fraction", type=float, default=defaults.heldout_fraction,
                         help="held out as the runs hold it out; only the rest is counted")  # fmt: skip
     parser.add_argument("--max_n", type=int, default=5, help="longest n-gram (Levine: 5)")
@@ -166,7 +169,8 @@ def main(argv=None) -> None:
                 raise ValueError(f"--{name}={getattr(args, name)}: expected an integer >= {low}")
         data = DataSpec.from_config(
             defaults, dataset=args.dataset, data_dir=args.data_dir, text_unit=args.text_unit,
-            heldout_fraction=args.heldout_fraction, tokenizer=args.tokenizer,
+            text_field=args.text_field, heldout_fraction=args.heldout_fraction,
+            tokenizer=args.tokenizer,
         )  # fmt: skip
         tokenizer = loader.get_tokenizer(data)
         train = loader.load_corpus(data).train  # counts over the training split only

@@ -30,7 +30,7 @@ import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mlm_jax import files
-from mlm_jax.data import packing, rows
+from mlm_jax.data import packing, rows, sources
 from mlm_jax.data import tokenizer as tokenizer_lib
 
 DOCS_PER_CHUNK = 512  # documents tokenized by one Beam element
@@ -186,6 +186,7 @@ def _manifest(written, layouts: dict, *, data, tokenizer, token_dtype, rows_per_
             "dataset": data.dataset,
             "corpus": corpus_key,
             "text_unit": data.text_unit,
+            "text_field": data.text_field,
             "heldout_fraction": data.heldout_fraction,
             "tokenizer": data.tokenizer or f"trained: {data.vocab_size} tokens",
         },
@@ -204,7 +205,7 @@ def prepare(
     """Prepares the store of `data` (a DataSpec) in `out` (a folder or gs://); its manifest."""
     from mlm_jax.data import loader
 
-    if data.dataset.startswith(rows.PREFIX):
+    if sources.holds_rows(data.dataset):
         raise ValueError(f"data.dataset={data.dataset!r}: already a prepared store")
     out = out.rstrip("/")
     if files.exists(files.join(out, rows.MANIFEST)):

@@ -1,6 +1,6 @@
 """DataSpec: config.data checked once (cheaply: no building, no reading, no JAX).
 
-The loader, the corpora and the tokenizer take this spec, never the ConfigDict. Its
+The loader, the sources and the tokenizer take this spec, never the ConfigDict. Its
 constructor owns the checks of every config.data field, with one line naming the key.
 """
 
@@ -12,7 +12,8 @@ from typing import Any
 
 from mlm_jax import files
 from mlm_jax.config.fields import check_bool, check_choice, check_float, check_int
-from mlm_jax.data import corpora, packing, text_files
+from mlm_jax.data import packing, sources
+from mlm_jax.data.sources import units
 
 MIN_SEQ_LEN = 8  # [CLS], [SEP] and room for text to mask
 MIN_TRAINED_VOCAB = 64  # a trained WordPiece vocabulary needs room beyond the alphabet
@@ -31,6 +32,7 @@ class DataSpec:
     seq_len: int
     packing: str
     text_unit: str
+    text_field: str
     heldout_fraction: float
     prefetch: int
     num_workers: int
@@ -38,7 +40,11 @@ class DataSpec:
     def __post_init__(self):
         check_int("data.seq_len", self.seq_len, minimum=MIN_SEQ_LEN)
         check_choice("data.packing", self.packing, packing.PACKINGS)
-        check_choice("data.text_unit", self.text_unit, text_files.TEXT_UNITS)
+        check_choice("data.text_unit", self.text_unit, units.TEXT_UNITS)
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise ValueError(
+                f"config.data.text_field={self.text_field!r}: expected a field / column name"
+            )
         check_float(
             "data.heldout_fraction", self.heldout_fraction, low=0, high=1, low_open=True,
             high_open=True,
@@ -57,7 +63,7 @@ class DataSpec:
             _check_tokenizer_path(self.tokenizer)
         else:
             check_int("data.vocab_size", self.vocab_size, minimum=MIN_TRAINED_VOCAB)
-        corpora.check_dataset(self)
+        sources.check_dataset(self)
 
     @classmethod
     def from_config(cls, data_config: Any, **overrides) -> DataSpec:

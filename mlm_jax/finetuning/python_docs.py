@@ -96,7 +96,8 @@ def task_rows(
     seed: int = 0,
 ) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]:
     """(train rows, dev rows) of `kind`, each row (label, text[, text2])."""
-    from mlm_jax.data.python_docs import heldout_by_hash, stdlib_documents
+    from mlm_jax.data.sources.built import heldout_by_hash
+    from mlm_jax.data.sources.python_docs import stdlib_documents
 
     if kind not in KINDS:
         raise ValueError(f"python_docs task {kind!r}: expected one of {', '.join(KINDS)}")

@@ -24,7 +24,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--dataset",
         default="python_docs",
-        help="python_docs | text:<glob> | tfds:<name>[:<feature>]",
+        help="python_docs | text:<glob> | parquet:<glob> | tfds:<name>[:<feature>]",
     )
     parser.add_argument("--vocab_size", type=int, default=defaults.vocab_size)
     parser.add_argument(
@@ -32,6 +32,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--text_unit", default=defaults.text_unit)
+    parser.add_argument(
+        "--text_field", default=defaults.text_field, help="JSONL records' field, Parquet column"
+    )
     parser.add_argument(
         "--heldout_fraction",
         type=float,
@@ -47,6 +50,7 @@ def main(argv=None) -> None:
             dataset=args.dataset,
             data_dir=args.data_dir,
             text_unit=args.text_unit,
+            text_field=args.text_field,
             heldout_fraction=args.heldout_fraction,
             vocab_size=args.vocab_size,
             lowercase=not args.cased,
