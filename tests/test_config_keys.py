@@ -12,8 +12,10 @@ import pytest
 
 from mlm_jax.config import defaults, doc, keys
 from mlm_jax.config.errors import ConfigError
+from mlm_jax.masking import MaskingSpec
 from mlm_jax.models.spec import ModelSpec
 from mlm_jax.training import optim, pretrained, resume
+from mlm_jax.training.spec import TrainSpec
 
 ON_RESUME = {
     "train.num_steps", "train.nan_policy", "log.every_steps", "eval.every_steps",
@@ -151,8 +153,20 @@ def test_print_config_says_what_may_change():
     assert not any("may change" in line for line in lines if line.startswith("model.hidden_size"))
 
 
-def test_the_optimizers_defaults_are_the_configs():
-    train = defaults.base_config().train
-    for field in dataclasses.fields(optim.OptimizerSpec):
-        if field.default is not dataclasses.MISSING:
-            assert field.default == train[field.name], field.name
+@pytest.mark.parametrize("spec, section", [(optim.OptimizerSpec, "train"), (ModelSpec, "model"),
+                                           (MaskingSpec, "masking")])  # fmt: skip
+def test_a_specs_defaults_are_the_configs(spec, section):
+    """A spec's own default (used where a spec is built without a config) is the key's."""
+    config = defaults.base_config()[section]
+    checked = 0
+    for field in dataclasses.fields(spec):
+        if field.default is not dataclasses.MISSING and field.name in config:
+            assert field.default == config[field.name], field.name
+            checked += 1
+    assert checked >= 8
+
+
+def test_the_loops_defaults_are_the_configs():
+    config = defaults.base_config()
+    required = {"num_steps": config.train.num_steps, "batch_size": config.train.batch_size}
+    assert TrainSpec(**required) == TrainSpec.from_config(config)
