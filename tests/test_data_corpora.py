@@ -206,3 +206,16 @@ def test_every_kind_is_one_module_named_by_its_usage():
         assert source.usage.split(":")[0] == kind
         assert importlib.import_module(f"mlm_jax.data.sources.{kind}").SOURCE is source
         assert sources.parse(source.usage.replace("<", "").replace(">", ""))[0] is source
+
+
+def test_text_files_in_a_bucket_read_as_local_ones(tmp_path, bucket):
+    local = write(tmp_path / "src" / "a.txt", b"one\n\ntwo\n\nthree four\n")
+    write(tmp_path / "src" / "b.txt.gz", gzip.compress(b"five\n\nsix\n"))
+    for path in sorted((tmp_path / "src").iterdir()):
+        bucket.pipe(f"gs://b/src/{path.name}", path.read_bytes())
+    got = sources.load_corpus(spec("text:gs://b/src/*", tmp_path / "remote", heldout_fraction=0.5))
+    expected = sources.load_corpus(
+        spec(f"text:{local.parent}/*", tmp_path / "local", heldout_fraction=0.5)
+    )
+    assert len(got.train) + len(got.heldout) == 5
+    assert (list(got.train), list(got.heldout)) == (list(expected.train), list(expected.heldout))
