@@ -1,1 +1,2 @@
-"""Input pipeline: corpora, tokenizer, packing and the per-host loader."""
+"""Input pipeline: sources (data.dataset's kinds), tokenizer, packing, the row store and the
+per-host loader."""
