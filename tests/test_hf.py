@@ -289,7 +289,12 @@ def test_export_copies_tokenizer_files_from_a_directory(tmp_path):
     ]
     write_vocab(str(tmp_path))
     hf_dir.export_hf(params, config, str(tmp_path), str(tmp_path / "out"))
-    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors", "vocab.txt"]
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "SHA256SUMS",
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+    ]
     shutil.rmtree(tmp_path / "out")
 
 

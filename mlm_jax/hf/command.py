@@ -17,6 +17,7 @@ import jax
 
 from mlm_jax import cli
 from mlm_jax.hf import directories as hf_dir
+from mlm_jax.hf import export_dir
 from mlm_jax.training import pretrained
 
 
@@ -24,6 +25,7 @@ def export_workdir(workdir: str, out_dir: str) -> None:
     """Exports the latest checkpoint of a training run (with the run's tokenizer)."""
     if not pretrained.is_run_dir(workdir):
         raise ValueError(f"--workdir={workdir!r}: no checkpoints/ there (not a training run)")
+    export_dir.check_out_dir(out_dir)  # before reading the checkpoint: refused at once
     model = pretrained.load(workdir)
     hf_dir.export_hf(model.params, model.spec, model.tokenizer, out_dir)
 

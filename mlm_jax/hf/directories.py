@@ -20,7 +20,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from mlm_jax import checksums
 from mlm_jax.hf import bert as hf_bert
+from mlm_jax.hf import export_dir
 from mlm_jax.hf import modernbert as hf_modernbert
 from mlm_jax.models.spec import ModelSpec
 
@@ -68,25 +70,55 @@ def _load_weights(folder: str) -> dict[str, np.ndarray]:
     safetensors_path = os.path.join(folder, "model.safetensors")
     index_path = os.path.join(folder, "model.safetensors.index.json")
     torch_path = os.path.join(folder, "pytorch_model.bin")
-    if os.path.exists(safetensors_path) or os.path.exists(index_path):
-        from safetensors.numpy import load_file
-
-        if os.path.exists(safetensors_path):
-            return dict(load_file(safetensors_path))
-        with open(index_path) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+    if os.path.exists(safetensors_path):
+        return _read_safetensors(safetensors_path)
+    if os.path.exists(index_path):
         tensors = {}
-        for shard in shards:
-            tensors.update(load_file(os.path.join(folder, shard)))
+        for shard in _index_shards(index_path):
+            tensors.update(_read_safetensors(os.path.join(folder, shard)))
         return tensors
     if os.path.exists(torch_path):
-        import torch
+        return _read_torch_bin(torch_path)
+    raise ValueError(f"{safetensors_path}: missing (and no pytorch_model.bin beside it)")
 
-        state = torch.load(torch_path, map_location="cpu", weights_only=True)
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """A safetensors file's tensors; a truncated or garbage file is one ValueError line."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return dict(load_file(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _index_shards(index_path: str) -> list[str]:
+    try:
+        with open(index_path) as f:
+            return sorted(set(json.load(f)["weight_map"].values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{index_path}: not a safetensors index (no weight_map: {e})") from None
+
+
+def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
+    """pytorch_model.bin, only through torch.load(weights_only=True): a pickle that would run
+    code, or a damaged file, is one ValueError line."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"{path}: reading pytorch_model.bin needs torch (pip install torch), "
+                         "or convert it to model.safetensors") from None  # fmt: skip
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
         return {
             k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()
         }
-    raise ValueError(f"{safetensors_path}: missing (and no pytorch_model.bin beside it)")
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path}: not loadable as plain weights ({first}); convert it to model.safetensors"
+        ) from None
 
 
 _FAMILIES = {"bert": hf_bert, "modernbert": hf_modernbert}  # config.json model_type -> module
@@ -101,11 +133,15 @@ def family(hf_config: dict):
 def read_config(directory: str) -> dict:
     """The checkpoint's config.json, which must describe a BERT or a ModernBERT."""
     path = os.path.join(checkpoint_folder(directory), "config.json")
-    with open(path) as f:
-        hf_config = json.load(f)
-    if hf_config.get("model_type") not in _FAMILIES:
+    try:
+        with open(path, encoding="utf-8") as f:
+            hf_config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON config ({e})") from None
+    model_type = hf_config.get("model_type") if isinstance(hf_config, dict) else None
+    if model_type not in _FAMILIES:
         raise ValueError(
-            f"{path}: model_type={hf_config.get('model_type')!r}, expected one of "
+            f"{path}: model_type={model_type!r}, expected one of "
             f"{', '.join(repr(k) for k in _FAMILIES)}"
         )
     return hf_config
@@ -116,6 +152,7 @@ def read_checkpoint(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
     the MLM head's kept) of a checkpoint."""
     hf_config = read_config(directory)
     folder = checkpoint_folder(directory)
+    checksums.verify_dir(folder)  # an export of this project: its bytes as written
     prefix = _PREFIXES[hf_config["model_type"]]
     tensors = {}
     for name, value in _load_weights(folder).items():
@@ -144,28 +181,27 @@ def export_hf(params: Any, model_config: ModelSpec, tokenizer: Any, out_dir: str
     else:
         state = hf_bert.params_to_hf(params, model_config)
         hf_config = hf_bert.hf_config_dict(model_config)
-    os.makedirs(out_dir, exist_ok=True)
-    weights = os.path.join(out_dir, "model.safetensors")
-    save_file(state, weights, metadata={"format": "pt"})
-    # safetensors writes through a private temporary file (mode 0600): give the weights the
-    # mode every other file here gets, so whoever may read the directory may read them.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(weights, 0o666 & ~umask)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config, f, indent=2)
+    with export_dir.publish(out_dir) as folder:
+        save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(hf_config, f, indent=2)
+        _write_tokenizer(tokenizer, folder)
+
+
+def _write_tokenizer(tokenizer: Any, folder: str) -> None:
+    """An mlm_jax Tokenizer saved, or the tokenizer files at a path copied, into `folder`."""
     if hasattr(tokenizer, "save"):
-        tokenizer.save(out_dir)
+        tokenizer.save(folder)
         return
     source = os.path.expanduser(str(tokenizer))
-    files = (
+    names = (
         [source] if os.path.isfile(source) else [os.path.join(source, n) for n in _TOKENIZER_FILES]
     )
-    files = [f for f in files if os.path.exists(f)]
-    if not files:
+    names = [f for f in names if os.path.exists(f)]
+    if not names:
         raise ValueError(f"tokenizer={source!r}: no tokenizer.json or vocab.txt there to copy")
-    for f in files:
-        shutil.copy(f, os.path.join(out_dir, os.path.basename(f)))
+    for f in names:
+        shutil.copyfile(f, os.path.join(folder, os.path.basename(f)))
 
 
 def _special_ids(tokenizer: Any) -> dict[str, int]:

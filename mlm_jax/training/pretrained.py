@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mlm_jax import files
+from mlm_jax import checksums, files
 from mlm_jax.config.defaults import can_change
 from mlm_jax.config.keys import BETWEEN_PHASES
 from mlm_jax.data.tokenizer import Tokenizer, load_tokenizer
@@ -121,6 +121,7 @@ def check_init_from(path: str, spec: ModelSpec, tokenizer: Tokenizer | None = No
     if not is_run_dir(path):
         hf_config = hf_dir.read_config(path)
         hf_dir.family(hf_config).check_model(hf_config, path, spec)
+        checksums.verify_dir(hf_dir.checkpoint_folder(path))  # damaged bytes: before compiling
         return
     source = load(path, tokenizer=None, weights=False)
     ours = dataclasses.asdict(spec)
