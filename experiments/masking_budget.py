@@ -2,6 +2,8 @@
 
     python -m experiments.masking_budget    # from the checkout: it reuses the tests' row makers
 
+It needs the test requirements (`pip install -r requirements-test.txt`), as the tests it reuses do.
+
 Rows of 128 tokens: [CLS], words of 1-6 pieces (uniform), [SEP]; 4,096 full rows and 4,096 of
 20-126 tokens. For whole_word and span at 0.15 and 0.4 it prints the selected token fraction with
 its standard error, and a word's chance of selection by its length in pieces; for span, on rows
@@ -14,14 +16,16 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from mlm_jax import cli
 from mlm_jax.masking.schedule import as_exact_ratio
-from tests.test_masking_budget import (
-    _jit_mask,
-    selected_BxL,
-    spec_for,
-    synthetic_rows,
-)
-from tests.test_masking_spans import one_piece_rows, run_lengths
+
+try:
+    from tests.test_masking_budget import _jit_mask, selected_BxL, spec_for, synthetic_rows
+    from tests.test_masking_spans import one_piece_rows, run_lengths
+except ModuleNotFoundError as missing:  # the tests' own packages (requirements-test.txt)
+    if __name__ != "__main__":
+        raise
+    cli.fail(cli.missing_package(missing.name, cli.TEST_REQUIREMENTS, "experiments.masking_budget"))
 
 ROWS, L = 4096, 128
 

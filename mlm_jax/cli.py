@@ -33,6 +33,19 @@ def absl_flags_parser(doc: str, module_name: str):
     return parse
 
 
+def install_extra(extra: str) -> str:
+    """How to install one of pyproject.toml's optional extras, from the checkout."""
+    return f"pip install -e '.[{extra}]'"
+
+
+TEST_REQUIREMENTS = "pip install -r requirements-test.txt"  # the tests' references
+
+
+def missing_package(package: str, install: str, needed_by: str) -> str:
+    """The one line for a command whose optional package is not installed."""
+    return f"{needed_by} needs {package}, which is not installed: {install}"
+
+
 def fail(message, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)

@@ -25,13 +25,21 @@ import os
 import sys
 import tempfile
 
-import apache_beam as beam
 import numpy as np
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from mlm_jax import files
+from mlm_jax import cli, files
 from mlm_jax.data import packing, rows, sources
 from mlm_jax.data import tokenizer as tokenizer_lib
+
+try:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+except ModuleNotFoundError as missing:  # Beam is the [prepare] extra: one line, no traceback
+    if __name__ != "__main__":
+        raise
+    cli.fail(
+        cli.missing_package(missing.name, cli.install_extra("prepare"), "mlm_jax.data.prepare")
+    )
 
 DOCS_PER_CHUNK = 512  # documents tokenized by one Beam element
 ROWS_PER_SHARD = 65536  # rows per ArrayRecord file (~8-64 MB at seq_len 128-512)

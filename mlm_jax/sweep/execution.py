@@ -13,12 +13,13 @@ import logging as pylogging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-from mlm_jax import files
+from mlm_jax import cli, files
 from mlm_jax.sweep import SweepError, report, run_state
 from mlm_jax.sweep.axes import (
     apply_settings,
@@ -238,6 +239,8 @@ def sky_job_commands(
 
 def _submit_jobs(commands: list[list[str]], dry_run: bool) -> None:
     """Submits each job to SkyPilot's jobs controller (or, dry_run, prints its command)."""
+    if commands and not dry_run and shutil.which("sky") is None:
+        raise SweepError(cli.missing_package("`sky`", cli.install_extra("cloud"), "--launch=sky"))
     for command in commands:
         line = shlex.join(command)
         if dry_run:

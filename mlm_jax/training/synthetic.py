@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from mlm_jax.config.errors import as_config_errors
+from mlm_jax.data.spec import MIN_TRAINED_VOCAB
 from mlm_jax.training.resolve import resolve
 from mlm_jax.training.trainer import Trainer
 
@@ -56,12 +57,25 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 
     }
 
 
+def without_corpus(config):
+    """`config` with its corpus and tokenizer replaced by the built-in, never-read ones.
+
+    Synthetic ids read no corpus, so a corpus this machine lacks (configs/bert.py's Wikipedia)
+    must not stop them; the vocabulary size is kept (model.vocab_size, else data.vocab_size).
+    """
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.dataset, config.data.data_dir, config.data.tokenizer = "python_docs", "", ""
+        config.data.vocab_size = max(int(config.data.vocab_size), MIN_TRAINED_VOCAB)
+    return config
+
+
 def make_trainer(config, devices=None) -> Trainer:
     """The run's Trainer with model.vocab_size resolved from the synthetic vocabulary."""
     vocab = synthetic_vocab(vocab_size_of(config))
     num_devices = None if devices is None else len(devices)
     with as_config_errors():
-        run = resolve(config, num_devices=num_devices).with_vocab(vocab)
+        run = resolve(without_corpus(config), num_devices=num_devices).with_vocab(vocab)
     return Trainer(run, devices=devices)
 
 
