@@ -50,7 +50,13 @@ import jax
 import jax.numpy as jnp
 
 from mlm_jax.config.fields import check_choice, check_float, check_int
-from mlm_jax.masking.schedule import SCHEDULES, as_exact_ratio, largest_ratio, parse_pieces
+from mlm_jax.masking.schedule import (
+    SCHEDULES,
+    ExactRatio,
+    as_exact_ratio,
+    largest_ratio,
+    parse_pieces,
+)
 from mlm_jax.masking.units import anchored_span_units, budget, span_units, take_units
 
 STRATEGIES = ("uniform", "whole_word", "span", "pmi")  # pmi: whole_word over PMI units
@@ -286,7 +292,8 @@ def mask_tokens(
 
     key: one key (split into one per row) or per-row keys [B] (from masking_keys); typed
     (jax.random.key) or raw uint32 keys both work. ratio in (0, 1): a Python float (its
-    budget rounds exactly), an ExactRatio (from scheduled_ratio), or a traced float32 scalar.
+    budget rounds exactly), an ExactRatio (from scheduled_ratio), or a traced float32 scalar;
+    or one per row: an ExactRatio of [B] arrays (rates.row_rates) or a float32 [B] array.
     Of the selected positions, a fraction mask_prob becomes [MASK], random_prob a token drawn
     uniformly from ids 0..vocab_size-1 minus special_ids (it may equal the original), and the
     rest is kept. Replacement draws use keys split off the selection keys.
@@ -311,6 +318,9 @@ def mask_tokens(
     if isinstance(ratio, (int, float)) and not 0 < ratio < 1:
         raise ValueError(f"ratio={ratio!r}: expected a float in (0, 1)")
     ratio = as_exact_ratio(ratio)
+    per_row = jnp.ndim(ratio.value) == 1  # one rate per row (masking/rates.py)
+    if per_row:
+        ratio = ExactRatio(*(jnp.broadcast_to(x, tokens_BxL.shape[:1]) for x in ratio))
     if spec.vocab_size == 0:
         raise ValueError("MaskingSpec without a vocabulary: call spec.with_vocab(tokenizer)")
 
@@ -322,7 +332,7 @@ def mask_tokens(
     if key.shape[0] != batch:
         raise ValueError(f"key batch {key.shape[0]}: expected one key or {batch} keys")
 
-    row_fn = jax.vmap(_mask_row, in_axes=(0, 0, 0, 0, None, None))
+    row_fn = jax.vmap(_mask_row, in_axes=(0, 0, 0, 0, 0 if per_row else None, None))
     return row_fn(key, tokens_BxL, maskable_BxL, word_starts_BxL, ratio, spec)
 
 
