@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 
 import numpy as np
 
-from mlm_jax import cli, files
-from mlm_jax.data import packing, rows, sources
+from mlm_jax import checksums, cli, files
+from mlm_jax.data import packing, rows, sources, store_transaction
 from mlm_jax.data import tokenizer as tokenizer_lib
 
 try:
@@ -158,29 +159,32 @@ class _WriteShard(beam.DoFn):
         for record in records:
             writer.write(record)
         writer.close()
+        digest, size = checksums.file_digest(tmp), os.path.getsize(tmp)
         if files.is_remote(self.out):
             files.upload_file(tmp, files.join(self.out, name))
             os.remove(tmp)
         else:
             os.replace(tmp, os.path.join(self.out, name))
-        yield self.split, name, len(records)
+        yield self.split, name, len(records), digest, size
 
 
 def _manifest(written, layouts: dict, *, data, tokenizer, token_dtype, rows_per_shard, corpus_key):
     splits = {}
     for split in rows.SPLITS:
-        shards = sorted((name, n) for s, name, n in written if s == split)
+        shards = sorted((name, n, d, b) for s, name, n, d, b in written if s == split)
         layout = layouts[split]
-        if sum(n for _, n in shards) != layout["rows"] or len(shards) != layout["shards"]:
+        if sum(s[1] for s in shards) != layout["rows"] or len(shards) != layout["shards"]:
             raise RuntimeError(f"{split}: wrote {shards}, expected {layout['rows']} rows")
         splits[split] = {
             "rows": layout["rows"],
             "tokens": layout["tokens"],
             "documents": layout["documents"],
             "rows_per_shard": rows_per_shard,
-            "shards": [name for name, _ in shards],
+            "shards": [s[0] for s in shards],
+            "sha256": {s[0]: s[2] for s in shards},  # rows.verify_shards checks them
+            "bytes": {s[0]: s[3] for s in shards},
         }
-    return {
+    manifest = {
         "format": rows.FORMAT,
         "seq_len": data.seq_len,
         "packing": data.packing,
@@ -200,6 +204,7 @@ def _manifest(written, layouts: dict, *, data, tokenizer, token_dtype, rows_per_
         },
         "splits": splits,
     }
+    return {**manifest, "fingerprint": rows.manifest_fingerprint(manifest)}
 
 
 def prepare(
@@ -216,10 +221,16 @@ def prepare(
     if sources.holds_rows(data.dataset):
         raise ValueError(f"data.dataset={data.dataset!r}: already a prepared store")
     out = out.rstrip("/")
-    if files.exists(files.join(out, rows.MANIFEST)):
-        raise ValueError(f"--out={out}: already holds a prepared store; choose another folder")
-    files.makedirs(out)
     corpus = loader.load_corpus(data)  # built (TFDS) before the workers read it
+    with store_transaction.transaction(out) as staging:
+        _run_pipeline(data, staging, corpus, pipeline_args, docs_per_chunk, rows_per_shard)
+    return rows.read_manifest(out)
+
+
+def _run_pipeline(data, out, corpus, pipeline_args, docs_per_chunk, rows_per_shard) -> None:
+    """The Beam pipeline that writes the store's tokenizer, shards and (last) manifest to out."""
+    from mlm_jax.data import loader
+
     tokenizer_dir = files.join(out, rows.TOKENIZER_DIR)
     with tempfile.TemporaryDirectory() as tmp:
         loader.get_tokenizer(data).save(tmp)
@@ -281,7 +292,6 @@ def prepare(
                 rows_per_shard=rows_per_shard, corpus_key=corpus.key,
             )
         )  # fmt: skip
-    return rows.read_manifest(out)
 
 
 def _write_manifest(written, layouts, *, out, data, tokenizer_dir, **fields):
@@ -297,14 +307,21 @@ def main(argv: list[str]) -> None:
     from mlm_jax.data.spec import DataSpec
 
     flags_ = flags.FLAGS
-    with cli.one_line_errors():
-        data = DataSpec.from_config(flags_.config.data)
-        manifest = prepare(
-            data,
-            flags_.out,
-            pipeline_args=argv[1:],
-            docs_per_chunk=flags_.docs_per_chunk,
-            rows_per_shard=flags_.rows_per_shard,
+    try:
+        with cli.one_line_errors(), store_transaction.interrupts_raise():
+            data = DataSpec.from_config(flags_.config.data)
+            manifest = prepare(
+                data,
+                flags_.out,
+                pipeline_args=argv[1:],
+                docs_per_chunk=flags_.docs_per_chunk,
+                rows_per_shard=flags_.rows_per_shard,
+            )
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the transaction has cleaned up
+        how = str(e) or "SIGINT"
+        cli.fail(
+            f"--out={flags_.out}: prepare stopped by {how}; nothing was published",
+            128 + signal.Signals[how].value,
         )
     train = manifest["splits"]["train"]
     print(

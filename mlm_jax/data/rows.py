@@ -23,7 +23,7 @@ import json
 
 import numpy as np
 
-from mlm_jax import files
+from mlm_jax import checksums, files
 
 PREFIX = "rows:"
 MANIFEST = "manifest.json"
@@ -72,8 +72,9 @@ def decode_rows(records: list[bytes], dtype: np.dtype) -> dict[str, np.ndarray]:
 
 
 def read_manifest(directory: str) -> dict:
-    """The store's manifest; a missing one (a store still being written, or never) or one of
-    another format is one line."""
+    """The store's manifest; a missing one (a store still being written, or never), one of
+    another format, one without a key a manifest has, or one edited after prepare wrote it
+    (its fingerprint no longer its content's) is one line."""
     path = files.join(directory, MANIFEST)
     if not files.exists(path):
         if files.isdir(directory) and files.listdir(directory):
@@ -87,13 +88,72 @@ def read_manifest(directory: str) -> dict:
         )
     try:
         manifest = json.loads(files.read_text(path))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a JSON manifest ({e})") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ValueError(f"{path}: format {found!r}, this code reads {FORMAT!r}; prepare it again")
+    _check_keys(manifest, path)
+    if "fingerprint" in manifest and manifest["fingerprint"] != manifest_fingerprint(manifest):
         raise ValueError(
-            f"{path}: format {manifest.get('format')!r}, this code reads {FORMAT!r}; prepare it again"
+            f"{path}: edited after prepare wrote it (its fingerprint no longer matches its "
+            "content); prepare the store again rather than editing its manifest"
         )
     return manifest
+
+
+_REQUIRED = {  # every key a reader uses, and the type it must have
+    "seq_len": int, "packing": str, "token_dtype": str, "tokenizer": dict, "splits": dict,
+}  # fmt: skip
+
+
+def _check_keys(manifest: dict, path: str) -> None:
+    def need(mapping, key, kind, where):
+        if not isinstance(mapping.get(key), kind):
+            raise ValueError(
+                f"{path}: {where}{key!r} missing or not a {kind.__name__} (found "
+                f"{mapping.get(key)!r}); prepare the store again"
+            )
+
+    for key, kind in _REQUIRED.items():
+        need(manifest, key, kind, "")
+    need(manifest["tokenizer"], "fingerprint", str, "tokenizer.")
+    for split in SPLITS:
+        need(manifest["splits"], split, dict, "splits.")
+        for key, kind in (("rows", int), ("shards", list)):
+            need(manifest["splits"][split], key, kind, f"splits.{split}.")
+    try:
+        row_dtype(manifest["seq_len"], manifest["token_dtype"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{path}: token_dtype={manifest['token_dtype']!r} / seq_len={manifest['seq_len']} do "
+            f"not make a row ({e}); prepare the store again"
+        ) from None
+
+
+def manifest_fingerprint(manifest: dict) -> str:
+    """SHA-256 of the manifest's content but its own fingerprint (keys sorted)."""
+    content = {k: v for k, v in manifest.items() if k != "fingerprint"}
+    return checksums.bytes_digest(json.dumps(content, sort_keys=True).encode())
+
+
+def verify_shards(directory: str, manifest: dict, split: str) -> None:
+    """Each shard of `split` has the size prepare wrote and, on a local disk, the same SHA-256
+    (in a bucket the store checks its objects' own checksums): one line naming a damaged,
+    truncated or replaced shard, before anything compiles. Stores written before shards were
+    fingerprinted are read unverified."""
+    meta = manifest["splits"][split]
+    sizes, digests = meta.get("bytes", {}), meta.get("sha256", {})
+    found = files.glob(files.join(directory, f"{split}-*.array_record"))
+    for name in meta["shards"]:
+        path = files.join(directory, name)
+        if name in sizes and path in found and found[path][0] != sizes[name]:
+            raise ValueError(
+                f"{path}: {found[path][0]} bytes, prepare wrote {sizes[name]} (truncated or "
+                "replaced); prepare the store again"
+            )
+        if name in digests and not files.is_remote(path):
+            checksums.verify_file(path, digests[name], "; prepare the store again")
 
 
 def check_store(data) -> dict:
@@ -147,12 +207,26 @@ class StoreRows:
         self.dtype = row_dtype(self.seq_len, manifest["token_dtype"])
         self.is_special_V = tokenizer.is_special_V
         paths = [files.join(directory, name) for name in meta["shards"]]
+        verify_shards(directory, manifest, split)
         self.source = grain.sources.ArrayRecordDataSource(paths)
         self._num_rows = meta["rows"]
         if len(self.source) != self._num_rows:
             raise ValueError(
                 f"data.dataset='{PREFIX}{directory}': its {split} shards hold {len(self.source)} "
                 f"rows, its {MANIFEST} says {self._num_rows}: partly written; prepare it again"
+            )
+        self._check_record_size(paths)
+
+    def _check_record_size(self, paths: list[str]) -> None:
+        """A record is one row of the manifest's seq_len and token_dtype: else one line (a
+        manifest edited by hand, or shards of another store), not a crash after compiling."""
+        if self._num_rows == 0:
+            return
+        size = len(self.source.__getitems__([0])[0])
+        if size != self.dtype.itemsize:
+            raise ValueError(
+                f"{paths[0]}: records of {size} bytes, but its {MANIFEST} (seq_len="
+                f"{self.seq_len}) makes rows of {self.dtype.itemsize}; prepare the store again"
             )
 
     def __len__(self) -> int:
