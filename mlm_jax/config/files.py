@@ -11,10 +11,11 @@ import importlib.util
 import os
 
 
-def load_config_file(path: str):
-    """The `get_config()` of the Python file at `path`: a fresh, unlocked ConfigDict."""
+def load_config_file(path: str, *args):
+    """The `get_config(*args)` of the Python file at `path`: a fresh, unlocked ConfigDict
+    (`args`: what follows the ':' of `--config=configs/<exp>.py:<arg>`)."""
     name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(f"config_file_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(*args)
