@@ -45,7 +45,10 @@ def span_units(key, word_eligible_W, span_p: float, span_max: int):
     The eligible words are tiled left to right by i.i.d. span lengths; a span is also cut at
     ineligible tokens ([SEP], padding) so it is contiguous in the row. Spans are later taken
     in random order, so every word is equally likely to start one. Returns (span start flag
-    per word, span id per word).
+    per word, span id per word). Ids count from 0, so a row of L spans has ids 0..L-1 and
+    every span indexes its own priority (ids from 1 gave the last span id L, which the
+    gather clamped onto the priority of span L-1); ineligible words before the first span
+    get 0 and are never taken (they have no eligible piece).
     """
     num_words = word_eligible_W.shape[0]
     lengths_E = sample_span_lengths(key, (num_words,), span_p, span_max)
@@ -56,7 +59,7 @@ def span_units(key, word_eligible_W, span_p: float, span_max: int):
     start_W = word_eligible_W & (
         tile_start_E[jnp.clip(eligible_index_W, 0, num_words - 1)] | ~prev_eligible_W
     )
-    return start_W, jnp.cumsum(start_W, dtype=jnp.int32)
+    return start_W, jnp.maximum(jnp.cumsum(start_W, dtype=jnp.int32) - 1, 0)
 
 
 def sample_span_lengths(key: jax.Array, shape: tuple[int, ...], p: float, max_len: int):
