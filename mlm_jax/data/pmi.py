@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from mlm_jax import files
+from mlm_jax import checksums, files
 
 VOCAB_FILE = "pmi_vocab.txt"  # one n-gram per line: words by spaces, a word's piece ids by ","
 META_FILE = "pmi_meta.json"
@@ -109,40 +109,90 @@ def build_vocabulary(word_documents, *, max_n: int, min_count: int, vocab_size: 
 
 
 def write_vocabulary(out_dir: str, scored, meta: dict) -> None:
+    """pmi_vocab.txt, then pmi_meta.json with its SHA-256 (written last: a vocabulary without
+    it is partly written). A local folder is built aside and renamed into place whole."""
     lines = [" ".join(",".join(str(i) for i in word) for word in ngram) for _, ngram in scored]
-    files.write_text(files.join(out_dir, VOCAB_FILE), "\n".join(lines) + "\n")
-    files.write_text(files.join(out_dir, META_FILE), json.dumps(meta, indent=2) + "\n")
+    text = "\n".join(lines) + "\n"
+    meta = {**meta, "sha256": checksums.bytes_digest(text.encode())}
+    if files.is_remote(out_dir):
+        files.write_text(files.join(out_dir, VOCAB_FILE), text)
+        files.write_text(files.join(out_dir, META_FILE), json.dumps(meta, indent=2) + "\n")
+        return
+    with files.new_local_dir(out_dir) as tmp:
+        files.write_text(os.path.join(tmp, VOCAB_FILE), text)
+        files.write_text(os.path.join(tmp, META_FILE), json.dumps(meta, indent=2) + "\n")
+
+
+def _read_vocabulary(directory: str) -> tuple[str, dict]:
+    """(pmi_vocab.txt's text, its meta), checked against each other: one line naming the file
+    that is missing, not text, not JSON, or whose bytes are not the ones built."""
+    path, meta_path = files.join(directory, VOCAB_FILE), files.join(directory, META_FILE)
+    if not (files.exists(path) and files.exists(meta_path)):
+        raise ValueError(
+            f"config.masking.pmi_vocab={directory!r}: no {VOCAB_FILE} and {META_FILE} there; "
+            "build them with python -m mlm_jax.data.pmi"
+        )
+    try:
+        text = files.read_text(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not text (byte {e.start} is not UTF-8); rebuild it") from None
+    try:
+        meta = json.loads(files.read_text(meta_path))
+        max_n = int(meta["max_n"])
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{meta_path}: not a PMI vocabulary's meta ({e!r}); rebuild it") from None
+    digest = checksums.bytes_digest(text.encode())
+    if meta.get("sha256", digest) != digest:
+        raise ValueError(
+            f"{path}: not the bytes built (sha256 {digest[:12]}..., {META_FILE} says "
+            f"{meta['sha256'][:12]}...): truncated or edited; rebuild it"
+        )
+    lines = sum(1 for line in text.splitlines() if line.strip())
+    if "kept" in meta and lines != meta["kept"]:  # a vocabulary built before the sha256
+        raise ValueError(f"{path}: {lines} n-grams, {META_FILE} says {meta['kept']}; rebuild it")
+    return text, {**meta, "max_n": max_n}
+
+
+def _parse_ngrams(text: str, path: str, vocab_size: int | None) -> frozenset:
+    """The n-grams of pmi_vocab.txt; a line that is not piece ids (below vocab_size) is one line."""
+    ngrams = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ngram = tuple(tuple(int(i) for i in word.split(",")) for word in line.split())
+        except ValueError:
+            raise ValueError(
+                f"{path}: line {number} {line[:60]!r} is not words of piece ids"
+            ) from None
+        top = max(i for word in ngram for i in word)
+        if min(i for word in ngram for i in word) < 0 or (vocab_size and top >= vocab_size):
+            raise ValueError(
+                f"{path}: line {number} holds id {top}, beyond the tokenizer's {vocab_size} ids "
+                "(built with another tokenizer?); rebuild it"
+            )
+        ngrams.add(ngram)
+    return frozenset(ngrams)
 
 
 def load_units(directory: str, tokenizer=None) -> PmiUnits:
     """The vocabulary in `directory`; with a tokenizer, refuses one built with another."""
-    path = files.join(directory, VOCAB_FILE)
-    try:
-        text = files.read_text(path)
-        meta = json.loads(files.read_text(files.join(directory, META_FILE)))
-    except OSError:
-        raise ValueError(
-            f"config.masking.pmi_vocab={directory!r}: no {VOCAB_FILE} and {META_FILE} there; "
-            "build them with python -m mlm_jax.data.pmi"
-        ) from None
+    text, meta = _read_vocabulary(directory)
     if tokenizer is not None and meta.get("tokenizer") != tokenizer.fingerprint():
         raise ValueError(
             f"config.masking.pmi_vocab={directory!r} was built with tokenizer "
             f"{meta.get('tokenizer')}, not this run's {tokenizer.fingerprint()}: rebuild it"
         )
-    ngrams = frozenset(
-        tuple(tuple(int(i) for i in word.split(",")) for word in line.split())
-        for line in text.splitlines()
-        if line.strip()
-    )
+    path = files.join(directory, VOCAB_FILE)
+    ngrams = _parse_ngrams(text, path, tokenizer.vocab_size if tokenizer is not None else None)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return PmiUnits(ngrams=ngrams, max_n=int(meta["max_n"]), fingerprint=digest)
+    return PmiUnits(ngrams=ngrams, max_n=meta["max_n"], fingerprint=digest)
 
 
 def main(argv=None) -> None:
     import argparse
 
-    from mlm_jax import cli
+    from mlm_jax import cli, new_output
     from mlm_jax.config.defaults import base_config
     from mlm_jax.data import loader
     from mlm_jax.data.spec import DataSpec
@@ -164,6 +214,7 @@ def main(argv=None) -> None:
     parser.add_argument("--vocab_size", type=int, default=20000, help="n-grams kept")
     args = parser.parse_args(argv)
     with cli.one_line_errors():
+        new_output.check_new(args.out)  # before any work: never over the user's files
         for name, low in (("max_n", 2), ("min_count", 1), ("vocab_size", 1)):
             if getattr(args, name) < low:
                 raise ValueError(f"--{name}={getattr(args, name)}: expected an integer >= {low}")
@@ -189,8 +240,7 @@ def main(argv=None) -> None:
             "tokenizer": tokenizer.fingerprint(), "max_n": args.max_n,
             "min_count": args.min_count, "vocab_size": args.vocab_size, "kept": len(scored),
         }  # fmt: skip
-        if "://" not in args.out:
-            os.makedirs(args.out, exist_ok=True)
+        new_output.check_new(args.out)  # again: the corpus took a while
         write_vocabulary(args.out, scored, meta)
     print(f"wrote {len(scored)} n-grams to {files.join(args.out, VOCAB_FILE)}")
 

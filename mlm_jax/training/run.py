@@ -27,6 +27,7 @@ import numpy as np
 from mlm_jax import files
 from mlm_jax.config.errors import ConfigError, as_config_errors
 from mlm_jax.training import checkpoint as ckpt
+from mlm_jax.training import inputs as inputs_lib
 from mlm_jax.training import metrics as metrics_lib
 from mlm_jax.training import pretrained, sharding
 from mlm_jax.training import workdir as workdir_lib
@@ -118,6 +119,7 @@ class Checked:
     train_iter: Any
     host_eval_batches: list
     resume_step: int | None  # the newest complete checkpoint, None for a new run
+    inputs: dict = dataclasses.field(default_factory=dict)  # training/inputs.py's fingerprints
 
 
 def check(config, workdir: str) -> Checked:
@@ -136,6 +138,9 @@ def check(config, workdir: str) -> Checked:
         config = resolved_config(config, run)
         if run.init_from and resume_step is None:
             pretrained.check_init_from(run.init_from, run.model, tokenizer)
+        inputs = inputs_lib.fingerprints(run, tokenizer)
+        if resume_step is not None:
+            inputs_lib.check_resume(workdir, inputs)
         units = None  # masking.strategy=pmi: the host marks its n-gram units while packing
         if run.masking.strategy == "pmi":
             units = pmi.load_units(run.masking.pmi_vocab, tokenizer)
@@ -151,7 +156,7 @@ def check(config, workdir: str) -> Checked:
             units=units,
         )
         check_eval_batches(run, host_eval_batches)
-    return Checked(run, config, tokenizer, train_iter, host_eval_batches, resume_step)
+    return Checked(run, config, tokenizer, train_iter, host_eval_batches, resume_step, inputs)
 
 
 def plan(checked: Checked, workdir: str) -> str:
@@ -183,6 +188,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             lock.__enter__()  # another run holding the workdir: one line, as a bad input
         try:
             checked.tokenizer = loader.keep_in_workdir(checked.tokenizer, workdir)
+            if is_writer:
+                inputs_lib.record(workdir, checked.inputs, checked.tokenizer)
             return _train(checked, workdir, stop, is_writer)
         finally:
             lock.__exit__(None, None, None)

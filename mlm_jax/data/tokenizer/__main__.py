@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from mlm_jax import cli
+from mlm_jax import cli, files, new_output
 from mlm_jax.config.defaults import base_config
 from mlm_jax.data import loader
 from mlm_jax.data.spec import DataSpec
@@ -45,6 +45,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cased", action="store_true", help="keep case and accents")
     args = parser.parse_args(argv)
     with cli.one_line_errors():
+        new_output.check_new(args.out)  # before training: never over the user's files
         data = DataSpec.from_config(
             defaults,
             dataset=args.dataset,
@@ -56,7 +57,9 @@ def main(argv=None) -> None:
             lowercase=not args.cased,
         )
         tokenizer = loader.train_tokenizer(data)
-        tokenizer.save(args.out)
+        new_output.check_new(args.out)  # again: training took a while
+        with files.new_local_dir(args.out) as tmp:  # whole or not at all
+            tokenizer.save(tmp)
     print(f"wrote a {tokenizer.vocab_size}-token WordPiece vocabulary to {args.out}")
 
 
