@@ -28,9 +28,7 @@ bound, not a measurement.
 
 from __future__ import annotations
 
-import collections
 import json
-import math
 import os
 import re
 
@@ -41,6 +39,9 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mlm_jax import cli  # noqa: E402
+from mlm_jax.estimate import roofline  # noqa: E402
+from mlm_jax.estimate.hlo import dims, dot_flops, nbytes  # noqa: E402
+from mlm_jax.estimate.roofline import Rates  # noqa: E402
 from mlm_jax.models.flops import flops_per_token  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -51,15 +52,13 @@ ATTENTION_FLOPS = {"forward": 115e12, "backward": 80e12}  # cuDNN flash attentio
 HBM_BYTES = 3.0e12  # per second, what large element-wise kernels reach (3.35e12 on paper)
 ELEMENT_OPS = 25e12  # element-wise operations per second inside fusions
 LAUNCH_S = 2e-6  # gap per kernel inside XLA's CUDA graphs
-# Element-wise ops costing more than one operation (rough instruction counts on sm_90).
-OP_WEIGHT = {"divide": 4, "sqrt": 4, "rsqrt": 4, "exponential": 6, "log": 8, "tanh": 10,
-             "erf": 15, "power": 10, "logistic": 10, "remainder": 8}  # fmt: skip
-# Ops that move or reinterpret data but compute nothing.
-DATA_OPS = {"parameter", "constant", "broadcast", "bitcast", "reshape", "tuple",
-            "get-tuple-element", "slice", "dynamic-slice", "dynamic-update-slice", "transpose",
-            "copy", "iota", "concatenate", "pad", "reverse", "bitcast-convert", "convert"}  # fmt: skip
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
-               "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}  # fmt: skip
+H100 = Rates(
+    matmul_flops=GEMM_FLOPS,
+    hbm_bytes=HBM_BYTES,
+    element_ops=ELEMENT_OPS,
+    f32_matmul_cost=GEMM_FLOPS / TF32_FLOPS,
+    launch_s=LAUNCH_S,
+)
 
 # An H100 SXM as XLA's GPU compiler needs to know it (GpuTargetConfigProto, text format).
 H100_TARGET = """
@@ -93,137 +92,23 @@ def define_flags() -> None:
     )
 
 
-_SHAPE = re.compile(r"(pred|bf16|[suf]\d+)\[([\d,]*)\]")
-_HEADER = re.compile(r"^(ENTRY )?%(\S+) \(.*\{$")
-_ASSIGN = re.compile(r"^\s*(ROOT )?%(\S+) = ")
-
-
-def _arrays(type_text: str):
-    return [(dt, math.prod(int(d) for d in dims.split(",") if d)) for dt, dims in _SHAPE.findall(type_text)]  # fmt: skip
-
-
-def nbytes(type_text: str) -> int:
-    return sum(DTYPE_BYTES.get(dt, 4) * n for dt, n in _arrays(type_text))
-
-
-def _group_end(text: str, start: int) -> int:
-    """Index just past the bracketed group opening at text[start]."""
-    depth = 0
-    for i in range(start, len(text)):
-        depth += text[i] in "([{"
-        depth -= text[i] in ")]}"
-        if depth == 0:
-            return i + 1
-    raise ValueError(f"unbalanced HLO text: {text[start : start + 80]!r}")
-
-
-def parse_hlo(text: str):
-    """{computation: {instruction: {type, op, operands, attrs, root, index}}}, entry name."""
-    computations, entry, current = {}, None, None
-    for line in text.splitlines():
-        header = _HEADER.match(line)
-        if header:
-            current = computations.setdefault(header.group(2), {})
-            entry = header.group(2) if header.group(1) else entry
-            continue
-        if line == "}":
-            current = None
-        assign = _ASSIGN.match(line)
-        if current is None or not assign:
-            continue
-        rest = line[assign.end() :]
-        type_end = _group_end(rest, 0) if rest.startswith("(") else rest.index(" ")
-        type_text, rest = rest[:type_end], rest[type_end + 1 :]
-        op = rest[: rest.index("(")]
-        args_end = _group_end(rest, len(op))
-        args = rest[len(op) + 1 : args_end - 1]
-        current[assign.group(2)] = {
-            "type": type_text,
-            "op": op,
-            "operands": re.findall(r"%([\w.\-]+)", args),
-            "attrs": rest[args_end:],
-            "root": bool(assign.group(1)),
-            "index": int(args) if op == "parameter" else None,
-        }
-    return computations, entry
-
-
-def _called(attrs: str, key: str) -> str | None:
-    found = re.search(rf"\b{key}=%([\w.\-]+)", attrs)
-    return found.group(1) if found else None
-
-
-def _fusion_work(computations, name: str, operand_types: list[str]):
-    """(bytes read and written, matmul FLOPs, weighted element ops) of one fused computation.
-
-    The FLOPs are bf16-rate equivalents: a dot with a float32 operand (TF32) counts double.
-    """
-    body = computations[name]
-    users = collections.defaultdict(list)
-    for inst in body.values():
-        for operand in inst["operands"]:
-            users[operand].append(inst)
-    moved = 0
-    for param_name, param in body.items():
-        if param["op"] != "parameter" or param["index"] >= len(operand_types):
-            continue
-        uses = users[param_name]
-
-        def only(op, uses=uses, param_name=param_name):  # every use indexes into this param
-            return uses and all(u["op"] == op and u["operands"][0] == param_name for u in uses)
-
-        if only("dynamic-slice"):
-            moved += sum(nbytes(u["type"]) for u in uses)  # reads one slice of a stack
-        elif not only("dynamic-update-slice"):  # (a buffer updated in place is not read)
-            moved += nbytes(operand_types[param["index"]])
-    root = next(inst for inst in body.values() if inst["root"])
-    outputs = [body[o] for o in root["operands"]] if root["op"] == "tuple" else [root]
-    for out in outputs:
-        written = body[out["operands"][1]] if out["op"] == "dynamic-update-slice" else out
-        moved += nbytes(written["type"])
-    flops = ops = 0.0
-    for inst in body.values():
-        if inst["op"] == "dot":
-            tf32 = any(body[o]["type"].startswith("f32") for o in inst["operands"][:2])
-            flops += _dot_flops(inst, body) * (GEMM_FLOPS / TF32_FLOPS if tf32 else 1.0)
-        elif inst["op"] == "fusion":
-            types = [body[o]["type"] for o in inst["operands"]]
-            flops += _fusion_work(computations, _called(inst["attrs"], "calls"), types)[1]
-        elif inst["op"] == "reduce":
-            ops += sum(n for _, n in _arrays(body[inst["operands"][0]]["type"]))
-        elif inst["op"] not in DATA_OPS:
-            ops += OP_WEIGHT.get(inst["op"], 1) * sum(n for _, n in _arrays(inst["type"]))
-    return moved, flops, ops
-
-
-def _dot_flops(inst, scope, contracting=None) -> float:
-    lhs_dims = [int(d) for d in _SHAPE.search(scope[inst["operands"][0]]["type"]).group(2).split(",") if d]  # fmt: skip
-    if contracting is None:
-        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", inst["attrs"]).group(1)
-        contracting = [int(d) for d in contracting.split(",") if d]
-    out_elements = _arrays(inst["type"])[0][1]
-    return 2.0 * out_elements * math.prod(lhs_dims[d] for d in contracting)
-
-
 def kernel_seconds(computations, inst, scope):
     """(kind, seconds) of one instruction of an executed computation, or (None, 0)."""
     op, attrs = inst["op"], inst["attrs"]
-    operand_types = [scope[o]["type"] for o in inst["operands"] if o in scope]
+    operand_types = roofline.types_of_operands(inst, scope)
     if op == "fusion":
-        moved, flops, ops = _fusion_work(computations, _called(attrs, "calls"), operand_types)
-        kind = "matmuls" if flops else "other fusions"
-        return kind, max(moved / HBM_BYTES, flops / GEMM_FLOPS, ops / ELEMENT_OPS) + LAUNCH_S
+        return roofline.fusion_kernel(computations, inst, scope, H100)
     if op == "custom-call":
         target = re.search(r'custom_call_target="([^"]+)"', attrs).group(1)
         if "cublas" in target:
             config = json.loads(attrs.split("backend_config=", 1)[1])["gemm_backend_config"]
             contracting = [int(d) for d in config["dot_dimension_numbers"]["lhs_contracting_dimensions"]]  # fmt: skip
-            flops = _dot_flops(inst, scope, contracting)
+            flops = dot_flops(inst, scope, contracting)
             # (a third operand is an epilogue's bias or addend, not a matrix of the product)
             rate = TF32_FLOPS if any(t.startswith("f32") for t in operand_types[:2]) else GEMM_FLOPS
             return "matmuls", flops / rate + LAUNCH_S
         if "fmha" in target:  # q is [B, L, N, D] (JAX passes BTNH); FLOPs of QK^T and PV
-            b, length, n, d = [int(x) for x in _SHAPE.search(operand_types[0]).group(2).split(",")]
+            b, length, n, d = dims(operand_types[0])
             flops = 4.0 * b * n * length * length * d
             if "Backward" in target:
                 return "cuDNN attention", 2.5 * flops / ATTENTION_FLOPS["backward"]
@@ -236,28 +121,7 @@ def kernel_seconds(computations, inst, scope):
 
 def estimate(hlo_text: str):
     """{kind: seconds} and [(seconds, count, kind, name)] over one execution of the module."""
-    computations, entry = parse_hlo(hlo_text)
-    by_kind, kernels = collections.defaultdict(float), []
-
-    def walk(name, times):
-        scope = computations[name]
-        for inst_name, inst in scope.items():
-            if inst["op"] == "while":
-                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', inst["attrs"])
-                walk(_called(inst["attrs"], "body"), times * (int(trips.group(1)) if trips else 1))
-            elif inst["op"] in ("call", "conditional"):
-                branch = _called(inst["attrs"], "to_apply") or re.search(
-                    r"branch_computations=\{%([\w.\-]+)", inst["attrs"]
-                ).group(1)
-                walk(branch, times)
-            else:
-                kind, seconds = kernel_seconds(computations, inst, scope)
-                if kind:
-                    by_kind[kind] += seconds * times
-                    kernels.append((seconds * times, times, kind, inst_name))
-
-    walk(entry, 1)
-    return dict(by_kind), sorted(kernels, reverse=True)
+    return roofline.estimate(hlo_text, kernel_seconds)
 
 
 def compile_for_h100(config):

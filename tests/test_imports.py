@@ -27,6 +27,7 @@ LAYERS = {
     "mlm_jax.generation": 3,
     "mlm_jax.finetuning": 4,
     "mlm_jax.sweep": 4,
+    "mlm_jax.estimate": 4,  # compiles the training step for hardware this machine lacks
 }
 
 

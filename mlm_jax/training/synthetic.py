@@ -79,18 +79,25 @@ def make_trainer(config, devices=None) -> Trainer:
     return Trainer(run, devices=devices)
 
 
+def abstract_batch(trainer: Trainer, rows: int) -> dict:
+    """ShapeDtypeStructs of a global batch of `rows` synthetic rows, sharded as the trainer
+    feeds its steps (unit_starts too when the strategy reads them: pmi)."""
+    batch = synthetic_batch(rows, trainer.run.data.seq_len, trainer.run.model.vocab_size)
+    if trainer.run.masking.strategy == "pmi":
+        batch["unit_starts"] = batch["word_starts"]
+    return {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
+        for k, v in batch.items()
+    }
+
+
 def compile_train_step(config, devices=None, compiler_options=None):
     """The Trainer, its train step compiled from abstract shapes (no parameters allocated), and
     the seconds that lowering and compiling took (the Trainer's own setup left out)."""
     trainer = make_trainer(config, devices)
-    shape = (int(config.train.batch_size), int(config.data.seq_len))
-    batch = synthetic_batch(*shape, vocab_size_of(config))
-    abstract_batch = {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
-        for k, v in batch.items()
-    }
+    batch = abstract_batch(trainer, trainer.run.train.batch_size)
     with trainer.activate():
         start = time.perf_counter()
-        lowered = trainer.jitted("train").lower(trainer.abstract_state, abstract_batch)
+        lowered = trainer.jitted("train").lower(trainer.abstract_state, batch)
         compiled = lowered.compile(compiler_options=compiler_options)
     return trainer, compiled, time.perf_counter() - start

@@ -1,0 +1,97 @@
+"""The TPU estimate's pieces: slice names, XLA's refusals, collectives, loop trips, and the
+FLOPs of the convolutions TPU's compiler writes dots as (against 2·B·M·N·K by hand)."""
+
+import pytest
+
+from mlm_jax.estimate import chips, memory, roofline
+from mlm_jax.estimate.tpu import libtpu_installed
+from mlm_jax.estimate.tpu_roofline import group_size, tpu_kernel_seconds
+
+needs_libtpu = pytest.mark.skipif(not libtpu_installed(), reason="libtpu not installed")
+
+
+def test_slice_names_give_chip_and_count_or_say_what_is_expected():
+    assert chips.parse_topology("v5e:4x4") == (chips.CHIPS["v5e"], 16)
+    assert chips.parse_topology("v4:2x2x1") == (chips.CHIPS["v4"], 4)
+    assert chips.hosts_of(chips.CHIPS["v5e"], 16) == 2  # v5e-16: two 8-chip hosts
+    with pytest.raises(ValueError, match="expected GENERATION:SHAPE"):
+        chips.parse_topology("v5litepod-16")
+
+
+def test_xla_refusals_read_as_needed_and_available_bytes():
+    gib = 2**30
+    for text, used in (
+        ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+         "temporaries (112.37G) exceeds available HBM (15.75G).", 112.37),
+        ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+         "space hbm. Used 20.50G of 15.75G hbm. Exceeded hbm capacity by 4.75G.", 20.5),
+    ):  # fmt: skip
+        refusal = memory.does_not_fit(RuntimeError(text))
+        assert refusal.used == pytest.approx(used * gib, rel=1e-6)
+        assert refusal.capacity == pytest.approx(15.75 * gib, rel=1e-6)
+    assert memory.does_not_fit(RuntimeError("INVALID_ARGUMENT: bad sharding")) is None
+    assert memory.fit_line(17 * gib, 16 * gib).startswith("does not fit: 17.00 GiB per chip, 1.00")
+    assert memory.fit_line(4 * gib, 16 * gib).startswith("fits: 4.00 of 16.00 GiB")
+
+
+def test_collective_groups_in_each_form_xla_prints():
+    mesh = "replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_1'}, to_apply=%add"
+    assert group_size(mesh, 8) == 2
+    assert group_size("replica_groups=[2,4]<=[8], to_apply=%add", 8) == 4
+    assert group_size("replica_groups={{0,1,2},{3,4,5}}, to_apply=%add", 6) == 3
+    assert group_size("to_apply=%add", 8) == 8
+
+
+_LOOP = """HloModule m
+
+%cond (p: (s32[], f32[1024])) -> pred[] {
+  %p = (s32[], f32[1024]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(12)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%body (p: (s32[], f32[1024])) -> (s32[], f32[1024]) {
+  %p = (s32[], f32[1024]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[1024] get-tuple-element(%p), index=1
+  %s = f32[1024] all-reduce(%x), replica_groups=[1,4]<=[4], to_apply=%add
+  ROOT %t = (s32[], f32[1024]) tuple(%i, %s)
+}
+
+ENTRY %main (a: (s32[], f32[1024])) -> (s32[], f32[1024]) {
+  %a = (s32[], f32[1024]) parameter(0)
+  ROOT %w = (s32[], f32[1024]) while(%a), condition=%cond, body=%body
+}
+"""
+
+
+def test_a_loop_counts_its_trips_from_its_condition_and_an_all_reduce_its_ring_bytes():
+    """A TPU while loop carries no known_trip_count: `i < 12` gives 12. An all-reduce of 4 KiB
+    over 4 chips sends 2·3/4 of it per chip."""
+    rates = roofline.Rates(matmul_flops=1e12, hbm_bytes=1e12)
+    ici = 1e9
+    by_kind, kernels = roofline.estimate(_LOOP, tpu_kernel_seconds(rates, ici, 4))
+    assert kernels[0][1] == 12
+    assert by_kind == {"collectives (ICI)": pytest.approx(12 * 2 * 3 / 4 * 4096 / ici)}
+
+
+@needs_libtpu
+def test_batched_dot_compiled_for_a_v5e_counts_its_flops_exactly():
+    """XLA's TPU compiler writes a batched dot as a convolution whose batch dimension is a
+    padded window; counting only the taps on real elements gives 2·B·M·N·K."""
+    import jax
+    import jax.numpy as jnp
+
+    from mlm_jax.estimate.tpu import tpu_slice
+
+    tpu = tpu_slice("v5e:2x2")
+    b, m, k, n = 8, 256, 512, 384
+    mesh = jax.sharding.Mesh(tpu.devices, ("chips",))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # on every chip
+    x = jax.ShapeDtypeStruct((b, m, k), jnp.bfloat16, sharding=whole)
+    y = jax.ShapeDtypeStruct((b, k, n), jnp.bfloat16, sharding=whole)
+    hlo = jax.jit(lambda x, y: jnp.einsum("bmk,bkn->bmn", x, y)).lower(x, y).compile().as_text()
+    rates = roofline.Rates(matmul_flops=1.0, hbm_bytes=float("inf"))
+    by_kind, _ = roofline.estimate(hlo, tpu_kernel_seconds(rates, 1.0, 1))
+    assert by_kind["matmuls"] == 2 * b * m * n * k
