@@ -114,13 +114,14 @@ def main(argv) -> None:
     try:
         with cli.one_line_errors((ConfigError,)), cli.one_line_errors(failed_run, code=1):
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except train.Preempted:
-        # Exit 0 at once: its checkpoint is written, or nothing new existed to save (a SIGTERM
-        # during compilation leaves XLA's compile thread running, which must not delay it).
+    except train.Preempted as stopped:
+        # Exit at once (0 for SIGTERM, 130 for Ctrl-C): its checkpoint is written, or nothing new
+        # existed to save (a signal during compilation leaves XLA's compile thread running,
+        # which must not delay it).
         sys.stdout.flush()
         sys.stderr.flush()
         pylogging.shutdown()
-        os._exit(0)
+        os._exit(stopped.code)
 
 
 def _print_config() -> None:

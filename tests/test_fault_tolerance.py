@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -85,6 +86,12 @@ RUNNER = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
             return batch
 
+
+    if "slow_final_wait" in hooks:  # a save that takes this long to finish (a big model's)
+        from mlm_jax.training import checkpoint
+
+        wait = checkpoint.wait_until_finished
+        checkpoint.wait_until_finished = lambda *a: time.sleep(hooks["slow_final_wait"]) or wait(*a)
 
     make = loader.make_train_iterator
     loader.make_train_iterator = lambda *a, **k: Hooked(make(*a, **k))
@@ -361,3 +368,57 @@ def test_sigterm_while_the_step_compiles_exits_0_within_seconds(setup):
     assert "nothing new to save" in output and "compiled in" not in output, output[-3000:]
     assert waited < 10, (waited, output[-2000:])
     assert checkpoint.latest_step(workdir) is None
+
+
+def _interrupt_after(proc, line_part: str, then=None) -> str:
+    """Sends SIGINT once a line holding `line_part` appears; `then(lines)` may send more."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line_part in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    if then is not None:
+        then(proc, lines)
+    rest, _ = proc.communicate(timeout=300)
+    return "".join(lines) + rest
+
+
+def test_ctrl_c_saves_the_current_step_and_exits_130(setup):
+    """Researchers stop runs with Ctrl-C (once a KeyboardInterrupt traceback, steps lost)."""
+    config_file, _, root = setup
+    workdir = str(root / "interrupted")
+    proc = run_main(config_file, workdir, *BASE, wait=False)
+    output = _interrupt_after(proc, "step 3/20")
+    assert proc.returncode == 130, output[-3000:]
+    assert "Ctrl-C received: saving a checkpoint at the current step" in output, output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    stopped_at = max(e["step"] for e in metrics.read_metrics(workdir))
+    assert 3 <= stopped_at < NUM_STEPS
+    # The steps since the last save are kept; resuming from a saved step is SIGTERM's path.
+    assert checkpoint.latest_step(workdir) == stopped_at
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(setup):
+    config_file, _, root = setup
+    workdir = str(root / "aborted")
+    # The first Ctrl-C's save then takes a minute to finish: the second must not wait for it.
+    proc = run_main(config_file, workdir, *BASE, hooks={"slow_final_wait": 60}, wait=False)
+
+    sent = []
+
+    def second_ctrl_c(proc, lines):
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C received" in line:
+                time.sleep(1.0)
+                proc.send_signal(signal.SIGINT)
+                sent.append(time.monotonic())
+                break
+
+    output = _interrupt_after(proc, "step 3/20", then=second_ctrl_c)
+    assert sent and time.monotonic() - sent[0] < 30, output[-3000:]
+    assert proc.returncode == 130, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert "stopped by a second Ctrl-C, without saving" in last, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]

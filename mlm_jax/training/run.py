@@ -5,7 +5,8 @@ Faults end in a resumable state and lose nothing:
   are functions of (seed, step) and the checkpointed data position, so the resumed steps are
   the same steps, and metrics.jsonl is cut back to the restored step so no event repeats;
 - SIGTERM (preemption) saves the current step and exits with code 0 (`Preempted`); on several
-  hosts JAX's preemption sync point picks one step at which every host stops;
+  hosts JAX's preemption sync point picks one step at which every host stops; Ctrl-C (SIGINT)
+  does the same on one process and exits 130, and a second Ctrl-C aborts without saving;
 - a half-written checkpoint is ignored (orbax renames a step's folder only when complete);
 - a NaN/Inf loss or gradient stops the run naming the step (train.nan_policy=stop) before any
   checkpoint holds it, or skips that update and counts it (train.nan_policy=skip);
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
+import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
@@ -40,12 +43,18 @@ from mlm_jax.training.trainer import Trainer, TrainState, compile_steps
 log = logging.getLogger(__name__)
 
 
-class Preempted(SystemExit):
-    """A clean exit (code 0) on SIGTERM: after the checkpoint of `step` is on disk, or, before
-    the first step (step None), at once, since nothing new exists to save."""
+# How a stopped run exits: 0 for SIGTERM (a preempted VM is no failure), 130 (128 + SIGINT, as
+# shells report it) for Ctrl-C, so a script around the command can tell the user stopped it.
+EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130}
+_SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
-    def __init__(self, step: int | None):
-        super().__init__(0)
+
+class Preempted(SystemExit):
+    """A clean exit on SIGTERM (code 0) or Ctrl-C (130): after the checkpoint of `step` is on
+    disk, or, before the first step (step None), at once, since nothing new exists to save."""
+
+    def __init__(self, step: int | None, code: int = 0):
+        super().__init__(code)
         self.step = step
 
 
@@ -54,37 +63,58 @@ class NonFiniteError(FloatingPointError):
 
 
 class StopSignal:
-    """SIGTERM as a flag the loop reads between steps.
+    """SIGTERM and Ctrl-C (SIGINT) as a flag the loop reads between steps.
 
     One process: before the first step (checks, data, compilation) the handler ends the run at
     once (Preempted(None): nothing new to save); once steps run it sets the flag and the loop
-    saves the current step. Several processes: JAX's preemption service
+    saves the current step. A Ctrl-C after that ends the process at once, unsaved (the user
+    chose not to wait): os._exit, since an exception raised in a signal handler can land in a
+    garbage-collection callback, which swallows it. Several processes: JAX's preemption service
     (started by jax.distributed.initialize) catches SIGTERM on any host and
     `reached_preemption_sync_point(step)` becomes true at the same step on all of them, so they
     save the same checkpoint and none waits in a collective for a host that left.
     """
 
     def __init__(self):
-        self.requested = False
+        self.requested_by: int | None = None  # the signal that asked the run to stop
         self._stepping = False
-        self._previous = None
+        self._previous = {}
         self._sync = jax.process_count() > 1 and _preemption_service_running()
+
+    @property
+    def requested(self) -> bool:
+        return self.requested_by is not None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.requested_by, 0)
 
     def __enter__(self):
         if self._sync:
             return self
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in EXIT_CODES:
+                self._previous[signum] = signal.signal(signum, self._handle)
         except ValueError:  # not the main thread: no handler, nothing to restore
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
+        name = _SIGNAL_NAMES[signum]
+        if signum == signal.SIGINT and self.requested:
+            _abort("stopped by a second Ctrl-C, without saving; the same command resumes from "
+                   "the last complete checkpoint")  # fmt: skip
+        if self.requested:
+            return  # already saving, then exiting
         if not self._stepping:
-            log.warning("SIGTERM before the first step: nothing new to save; exiting")
-            raise Preempted(None)
-        log.warning("SIGTERM received: saving a checkpoint at the current step, then exiting")
-        self.requested = True
+            log.warning("%s before the first step: nothing new to save; exiting", name)
+            raise Preempted(None, EXIT_CODES[signum])
+        log.warning(
+            "%s received: saving a checkpoint at the current step, then exiting%s",
+            name,
+            " (Ctrl-C again: exit at once, without saving)" if signum == signal.SIGINT else "",
+        )
+        self.requested_by = signum
 
     def steps_started(self) -> None:
         """From now on SIGTERM asks the loop to save the current step first."""
@@ -99,8 +129,18 @@ class StopSignal:
         return self.requested
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            if previous is not None:  # (None: a handler not set from Python, left alone)
+                signal.signal(signum, previous)
+
+
+def _abort(message: str) -> NoReturn:
+    """Ends the process now (no cleanup; the OS releases a local workdir lock)."""
+    log.warning(message)
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_CODES[signal.SIGINT])
 
 
 def _preemption_service_running() -> bool:
@@ -256,8 +296,10 @@ def _train(checked: Checked, workdir: str, stop, is_writer: bool):
     finally:
         _close(manager, writer)
     if preempted_at is not None:
-        log.warning("checkpoint of step %d written; exiting for preemption", preempted_at)
-        raise Preempted(preempted_at)
+        log.warning(
+            "checkpoint of step %d written; exiting (resume: the same command)", preempted_at
+        )
+        raise Preempted(preempted_at, stop.exit_code)
     metrics_lib.log_summary(workdir, result, manager.latest_step())
     return result
 
