@@ -81,15 +81,17 @@ def sample_span_lengths(key: jax.Array, shape: tuple[int, ...], p: float, max_le
 def anchored_span_units(key, priority_W, word_eligible_W, span_p: float, span_max: int):
     """SpanBERT's anchored spans: anchors drawn without replacement (the words in priority
     order), each covering a truncated-geometric number of words from itself to the right,
-    inside its run of eligible words. A word belongs to the first anchor (lowest priority
-    value) that covers it, so taking words grouped by their anchor, left to right, masks
-    whole spans in anchor order; overlapping spans merge. Returns (span start flag per word,
-    anchor index per word: the unit id whose priority orders the word)."""
+    inside its run of eligible words. As in SpanBERT's loop, an anchor already covered by an
+    earlier kept anchor is skipped (it starts no span), so each kept anchor is uniform over
+    the uncovered words. A word belongs to the first kept anchor (lowest priority value) that
+    covers it, so taking words grouped by their anchor, left to right, masks whole spans in
+    anchor order; overlapping spans merge. Returns (span start flag per word, anchor index
+    per word: the unit id whose priority orders the word)."""
     num_words = word_eligible_W.shape[0]
     lengths_W = sample_span_lengths(key, (num_words,), span_p, span_max)
     run_W = jnp.cumsum(~word_eligible_W, dtype=jnp.int32)
     index_W = jnp.arange(num_words, dtype=jnp.int32)
-    best_priority_W, anchor_W = priority_W, index_W
+    sources = []  # per distance d: (the word d to the left, whether its span reaches this word)
     for d in range(1, span_max):
         source_W = jnp.clip(index_W - d, 0, num_words - 1)
         covers_W = (
@@ -99,8 +101,36 @@ def anchored_span_units(key, priority_W, word_eligible_W, span_p: float, span_ma
             & word_eligible_W[source_W]
             & (lengths_W[source_W] > d)
         )
-        better_W = covers_W & (priority_W[source_W] < best_priority_W)
+        sources.append((source_W, covers_W))
+    kept_W = _kept_anchors(priority_W, word_eligible_W, sources)
+    most = jnp.asarray(jnp.iinfo(priority_W.dtype).max, priority_W.dtype)
+    best_priority_W = jnp.where(kept_W, priority_W, most)
+    anchor_W = index_W
+    for source_W, covers_W in sources:
+        better_W = covers_W & kept_W[source_W] & (priority_W[source_W] < best_priority_W)
         best_priority_W = jnp.where(better_W, priority_W[source_W], best_priority_W)
         anchor_W = jnp.where(better_W, source_W, anchor_W)
     prev_anchor_W = jnp.concatenate([jnp.full(1, -1, jnp.int32), anchor_W[:-1]])
     return word_eligible_W & (anchor_W != prev_anchor_W), anchor_W
+
+
+def _kept_anchors(priority_W, word_eligible_W, sources):
+    """The anchors SpanBERT keeps: eligible words no earlier kept anchor covers.
+
+    Only words to the left can cover a word, so this is well founded; iterating from "all
+    kept" settles a word once every anchor that could cover it has settled, and stops at the
+    unique fixed point (after the longest chain of such anchors, a few steps on real rows).
+    """
+
+    def skip_covered(kept_W):
+        blocked_W = jnp.zeros_like(word_eligible_W)
+        for source_W, covers_W in sources:
+            blocked_W |= covers_W & kept_W[source_W] & (priority_W[source_W] < priority_W)
+        return word_eligible_W & ~blocked_W
+
+    _, kept_W = jax.lax.while_loop(
+        lambda pair: jnp.any(pair[0] != pair[1]),
+        lambda pair: (pair[1], skip_covered(pair[1])),
+        (word_eligible_W, skip_covered(word_eligible_W)),
+    )
+    return kept_W
