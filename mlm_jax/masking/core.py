@@ -32,9 +32,9 @@ Selection, one row at a time (vmapped over the batch):
      = t exactly: every row selects ratio * n tokens in expectation (rows where the floor
      binds select more), and a unit is never split.
   4. Nothing past K is taken: a unit that would end beyond K is refused (`capped`).
-How a word's chance depends on its length: hardly. On rows of 1-6 piece words at 0.15 a word
-of 1 piece is selected with probability 0.161, of 6 pieces 0.144 (at 0.4: 0.40 for all;
-tests/test_masking_budget.py); BERT's rule (skip a word that would overshoot) halves the
+How a word's chance depends on its length: hardly. On full rows of 1-6 piece words at 0.15 a
+word of 1 piece is selected with probability about 0.16, of 6 pieces 0.145 (rows of 20-126
+tokens: 0.165 and 0.14; at 0.4: 0.40 for all; tests/test_masking_budget.py); BERT's rule (skip a word that would overshoot) halves the
 chance from 1 to 6 pieces. Because the priority order and the crossing draw depend only on
 the key, the same key with a larger ratio selects a superset of the positions (static masking
 under a ratio schedule stays nested).
