@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from mlm_jax import cli, files
-from mlm_jax.sweep import SweepError, report, run_state
+from mlm_jax.sweep import SweepError, children, report, run_state
 from mlm_jax.sweep.axes import (
     apply_settings,
     check_names,
@@ -32,6 +32,7 @@ from mlm_jax.sweep.axes import (
 from mlm_jax.sweep.baseline import parse_baseline
 from mlm_jax.sweep.finetuning import FinetunePlan, finetune_runs
 from mlm_jax.sweep.run_state import is_finished, one_line
+from mlm_jax.training import workdir as workdir_lib
 
 log = pylogging.getLogger("mlm_jax.sweep")
 
@@ -120,33 +121,56 @@ def _run_parallel(todo: list[tuple[str, dict]], base_args: list[str], parallel: 
     free, running = list(range(parallel)), {}
     queue = list(todo)
     progress = _Progress(len(todo), parallel)
-    while queue or running:
-        while queue and free:
-            run_dir, settings = queue.pop(0)
-            slot = free.pop(0)
-            log_path = _local_log(run_dir)
-            logfile = open(log_path, "a")  # noqa: SIM115
-            command = run_command(base_args, run_dir, settings)
-            start = progress.start(run_dir)
-            log.info("  %s", " ".join(shlex.quote(c) for c in command))
-            process = subprocess.Popen(
-                command, env=envs[slot], stdout=logfile, stderr=subprocess.STDOUT
-            )
-            running[process] = (run_dir, slot, logfile, log_path, start)
-        time.sleep(0.5)
-        for process in [p for p in running if p.poll() is not None]:
-            run_dir, slot, logfile, log_path, start = running.pop(process)
-            logfile.close()
-            if files.is_remote(run_dir):
-                files.upload_file(log_path, files.join(run_dir, "sweep.log"))
-            free.append(slot)
-            if process.returncode == 0:
-                run_state.mark_done(run_dir, progress.end(run_dir, start))
-            else:
-                with open(log_path) as f:
-                    reason = one_line(f.read()[-4000:])
-                progress.end(run_dir, start, failure=reason)
-                run_state.mark_failed(run_dir, f"exit {process.returncode}: {reason}")
+    with children.owning() as stop:
+        while queue or running:
+            while queue and free and stop.signal is None:
+                run_dir, settings = queue.pop(0)
+                slot = free.pop(0)
+                log_path = _local_log(run_dir)
+                logfile = open(log_path, "a")  # noqa: SIM115
+                command = run_command(base_args, run_dir, settings)
+                start = progress.start(run_dir)
+                log.info("  %s", " ".join(shlex.quote(c) for c in command))
+                process = children.start(command, envs[slot], logfile)
+                running[process] = (run_dir, slot, logfile, log_path, start)
+            if stop.signal is not None:
+                queue.clear()
+                stop.forward(running)
+            time.sleep(0.5)
+            for process in [p for p in running if p.poll() is not None]:
+                run_dir, slot, logfile, log_path, start = running.pop(process)
+                logfile.close()
+                if files.is_remote(run_dir):
+                    files.upload_file(log_path, files.join(run_dir, "sweep.log"))
+                free.append(slot)
+                _record_exit(run_dir, process.returncode, log_path, progress, start, stop)
+    stop.exit_if_stopped()
+
+
+def _record_exit(run_dir, returncode, log_path, progress, start, stop) -> None:
+    """Marks a run's subprocess done or failed, but one stopped by the sweep's own signal (it
+    saved: unfinished, not failed) or one that met another process's live run there."""
+    if stop.signal is not None:
+        progress.end(run_dir, start)
+        return
+    if returncode == 0:
+        run_state.mark_done(run_dir, progress.end(run_dir, start))
+        return
+    with open(log_path) as f:
+        reason = one_line(f.read()[-4000:])
+    if _running_elsewhere(run_dir):
+        progress.end(run_dir, start)
+        return
+    progress.end(run_dir, start, failure=reason)
+    run_state.mark_failed(run_dir, f"exit {returncode}: {reason}")
+
+
+def _running_elsewhere(run_dir: str) -> bool:
+    """Whether another process (another sweep driver, a run started by hand) holds the run."""
+    holder = workdir_lib.live_holder(run_dir)
+    if holder:
+        log.warning("run %s is running under %s: left to it", os.path.basename(run_dir), holder)
+    return holder is not None
 
 
 def _local_log(run_dir: str) -> str:
@@ -201,6 +225,9 @@ def _run_in_process(todo: list[tuple[str, dict, object]]) -> None:
         try:
             _train_in_process(run_config, run_dir)
         except Exception as e:
+            if _running_elsewhere(run_dir):  # it started there since this sweep looked
+                progress.end(run_dir, start)
+                continue
             reason = f"{type(e).__name__}: {one_line(e)}"
             progress.end(run_dir, start, failure=one_line(e))
             run_state.mark_failed(run_dir, reason)
@@ -295,6 +322,8 @@ def run_sweep(
             log.info("skipping finished run %s", name)
             if launch in ("print", "sky"):
                 print(f"# finished: {name}", file=sys.stderr)
+            continue
+        if launch == "local" and _running_elsewhere(run_dir):
             continue
         todo.append((run_dir, settings, run_config))
     if launch == "print":

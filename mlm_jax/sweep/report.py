@@ -26,6 +26,7 @@ from mlm_jax.sweep.run_state import (
     is_finished,
     read_json,
 )
+from mlm_jax.training import workdir as workdir_lib
 
 log = pylogging.getLogger("mlm_jax.sweep")
 
@@ -52,8 +53,11 @@ def collect(workdir: str) -> tuple[list[list[str]], list[dict]]:
         failed = read_json(files.join(run_dir, FAILED_MARKER))
         row["wall_s"] = round(done["wall_s"], 1) if done else None
         row["finetune"] = finetune_results(run_dir, step)
+        holder = workdir_lib.live_holder(run_dir) if files.isdir(run_dir) else None
         if is_finished(run_dir):  # (a run that failed once and was finished since is done)
             row["status"], row["reason"] = "done", ""
+        elif holder:  # training now, under another driver or by hand
+            row["status"], row["reason"] = "running", f"held by {holder}"
         elif failed:
             row["status"], row["reason"] = "failed", failed["reason"]
         else:

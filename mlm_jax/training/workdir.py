@@ -58,6 +58,32 @@ def _describe(holder: dict) -> str:
     return f"a run on {holder.get('host', '?')}, pid {holder.get('pid', '?')}, started {started}"
 
 
+def live_holder(workdir: str) -> str | None:
+    """Who holds `workdir`'s lock now ("a run on HOST, pid P, started T"), None if nobody: a
+    probe that takes nothing and writes nothing (a sweep asks before starting a run there)."""
+    path = files.join(workdir, LOCK_FILE)
+    if not files.exists(path):
+        return None
+    if files.is_remote(path):
+        try:
+            holder = json.loads(files.read_text(path))
+        except ValueError:
+            return None
+        return _describe(holder) if holder.get("expires", 0) > time.time() else None
+    import fcntl
+
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return _describe(json.loads(handle.read() or "{}"))
+            except ValueError:
+                return _describe({})
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
 class WorkdirLock:
     """Held for a run's life (a context manager); `enabled=False` (hosts other than 0) holds
     nothing."""
