@@ -1,4 +1,4 @@
-"""Preset sweep for the headline question: which masking ratio, with which replacement split?
+r"""Preset sweep for the headline question: which masking ratio, with which replacement split?
 
     python experiments/masking_ratio.py --workdir=DIR [--config=configs/tiny.py] \
         [--sweep=seed=0,1] [--config.train.num_steps=300] [any experiments/sweep.py flag]

@@ -1,4 +1,4 @@
-"""Ablation sweeps: the cross product of `--sweep` axes, one run per point, then tables and plots.
+r"""Ablation sweeps: the cross product of `--sweep` axes, one run per point, then tables and plots.
 
     python experiments/sweep.py --config=configs/tiny.py --workdir=DIR \
         --sweep=masking.ratio=0.15,0.3,0.4,0.6 --sweep=seed=0,1 [--config.train.num_steps=300]
@@ -27,7 +27,15 @@ Where runs go:
   --launch=sky    submits each unfinished run as its own SkyPilot managed job (`sky jobs
                   launch --launch_file`, default launch/tpu_v5e.yaml) into the gs:// DIR; the
                   jobs controller relaunches preempted ones. Rerun it to submit what is still
-                  unfinished, --report when they are done. --dry_run prints the commands.
+                  unfinished, --report when they are done.
+
+Before it writes or trains anything, the sweep resolves every run's config as the run would:
+all bad runs are named together, each with the key to change and where (its --sweep value,
+this command line, or the config file: a shorter --config.train.num_steps names the config's
+train.warmup_steps to lower). Runs that train elsewhere (--launch=print, sky) are checked
+without their data and devices, which only their machine sees. A gs:// DIR that does not
+answer within seconds is one line. --dry_run: the checks, then the commands (a local sweep's
+as --launch=print's); nothing is written.
 
 Outputs in DIR: sweep.json (axes and runs), results.csv (one row per run), results.md (means
 and standard deviations over seeds), metric_vs_<axis>.png (final metrics against the swept
@@ -77,7 +85,11 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "launch_file", "launch/tpu_v5e.yaml", "--launch=sky: the SkyPilot task YAML of each job."
     )
-    flags.DEFINE_bool("dry_run", False, "--launch=sky: print the `sky jobs launch` commands only.")
+    flags.DEFINE_bool(
+        "dry_run",
+        False,
+        "Check every run, print the commands (sky: `sky jobs launch`), write nothing.",
+    )
     flags.DEFINE_bool("report", False, "Only regenerate results.* and plots from DIR.")
     flags.DEFINE_string(
         "baseline", None, "KEY=VALUE: paired-by-seed differences to that setting (95% t CI)."

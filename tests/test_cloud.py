@@ -123,6 +123,7 @@ def test_sky_sweep_submits_one_job_per_unfinished_run_with_the_print_lines(
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(execution.subprocess, "run", fake_run)
+    monkeypatch.setattr(execution.shutil, "which", lambda name: f"/usr/bin/{name}")  # SkyPilot
     assert run_sweep(base_config(), workdir, SWEEP, base_args=BASE, launch="sky") == []
     assert len(submitted) == len(printed) == 4
     names = set()

@@ -43,7 +43,7 @@ def test_a_missing_optional_package_is_one_line_naming_its_install(packages, mod
 
 def test_sky_jobs_without_skypilot_name_the_cloud_extra(monkeypatch):
     monkeypatch.setenv("PATH", "")  # no `sky` to find
-    commands = [["sky", "jobs", "launch", "launch/tpu_v5e.yaml"]]
-    execution._submit_jobs(commands, dry_run=True)  # printing the commands needs no SkyPilot
+    args = ("gs://bucket/sweep", [], "launch/tpu_v5e.yaml")
+    execution._check_sky(*args, dry_run=True)  # printing the commands needs no SkyPilot
     with pytest.raises(SweepError, match=r"--launch=sky needs `sky`.*pip install -e '\.\[cloud\]'"):
-        execution._submit_jobs(commands, dry_run=False)
+        execution._check_sky(*args, dry_run=False)

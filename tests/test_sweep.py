@@ -523,3 +523,62 @@ def test_two_tasks_two_finetune_seeds_give_per_task_paired_intervals(tmp_path, m
         assert paired[column].removesuffix(" *") == interval(score), column
     plot = matplotlib.image.imread(os.path.join(workdir, "paired_vs_baseline.png"))
     assert plot.shape[1] > 7 * 400  # a panel per metric: 4 MLM scores, the mean, 2 tasks
+
+
+def test_every_bad_point_is_named_at_once_with_its_fix_before_anything_is_written(tmp_path):
+    """A shortened train.num_steps leaves the config's warmup_steps out of range: once every
+    point failed at run time, after sub-workdirs, sweep_failed.json and a report existed."""
+    config = small_run_config(str(tmp_path / "data"), num_steps=20)
+    config.train.warmup_steps = 100  # as configs/tiny.py has it
+    workdir = tmp_path / "sweep"
+    with pytest.raises(SweepError) as raised:
+        run_sweep(
+            config, str(workdir), ["masking.ratio=0.15,0.3", "seed=0,1"],
+            base_args=["--config=configs/tiny.py", "--config.train.num_steps=20"],
+        )  # fmt: skip
+    lines = str(raised.value).splitlines()
+    assert lines[0].startswith("4 of 4 runs would stop before training")
+    assert len(lines) == 5
+    for line in lines[1:]:  # each run: the first bad key it meets, and where to change it
+        assert "config.train.warmup_steps=100: expected an integer in 0..20" in line, line
+        assert "fix: lower train.warmup_steps, e.g. --config.train.warmup_steps=20" in line
+    config.train.warmup_steps = 5
+    with pytest.raises(SweepError) as raised:
+        run_sweep(config, str(workdir), ["masking.ratio=0.15,1.5"], base_args=[])
+    lines = str(raised.value).splitlines()
+    assert lines[0].startswith("1 of 2 runs would stop before training")
+    assert lines[1] == (
+        "  masking.ratio=1.5: config.masking.ratio=1.5: expected a float in (0, 1) "
+        "(fix: this point's --sweep value of masking.ratio)"
+    )
+    assert not workdir.exists() and not (tmp_path / "data").exists()
+
+
+def test_dry_run_checks_and_prints_but_writes_nothing(tmp_path, capsys):
+    workdir = tmp_path / "sweep"
+    config = small_run_config(str(tmp_path / "data"), num_steps=20)
+    run_sweep(config, str(workdir), ["seed=0,1"], base_args=[], dry_run=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.rsplit("--config.", 1)[-1] for line in lines] == ["seed=0", "seed=1"]
+    assert not workdir.exists()
+
+
+def test_an_unreachable_bucket_is_one_line_within_seconds(monkeypatch, tmp_path):
+    import time
+
+    from mlm_jax.sweep import precheck
+
+    def no_answer(path):
+        time.sleep(60)  # a client retrying DNS lookups of a bucket it cannot reach
+
+    monkeypatch.setattr(precheck.files, "exists", no_answer)
+    monkeypatch.setattr(precheck, "BUCKET_DEADLINE_S", 1.0)
+    config = small_run_config(str(tmp_path / "data"), num_steps=20)
+    start = time.monotonic()
+    with pytest.raises(SweepError) as raised:
+        run_sweep(config, "gs://no-such-bucket/sweep", ["seed=0,1"], base_args=[])
+    assert time.monotonic() - start < 10
+    assert str(raised.value) == (
+        "--workdir=gs://no-such-bucket/sweep: no answer from the bucket in 1 s (network, "
+        "credentials: `gcloud auth application-default login`, or the bucket's name?)"
+    )

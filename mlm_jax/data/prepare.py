@@ -1,4 +1,4 @@
-"""Tokenize and pack a corpus once, on Apache Beam, into a prepared-rows store (data/rows.py).
+r"""Tokenize and pack a corpus once, on Apache Beam, into a prepared-rows store (data/rows.py).
 
     python -m mlm_jax.data.prepare --config=configs/bert.py:base \
         --config.data.dataset=text:'corpus/*.txt' --out=gs://BUCKET/rows/corpus-128 \

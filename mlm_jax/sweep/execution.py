@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from mlm_jax import cli, files
-from mlm_jax.sweep import SweepError, children, report, run_state
+from mlm_jax.sweep import SweepError, children, precheck, report, run_state
 from mlm_jax.sweep.axes import (
     apply_settings,
     check_names,
@@ -264,10 +264,25 @@ def sky_job_commands(
     return commands
 
 
+def _check_sky(workdir: str, base_args: list[str], launch_file: str, dry_run: bool) -> None:
+    """--launch=sky's own needs, before anything is written: a bucket and SkyPilot's command."""
+    sky_job_commands([], base_args, workdir, launch_file)  # a local workdir: refused
+    if not dry_run and shutil.which("sky") is None:
+        raise SweepError(cli.missing_package("`sky`", cli.install_extra("cloud"), "--launch=sky"))
+
+
+def _devices_per_run(launch: str, parallel: int) -> int | None:
+    """What each run will see: this machine's devices shared among the --parallel slots, or,
+    for runs that train elsewhere, unknown here (None)."""
+    if launch != "local":
+        return None
+    import jax
+
+    return max(1, jax.device_count() // parallel)
+
+
 def _submit_jobs(commands: list[list[str]], dry_run: bool) -> None:
     """Submits each job to SkyPilot's jobs controller (or, dry_run, prints its command)."""
-    if commands and not dry_run and shutil.which("sky") is None:
-        raise SweepError(cli.missing_package("`sky`", cli.install_extra("cloud"), "--launch=sky"))
     for command in commands:
         line = shlex.join(command)
         if dry_run:
@@ -294,9 +309,10 @@ def run_sweep(
     dry_run: bool = False,
     baseline: str = "",
 ) -> list[dict]:
-    """Validates the axes, runs (or prints, or submits) every unfinished run, then writes the
+    """Checks every run, then runs (or prints, or submits) every unfinished one, then writes the
     report (not for print and sky, whose runs train elsewhere: --report collects them), with
-    paired differences to `baseline` (KEY=VALUE) when given."""
+    paired differences to `baseline` (KEY=VALUE) when given. dry_run: the checks, then the
+    commands printed (a local sweep's as --launch=print's); nothing written."""
     if parallel < 1:
         raise SweepError(f"--parallel={parallel}: expected >= 1")
     axes = parse_axes(sweep_specs, config)
@@ -306,15 +322,14 @@ def run_sweep(
     check_names(names, runs)
     if baseline:
         parse_baseline(baseline, [list(keys) for keys, _ in axes])
-    sweep_record = {
-        "baseline": baseline,
-        "axes": [list(keys) for keys, _ in axes],
-        "runs": [{"name": n, "settings": s} for n, s in zip(names, runs)],
-        "config_args": base_args,
-    }
-    files.write_text(files.join(workdir, run_state.SWEEP_FILE), json.dumps(sweep_record, indent=2))
-    if launch == "sky" and not files.is_remote(workdir):
-        sky_job_commands([], base_args, workdir, launch_file)  # refused before writing anything
+    if launch == "sky":
+        _check_sky(workdir, base_args, launch_file, dry_run)
+    precheck.check_runs(
+        names, runs, configs, base_args, devices_per_run=_devices_per_run(launch, parallel)
+    )
+    precheck.check_reachable(workdir)
+    if dry_run and launch == "local":
+        launch = "print"
     todo = []
     for name, settings, run_config in zip(names, runs, configs):
         run_dir = files.join(workdir, name)
@@ -326,6 +341,15 @@ def run_sweep(
         if launch == "local" and _running_elsewhere(run_dir):
             continue
         todo.append((run_dir, settings, run_config))
+    if not dry_run:
+        sweep_record = {
+            "baseline": baseline,
+            "axes": [list(keys) for keys, _ in axes],
+            "runs": [{"name": n, "settings": s} for n, s in zip(names, runs)],
+            "config_args": base_args,
+        }
+        sweep_file = files.join(workdir, run_state.SWEEP_FILE)
+        files.write_text(sweep_file, json.dumps(sweep_record, indent=2))
     if launch == "print":
         _print_commands(todo, base_args)
         return []

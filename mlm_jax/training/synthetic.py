@@ -61,7 +61,8 @@ def without_corpus(config):
     """`config` with its corpus and tokenizer replaced by the built-in, never-read ones.
 
     Synthetic ids read no corpus, so a corpus this machine lacks (configs/bert.py's Wikipedia)
-    must not stop them; the vocabulary size is kept (model.vocab_size, else data.vocab_size).
+    must not stop them; nor may it stop a sweep's check of runs that train on another machine.
+    The vocabulary size is kept (model.vocab_size, else data.vocab_size).
     """
     config = config.copy_and_resolve_references()
     with config.unlocked():
