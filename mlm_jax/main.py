@@ -127,16 +127,22 @@ def main(argv) -> None:
 def _print_config() -> None:
     """The config's fields with values and comments; with --workdir, what a run would do."""
     from mlm_jax.config import doc as config_doc
-    from mlm_jax.config.errors import ConfigError
+    from mlm_jax.config.errors import ConfigError, as_config_errors
+    from mlm_jax.training import memory
     from mlm_jax.training import run as train
 
-    config = _CONFIG.value
+    config, checked = _CONFIG.value, None
     if _WORKDIR.value:
         with cli.one_line_errors((ConfigError,)):
             checked = train.check(config, _WORKDIR.value)
-        config = checked.config
-    print(config_doc.describe(config))
-    if _WORKDIR.value:
+    print(config_doc.describe(checked.config if checked else config))
+    try:  # without --workdir the config may be meant for other devices: say why, go on
+        with as_config_errors():
+            run = checked.run if checked else train.resolve(config)
+            print(memory.estimate(run, memory.vocab_upper_bound(run)[0]).describe())
+    except ConfigError as e:
+        print(f"memory per device: not estimated ({e})")
+    if checked:
         print(train.plan(checked, _WORKDIR.value))
 
 

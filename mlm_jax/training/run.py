@@ -31,8 +31,8 @@ from mlm_jax import files
 from mlm_jax.config.errors import ConfigError, as_config_errors
 from mlm_jax.training import checkpoint as ckpt
 from mlm_jax.training import inputs as inputs_lib
+from mlm_jax.training import memory, pretrained, sharding
 from mlm_jax.training import metrics as metrics_lib
-from mlm_jax.training import pretrained, sharding
 from mlm_jax.training import workdir as workdir_lib
 from mlm_jax.training.checks import check_eval_batches
 from mlm_jax.training.resolve import resolve
@@ -173,6 +173,7 @@ def check(config, workdir: str) -> Checked:
         workdir_lib.check_owned(workdir)
         resume_step = ckpt.latest_step(workdir)
         check_resume_compatible(config, workdir)
+        memory.check_fits(run, *memory.vocab_upper_bound(run))  # before a tokenizer is trained
         tokenizer = loader.run_tokenizer(run.data, workdir, resuming=resume_step is not None)
         run = run.with_vocab(tokenizer)
         config = resolved_config(config, run)
