@@ -21,7 +21,7 @@ ON_RESUME = {
     "train.num_steps", "train.nan_policy", "log.every_steps", "eval.every_steps",
     "eval.num_batches", "checkpoint.every_steps", "checkpoint.keep", "mesh.data", "mesh.fsdp",
     "mesh.tensor", "mesh.logical_axis_rules", "data.prefetch", "data.num_workers",
-    "data.data_dir", "model.remat", "model.fused_qkv", "model.attention", "model.init_from",
+    "data.data_dir", "eval.nll_bound_rates", "model.remat", "model.fused_qkv", "model.attention", "model.init_from",
 }  # fmt: skip
 BETWEEN_PHASES = {
     "dtype", "attention", "remat", "fused_qkv", "dropout_rate", "attention_dropout_rate",

@@ -51,6 +51,8 @@ def masking_config(**overrides):
             span_sampling="tile",
             span_replacement="token",
             pmi_vocab="",
+            rate_distribution="fixed",
+            loss_weighting="mean",
         )
     )
     c.update(overrides)

@@ -124,7 +124,7 @@ def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_p
     assert set(rows) == {"0.15", "0.4"}
     for row in rows.values():
         assert row["status"] == "done" and row["step"] == "10"
-        for key in ("eval_loss", "eval_accuracy", "own_loss", "own_accuracy"):
+        for key in ("eval_loss", "eval_accuracy", "eval_nll_bound", "own_loss", "own_accuracy"):
             assert math.isfinite(float(row[key])), (key, row)
         assert int(row["tokens_seen"]) == 10 * 8 * 64  # steps x batch x seq_len
     # 0.15 trains at the eval masking, so both columns are the same numbers; 0.4 does not.

@@ -95,6 +95,12 @@ def _masking() -> ml_collections.ConfigDict:
         0  # 0 = dynamic (fresh mask each step); N = an example keeps its mask N epochs
     )
     m.never_mask_ids = ()  # token ids never selected, besides [CLS] [SEP] [PAD] and other specials
+    # Per-row rate (masked diffusion, MDLM/LLaDA): fixed = masking.ratio and its schedule;
+    # uniform:A,B or beta:A,B = each row draws its own rate (ratio unused; K from the top end)
+    m.rate_distribution = "fixed"
+    # mean: mean cross-entropy over predictions | elbo: each row weighted by 1/its rate, per
+    # eligible token (MDLM's bound; needs mask_prob=1, random_prob=0, corruption_ratio=0)
+    m.loss_weighting = "mean"
     return m
 
 
@@ -180,6 +186,9 @@ def _eval() -> ml_collections.ConfigDict:
     e.mask_prob = 0.8  # eval replacement split: [MASK] fraction
     e.random_prob = 0.1  # eval replacement split: random-token fraction
     e.batch_size = 32  # global eval batch, in sequences
+    # eval/nll_bound (nats per token, the masked-diffusion bound): stratified masking rates per
+    # held-out row, each a forward pass over the eval batches (fixed keys: 0 = no bound)
+    e.nll_bound_rates = may_change(4, ON_RESUME)
     return e
 
 

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from mlm_jax.config.fields import check_choice, check_float, check_int
+from mlm_jax.masking.rates import RateDistribution, check_rate_fields, parse_rate_distribution
 from mlm_jax.masking.schedule import (
     SCHEDULES,
     ExactRatio,
@@ -118,6 +119,8 @@ class MaskingSpec:
     vocab_size: int = 0
     mask_id: int = -1
     special_ids: tuple[int, ...] = ()  # sorted; never selected, never drawn as a random token
+    rate_distribution: str = "fixed"  # fixed, or a rate drawn per row (canonical text)
+    loss_weighting: str = "mean"  # mean | elbo (training/weighting.py)
 
     @classmethod
     def from_config(cls, masking_config: Any, *, seq_len: int, num_steps: int) -> MaskingSpec:
@@ -126,7 +129,8 @@ class MaskingSpec:
         seq_len and num_steps come checked from their own specs (data, train).
         Derived K = ceil(max_ratio * (seq_len - 2)) (a row holds at least [CLS] and [SEP]),
         plus WORD_OVERSHOOT_SLACK for whole_word/span, rounded up to a multiple of 8 and
-        clamped to seq_len. max_ratio is the largest ratio the schedule reaches (its larger end).
+        clamped to seq_len. max_ratio is the largest ratio the schedule reaches (its larger end),
+        or the largest rate masking.rate_distribution draws.
         """
         m = masking_config
         schedule = check_choice("masking.schedule", m.schedule, SCHEDULES)
@@ -168,8 +172,14 @@ class MaskingSpec:
         pieces = pieces if schedule == "piecewise" else ()
         if schedule in ("constant", "piecewise"):
             end_ratio = ratio
+        rates, weighting = check_rate_fields(
+            m, schedule=schedule, mask_prob=mask_prob, random_prob=random_prob,
+            corruption_ratio=corruption,
+        )  # fmt: skip
         if k == 0:
             max_ratio = largest_ratio(schedule, ratio, end_ratio, pieces)
+            if not rates.is_fixed:
+                max_ratio = rates.upper_end()
             k = derived_max_predictions(max_ratio, seq_len, strategy)
         return cls(
             strategy=strategy,
@@ -190,6 +200,8 @@ class MaskingSpec:
             pmi_vocab=pmi_vocab if strategy == "pmi" else "",
             pieces=pieces,
             never_mask_ids=never,
+            rate_distribution=str(rates),
+            loss_weighting=weighting,
         )
 
     @classmethod
@@ -214,6 +226,11 @@ class MaskingSpec:
             ratio=ratio,
             end_ratio=ratio,
         )
+
+    @property
+    def rates(self) -> RateDistribution:
+        """masking.rate_distribution, parsed (checked in from_config)."""
+        return parse_rate_distribution("masking.rate_distribution", self.rate_distribution)
 
     def with_vocab(self, tokenizer) -> MaskingSpec:
         """The spec with the tokenizer's [MASK] id, special ids and vocabulary size."""

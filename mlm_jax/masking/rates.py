@@ -24,9 +24,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mlm_jax.masking.schedule import ExactRatio
+from mlm_jax.config.fields import check_choice
+from mlm_jax.masking.schedule import ExactRatio, scheduled_ratio
 
 RATE_KINDS = ("fixed", "uniform", "beta")
+LOSS_WEIGHTINGS = ("mean", "elbo")  # masking.loss_weighting (training/weighting.py)
 RATE_DENOMINATOR = 2**14  # rates on a grid of 1/16384: num * n stays in int32 for n <= 2**16
 _RATE_STREAM = 0x7261  # folded into a row's masking key for its rate ("ra")
 
@@ -52,7 +54,7 @@ class RateDistribution:
         raise ValueError("a fixed rate has no distribution: K follows the ratio schedule")
 
     def __str__(self) -> str:
-        return "fixed" if self.is_fixed else f"{self.kind}:{self.a:g},{self.b:g}"
+        return "fixed" if self.is_fixed else f"{self.kind}:{self.a!r},{self.b!r}"
 
 
 def parse_rate_distribution(key: str, text: Any) -> RateDistribution:
@@ -79,6 +81,13 @@ def parse_rate_distribution(key: str, text: Any) -> RateDistribution:
     raise ValueError(expected)
 
 
+def masking_ratio(step, keys_B: jax.Array, spec) -> ExactRatio:
+    """The ratio mask_tokens takes: the schedule's at `step`, or each row's own rate."""
+    if spec.rates.is_fixed:
+        return scheduled_ratio(step, spec)
+    return row_rates(keys_B, spec.rates)
+
+
 def row_rates(keys_B: jax.Array, dist: RateDistribution) -> ExactRatio:
     """One rate per row from the row's own key, as an ExactRatio of [B] arrays on the grid.
 
@@ -95,3 +104,33 @@ def row_rates(keys_B: jax.Array, dist: RateDistribution) -> ExactRatio:
     num_B = jnp.clip(jnp.round(t_B * RATE_DENOMINATOR), 0, RATE_DENOMINATOR).astype(jnp.int32)
     den_B = jnp.full_like(num_B, RATE_DENOMINATOR)
     return ExactRatio(num_B.astype(jnp.float32) / RATE_DENOMINATOR, num_B, den_B)
+
+
+def check_rate_fields(
+    masking_config: Any, *, schedule: str, mask_prob: float, random_prob: float,
+    corruption_ratio: float,
+) -> tuple[RateDistribution, str]:  # fmt: skip
+    """masking.rate_distribution and masking.loss_weighting, checked against the fields whose
+    meaning they change: (distribution, weighting), or one error line.
+
+    A drawn rate replaces the ratio schedule (masking.ratio is not used), so the schedule must
+    be constant. elbo is the masked-diffusion bound only when masking hides what it predicts
+    and nothing else: [MASK] for every selected token (mask_prob 1, random_prob 0: a kept or
+    random token would show or mislead at its own target) and no corruption rate of its own.
+    Static masking, strategies and the floor keep their meaning at any rate.
+    """
+    m = masking_config
+    dist = parse_rate_distribution("masking.rate_distribution", m.rate_distribution)
+    weighting = check_choice("masking.loss_weighting", m.loss_weighting, LOSS_WEIGHTINGS)
+    if not dist.is_fixed and schedule != "constant":
+        raise ValueError(
+            f"config.masking.schedule={schedule!r}: expected 'constant' with "
+            f"masking.rate_distribution={m.rate_distribution!r} (each row draws its own rate)"
+        )
+    if weighting == "elbo" and (mask_prob != 1 or random_prob != 0 or corruption_ratio != 0):
+        raise ValueError(
+            f"config.masking.loss_weighting='elbo': expected masking.mask_prob=1, random_prob=0 "
+            f"and corruption_ratio=0 (MDLM's [MASK]-only corruption; got {mask_prob:g}, "
+            f"{random_prob:g}, {corruption_ratio:g})"
+        )
+    return dist, weighting

@@ -206,9 +206,10 @@ def write_markdown(path: str, axes, rows: list[dict], paired: dict | None = None
 
 
 def paired_metrics(rows: list[dict]) -> list[str]:
-    """The metrics the baseline differences cover: the eval/own scores (+ fine-tuning, the
-    mean over tasks and each task)."""
-    return ["eval_loss", "eval_accuracy", "own_loss", "own_accuracy", *finetune_columns(rows)]
+    """The metrics the baseline differences cover: the eval/own scores and the likelihood bound
+    (+ fine-tuning, the mean over tasks and each task)."""
+    scores = ["eval_loss", "eval_accuracy", "eval_nll_bound", "own_loss", "own_accuracy"]
+    return [*scores, *finetune_columns(rows)]
 
 
 def write_report(workdir: str, baseline: str | None = None) -> list[dict]:

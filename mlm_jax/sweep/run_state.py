@@ -21,6 +21,7 @@ FINETUNE_REQUEST = "sweep_request.json"  # beside a fine-tuning's result.json: w
 METRICS = (
     ("eval_loss", "eval/loss"),
     ("eval_accuracy", "eval/accuracy"),
+    ("eval_nll_bound", "eval/nll_bound"),  # the likelihood bound, nats per token
     ("own_loss", "eval_own/loss"),
     ("own_accuracy", "eval_own/accuracy"),
     ("eval_masked_fraction", "eval/masked_fraction"),

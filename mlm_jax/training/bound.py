@@ -28,6 +28,7 @@ from mlm_jax.masking.schedule import ExactRatio
 from mlm_jax.training.weighting import loss_weights, weighted_loss_sums
 
 _OFFSETS = 0x6F66  # fold tag of the per-row stratum offsets ("of")
+_BOUND_SEED = 0x626F  # the bound's root key, the same for every run ("bo")
 
 
 def bound_spec(eval_spec: MaskingSpec, seq_len: int) -> MaskingSpec:
@@ -76,3 +77,35 @@ def bound_sums(logits_fn, key, batch: dict, spec: MaskingSpec, stratum, num_stra
     weights = loss_weights("elbo", masked.weights, masked.num_maskable, masked.num_selected)
     sums = weighted_loss_sums(logits_BxKxV, masked.targets, *weights)
     return {"bound_sum": sums["objective_sum"], "bound_tokens": sums["objective_tokens"]}
+
+
+def bound_step(params, batch: dict, key, stratum, *, model, spec, num_strata: int) -> dict:
+    """eval/nll_bound's sums on one held-out batch at one stratified rate (training/bound.py)."""
+
+    def logits_fn(inputs_BxL, positions_BxK):
+        return model.apply(
+            {"params": params},
+            inputs_BxL,
+            positions_BxK,
+            document_ids_BxL=batch["document_ids"],
+            deterministic=True,
+        )
+
+    return bound_sums(logits_fn, key, batch, spec, stratum, num_strata)
+
+
+def nll_bound(bound_fn, eval_batches: list, num_strata: int) -> dict[str, float]:
+    """{"eval/nll_bound": nats per token} over the held-out batches, or {} if they have no
+    eligible token. bound_fn(batch, key, stratum) is bound_step with the parameters bound; its
+    keys do not depend on config.seed, so every run and checkpoint gets the same estimator."""
+    base = jax.random.key(_BOUND_SEED)
+    sums = [
+        bound_fn(batch, jax.random.fold_in(base, i), jnp.int32(s))
+        for s in range(num_strata)
+        for i, batch in enumerate(eval_batches)
+    ]
+    sums = jax.device_get(sums)  # one host sync
+    tokens = sum(float(x["bound_tokens"]) for x in sums)
+    if tokens == 0:
+        return {}
+    return {"eval/nll_bound": sum(float(x["bound_sum"]) for x in sums) / tokens}

@@ -36,6 +36,7 @@ class TrainSpec:
     eval_every: int = 500  # 0 = never
     eval_batches: int = 8
     eval_batch_size: int = 32
+    bound_rates: int = 4  # eval.nll_bound_rates: stratified rates per row (0 = no bound)
     checkpoint_every: int = 500  # 0 = only at the end (and on SIGTERM)
     checkpoint_keep: int = 2
 
@@ -48,6 +49,7 @@ class TrainSpec:
         check_int("eval.every_steps", self.eval_every, minimum=0)
         check_int("eval.num_batches", self.eval_batches, minimum=1)
         check_int("eval.batch_size", self.eval_batch_size, minimum=1)
+        check_int("eval.nll_bound_rates", self.bound_rates, minimum=0, maximum=64)
         check_int("checkpoint.every_steps", self.checkpoint_every, minimum=0)
         check_int("checkpoint.keep", self.checkpoint_keep, minimum=1)
 
@@ -63,6 +65,7 @@ class TrainSpec:
             eval_every=e.every_steps,
             eval_batches=e.num_batches,
             eval_batch_size=e.batch_size,
+            bound_rates=e.nll_bound_rates,
             checkpoint_every=ck.every_steps,
             checkpoint_keep=ck.keep,
         )

@@ -20,10 +20,13 @@ import numpy as np
 import optax
 
 from mlm_jax import masking
+from mlm_jax.masking.rates import masking_ratio, row_rates
 from mlm_jax.models.registry import mlm_model
 from mlm_jax.training import optim, sharding
+from mlm_jax.training.bound import bound_spec, bound_step, nll_bound
 from mlm_jax.training.loss import mlm_loss
 from mlm_jax.training.spec import RunSpec
+from mlm_jax.training.weighting import loss_weights, weighted_loss_sums
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ def stream_key(seed: int, stream: int) -> jax.Array:
 
 
 _SUM_KEYS = ("loss_sum", "correct_sum", "weight_sum")  # sums combine exactly across pieces
+_OBJECTIVE_KEYS = ("objective_sum", "objective_tokens")  # the weighted loss (weighting.py)
 
 
 def _sum_metrics(logits, targets, weights):
@@ -72,10 +76,10 @@ def _skippable_update(finite, new_opt_state, old_opt_state):
 def train_step(state: TrainState, batch: dict, *, model, tx, run: RunSpec) -> tuple:
     """One optimizer update on a global batch: mask on device, forward, backward, AdamW."""
     step, spec = state.step, run.masking
-    ratio = masking.scheduled_ratio(step, spec)
     keys = masking.masking_keys(
         stream_key(run.seed, _MASK), step, batch["example_ids"], batch["epochs"], spec.static_epochs
     )
+    ratio = masking_ratio(step, keys, spec)
     masked = masking.mask_tokens(
         keys, batch["tokens"], batch["maskable"], _starts(batch, spec), ratio=ratio, spec=spec
     )
@@ -91,13 +95,19 @@ def train_step(state: TrainState, batch: dict, *, model, tx, run: RunSpec) -> tu
             rngs={"dropout": jax.random.fold_in(dropout_key, micro_index)},
         )
         sums = _sum_metrics(logits, micro["targets"], micro["weights"])
-        return sums["loss_sum"], sums
+        sums |= weighted_loss_sums(logits, micro["targets"], micro["loss_weights"], micro["tokens"])
+        return sums["objective_sum"], sums
 
+    loss_weights_BxK, tokens_B = loss_weights(
+        spec.loss_weighting, masked.weights, masked.num_maskable, masked.num_selected
+    )
     whole = {
         "inputs": masked.inputs,
         "positions": masked.positions,
         "targets": masked.targets,
         "weights": masked.weights,
+        "loss_weights": loss_weights_BxK,
+        "tokens": tokens_B,
         "document_ids": batch["document_ids"],
     }
     grad_fn = jax.grad(loss_sum, has_aux=True)
@@ -117,16 +127,16 @@ def train_step(state: TrainState, batch: dict, *, model, tx, run: RunSpec) -> tu
             g, s = grad_fn(state.params, micro, index)
             return jax.tree.map(jnp.add, carry, (g, s)), None
 
-        zeros = jax.tree.map(
-            jnp.zeros_like, (state.params, {k: jnp.zeros((), jnp.float32) for k in _SUM_KEYS})
-        )
+        zero_sums = {k: jnp.zeros((), jnp.float32) for k in _SUM_KEYS + _OBJECTIVE_KEYS}
+        zeros = jax.tree.map(jnp.zeros_like, (state.params, zero_sums))
         (grads, sums), _ = jax.lax.scan(accumulate, zeros, (micros, jnp.arange(num_micro)))
 
-    # d(mean loss) = d(sum of losses) / number of predictions, exact across microbatches.
-    denom = jnp.maximum(sums["weight_sum"], 1.0)
+    # d(loss) = d(weighted sum) / its denominator (predictions for mean, eligible tokens for
+    # elbo), exact across microbatches.
+    denom = jnp.maximum(sums["objective_tokens"], 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     grad_norm = optim.global_norm(grads)
-    loss = sums["loss_sum"] / denom
+    loss = sums["objective_sum"] / denom
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
@@ -143,9 +153,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx, run: RunSpec) -> tu
     )
     metrics = {
         "loss": loss,
-        "accuracy": sums["correct_sum"] / denom,
+        "accuracy": sums["correct_sum"] / jnp.maximum(sums["weight_sum"], 1.0),
         "grad_norm": grad_norm,
-        "mask_ratio": ratio.value,
+        "mask_ratio": jnp.mean(ratio.value),  # scheduled, or the batch's mean drawn rate
         "masked_fraction": masked_fraction(masked),
         "predictions": sums["weight_sum"],
         "finite": finite,
@@ -167,6 +177,8 @@ def masked_fraction(masked) -> jax.Array:
 def eval_step(params, batch: dict, key, ratio, *, model, spec) -> dict:
     """Metric sums on one held-out batch, masked with a fixed key (the same in every run)."""
     keys = jax.random.split(key, batch["tokens"].shape[0])
+    if not spec.rates.is_fixed:  # the run's own masking draws a rate per row
+        ratio = row_rates(keys, spec.rates)
     masked = masking.mask_tokens(
         keys, batch["tokens"], batch["maskable"], _starts(batch, spec), ratio=ratio, spec=spec
     )
@@ -257,6 +269,16 @@ class Trainer:
                     ),
                     out_shardings=replicated,
                 )
+        if self.run.train.bound_rates:
+            spec = bound_spec(self.run.eval_masking, self.run.data.seq_len)
+            self._jitted["bound"] = jax.jit(
+                functools.partial(
+                    bound_step, model=self.model, spec=spec,
+                    num_strata=self.run.train.bound_rates,
+                ),
+                in_shardings=(self.state_sharding.params, self.batch_sharding, replicated, None),
+                out_shardings=replicated,
+            )  # fmt: skip
         self._compiled = {}
         self.train_step = functools.partial(self._call, "train")
         self.eval_steps = {
@@ -287,9 +309,12 @@ class Trainer:
         ratio = jax.eval_shape(lambda: masking.scheduled_ratio(0, self.run.masking))
         with self.activate():
             compiled = {"train": self._jitted["train"].lower(self.abstract_state, batch).compile()}
+            args = (self.abstract_state.params, {k: like(v) for k, v in eval_batch.items()})
             for name in self.eval_steps:
-                args = (self.abstract_state.params, {k: like(v) for k, v in eval_batch.items()})
                 compiled[name] = self._jitted[name].lower(*args, key, ratio).compile()
+            if "bound" in self._jitted:
+                stratum = jax.ShapeDtypeStruct((), jnp.int32)
+                compiled["bound"] = self._jitted["bound"].lower(*args, key, stratum).compile()
             if with_init:
                 compiled["init"] = self._jitted["init"].lower(key).compile()
         self._compiled.update(compiled)
@@ -335,6 +360,10 @@ class Trainer:
             out[f"{name}/loss"] = loss
             out[f"{name}/accuracy"] = totals["correct_sum"] / n
             out[f"{name}/perplexity"] = float(np.exp(min(loss, 50.0)))
+        if "bound" in self._jitted:
+            bound_fn = functools.partial(self._call, "bound", params)
+            with self.activate():
+                out.update(nll_bound(bound_fn, eval_batches, self.run.train.bound_rates))
         return out
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-LOSS_WEIGHTINGS = ("mean", "elbo")
+from mlm_jax.masking.rates import LOSS_WEIGHTINGS
 
 
 def loss_weights(weighting: str, weights_BxK, num_maskable_B, num_selected_B):
