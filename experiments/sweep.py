@@ -53,13 +53,12 @@ execution, run_state, report, plots).
 
 from __future__ import annotations
 
-import logging as pylogging
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from mlm_jax import cli, files
+from mlm_jax import cli, files, logs
 from mlm_jax.sweep import SweepError
 from mlm_jax.sweep.execution import config_args, run_sweep
 from mlm_jax.sweep.finetuning import make_plan
@@ -110,9 +109,7 @@ def define_flags() -> None:
 
 def main(argv) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
-    pylogging.getLogger("mlm_jax").setLevel(pylogging.INFO)
-    cli.quiet_library_noise()  # in-process runs log as mlm_jax.main's do
+    logs.configure()  # in-process runs log as mlm_jax.main's do
     with cli.one_line_errors((SweepError,)):
         if FLAGS.report:
             write_report(FLAGS.workdir, baseline=FLAGS.baseline)

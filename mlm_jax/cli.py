@@ -78,6 +78,8 @@ class _KnownNoise:
             return False  # our builders pass their config objects, and build variants on use
         if self._no_tpu and message.startswith("Unable to initialize backend 'tpu'"):
             return False  # no TPU runtime installed: JAX's probe for one cannot succeed
+        if message.startswith("apitools not found, and bigquery client libraries"):
+            return False  # Beam's optional BigQuery client, which nothing here uses
         return True
 
 
@@ -86,5 +88,5 @@ def quiet_library_noise() -> None:
     import logging
 
     noise = _KnownNoise()
-    for name in ("absl", "jax._src.xla_bridge"):
+    for name in ("", "absl", "jax._src.xla_bridge"):  # ("": the root logger)
         logging.getLogger(name).addFilter(noise)

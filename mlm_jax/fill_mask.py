@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="a training run's workdir (latest checkpoint)")
-    source.add_argument("--hf_dir", help="a Hugging Face BERT directory")
+    source.add_argument(
+        "--hf_dir", help="a Hugging Face BERT or ModernBERT directory with an MLM head"
+    )
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("texts", nargs="+", help=f"sentences with {MASK_TEXT} in them")
     args = parser.parse_args(argv)

@@ -27,9 +27,7 @@ loop); this module is its command line.
 
 from __future__ import annotations
 
-import logging
-
-from mlm_jax import cli
+from mlm_jax import cli, logs
 from mlm_jax.finetuning.encoding import encode
 from mlm_jax.finetuning.loop import finetune, optimizer_spec
 from mlm_jax.finetuning.model import init_params, load_encoder
@@ -43,7 +41,6 @@ _init_params = init_params  # (its name before the package split)
 
 def main(argv=None) -> None:
     from absl import app, flags
-    from absl import logging as absl_logging
 
     flags.DEFINE_string("pretrained", "", "Run dir (checkpoints/) or HF BERT dir; '' = none.")
     flags.DEFINE_enum("init", "pretrained", ["pretrained", "random"], "random = baseline.")
@@ -62,8 +59,7 @@ def main(argv=None) -> None:
 
     def run(argv):
         del argv
-        absl_logging.set_verbosity(absl_logging.WARNING)
-        logging.getLogger("mlm_jax").setLevel(logging.INFO)
+        logs.configure()
         for name in ("task", "workdir"):  # one line, not absl's traceback for a required flag
             if not FLAGS[name].value:
                 cli.fail(f"--{name} is required: {FLAGS[name].help}")

@@ -17,10 +17,10 @@ import logging as pylogging
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from mlm_jax import cli
+from mlm_jax import cli, logs
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/<exp>.py[:arg]).", lock_config=True
@@ -78,8 +78,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
                 cli.fail(f"{arg}: no such config file")
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:  # an unknown flag or a value of the wrong type
-        cli.fail(str(e))
+    except flags.Error as e:  # an unknown flag, a value of the wrong type, a config that raised
+        cli.fail(_config_error_line(str(e)))
     except AttributeError as e:  # ml_collections: --config.a.b=... where the config has no a.b
         inner = e.args[0] if e.args else e
         text = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
@@ -90,11 +90,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
         cli.fail(f"{where}: no such config field" + (f" ({hint[0].strip()})" if hint else ""))
 
 
+def _config_error_line(text: str) -> str:
+    """ml_collections reports a get_config() that raised with the whole traceback in its
+    message; the user needs its last line, the config's own words."""
+    if "Traceback" not in text:
+        return text
+    flag = text.split(": Error whilst parsing", 1)[0].removeprefix("flag ")
+    message = [line for line in text.splitlines() if line.strip()][-1].split(": ", 1)[-1]
+    return message if flag.split("=", 1)[-1] in message else f"{flag}: {message}"
+
+
 def main(argv) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)  # libraries: warnings only
-    pylogging.getLogger("mlm_jax").setLevel(pylogging.INFO)  # the run's own progress lines
-    cli.quiet_library_noise()
+    logs.configure()
     if _PRINT_CONFIG.value:
         _print_config()
         return

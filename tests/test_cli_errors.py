@@ -72,3 +72,11 @@ def test_unexpected_exceptions_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(pretrained, "load", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         hf.main(["import", MINILM_DIR])
+
+
+def test_a_config_file_that_raises_is_its_own_line_not_a_traceback():
+    result = _run("mlm_jax.main", "--config=configs/bert.py:huge", "--print_config")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: configs/bert.py:huge: expected base, large, base-24h or large-24h\n"
+    )

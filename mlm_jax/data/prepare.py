@@ -32,6 +32,8 @@ from mlm_jax import checksums, cli, files
 from mlm_jax.data import packing, rows, sources, store_transaction
 from mlm_jax.data import tokenizer as tokenizer_lib
 
+if __name__ == "__main__":
+    cli.quiet_library_noise()  # before Beam's import, which logs a line about BigQuery
 try:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -301,11 +303,14 @@ def _write_manifest(written, layouts, *, out, data, tokenizer_dir, **fields):
 
 
 def main(argv: list[str]) -> None:
+    import tensorflow_datasets as tfds
     from absl import flags
 
-    from mlm_jax import cli
+    from mlm_jax import cli, logs
     from mlm_jax.data.spec import DataSpec
 
+    logs.configure()  # Beam's INFO lines (type hints, runners) are not the user's business
+    tfds.display_progress_bar(False)  # a corpus built on first use, as mlm_jax.main builds it
     flags_ = flags.FLAGS
     try:
         with cli.one_line_errors(), store_transaction.interrupts_raise():

@@ -182,7 +182,15 @@ def log_summary(workdir: str, result: dict[str, float], step: int | None) -> Non
         "next: fill in a [MASK], export to Hugging Face, or look at the curves:",
         f'  python -m mlm_jax.fill_mask --workdir={workdir} "The [MASK] statement returns a value."',
         f"  python -m mlm_jax.hf export --workdir={workdir} --out_dir={workdir.rstrip('/')}_hf",
-        f"  tensorboard --logdir={files.join(workdir, 'tensorboard')}",
+        _tensorboard_hint(workdir),
     ]
     for line in lines:
         log.info(line)
+
+
+def _tensorboard_hint(workdir: str) -> str:
+    """The curves' command, with its install where TensorBoard is not (no requirement has it)."""
+    command = f"tensorboard --logdir={files.join(workdir, 'tensorboard')}"
+    return (
+        f"  {command}" if shutil.which("tensorboard") else f"  pip install tensorboard && {command}"
+    )

@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from mlm_jax import files
 from mlm_jax.data.sources.core import Corpus, DocumentSource, data_dir
 
-log = logging.getLogger("mlm_jax.data")
+log = logging.getLogger(__name__)
 
 
 def heldout_by_hash(text: str, fraction: float) -> bool:

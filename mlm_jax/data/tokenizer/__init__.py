@@ -12,6 +12,7 @@ Its command (`__main__.py`) trains a vocabulary on the train split of a corpus, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 
@@ -20,6 +21,8 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from mlm_jax import files
+
+log = logging.getLogger(__name__)
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Beside a vocabulary this project trained: what it was trained on (dataset, held-out fraction),
@@ -299,6 +302,12 @@ def train_wordpiece(texts: Iterable[str], *, vocab_size: int, lowercase: bool) -
     )
     hf.add_special_tokens([tokenizers.AddedToken(t, special=True) for t in BERT_SPECIALS])
     _bert_pipeline(hf, lowercase=lowercase, strip_accents=lowercase)
+    if len(vocab) < vocab_size:
+        log.warning(
+            "the corpus gave a %d-token vocabulary, not the %d asked (vocab_size): it holds too "
+            "few distinct pieces seen twice; the model's vocabulary is %d tokens",
+            len(vocab), vocab_size, len(vocab),
+        )  # fmt: skip
     return Tokenizer(hf, lowercase=lowercase)
 
 
