@@ -437,6 +437,20 @@ def test_baseline_adds_paired_t_intervals_checked_by_hand(tmp_path):
         baseline.paired_differences(axes, rows, "masking.ratio=0.45", metrics)
 
 
+def test_the_likelihood_bound_reaches_the_results_and_the_paired_table():
+    """eval/nll_bound of the last eval is a results column and a paired metric; a run that
+    logged none (an older run, or eval.nll_bound_rates=0) leaves the cell empty."""
+    from mlm_jax.sweep.report import paired_metrics
+
+    events = [
+        {"step": 5, "eval/loss": 6.0, "eval/accuracy": 0.0, "eval/nll_bound": 6.2},
+        {"step": 10, "eval/loss": 5.0, "eval/accuracy": 0.1, "eval/nll_bound": 5.3},
+    ]
+    assert run_state.final_eval(events)["eval_nll_bound"] == 5.3
+    assert run_state.final_eval([{"step": 10, "eval/loss": 5.0}])["eval_nll_bound"] is None
+    assert "eval_nll_bound" in paired_metrics([])
+
+
 def test_corruption_and_prediction_sweep_together(tmp_path, capsys):
     """Both rates as one axis (and a piecewise schedule) parse, resolve and launch."""
     from mlm_jax.training.resolve import resolve
