@@ -354,7 +354,30 @@ def load_trained(workdir: str, step: int | None = None):
                 partial_restore=True,
             ),
         )
+    except (OSError, ValueError, RuntimeError) as e:  # tensorstore: truncated, missing, ...
+        detail = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ValueError(f"{path}: the checkpoint does not read ({detail})") from None
     finally:
         handler.close()
+    _check_params_fingerprint(path, restored["params"])
     log.info("loaded the parameters of step %d of %s", step, workdir)
     return restored["params"], config
+
+
+def _check_params_fingerprint(step_dir: epath.Path, params) -> None:
+    """The parameters read for a tool (export, fill_mask, init_from) are the ones saved: their
+    checksums against the fingerprint saved with them (checkpoints older than it: unchecked)."""
+    saved_file = step_dir / "fingerprint" / "metadata"
+    if not saved_file.exists():
+        return
+    saved = json.loads(saved_file.read_text())
+    sums = jax.jit(lambda tree: jax.tree.map(_leaf_checksums, tree))(params)
+    for path, value in jax.tree_util.tree_flatten_with_path(sums)[0]:
+        name = jax.tree_util.keystr(path)
+        key = next((k for k in (f".params{name}", f"['params']{name}") if k in saved), None)
+        if key is not None and saved[key] != [int(v) for v in np.asarray(value)]:
+            raise ValueError(
+                f"{step_dir}: damaged checkpoint (the parameter {name} differs "
+                "from the fingerprint saved with it); resuming the run sets it aside and goes "
+                "back to an earlier one"
+            )
