@@ -18,7 +18,7 @@ from mlm_jax.training import optim, pretrained, resume
 from mlm_jax.training.spec import TrainSpec
 
 ON_RESUME = {
-    "train.num_steps", "train.nan_policy", "log.every_steps", "eval.every_steps",
+    "train.num_steps", "train.nan_policy", "log.every_steps", "log.wandb_project", "eval.every_steps",
     "eval.num_batches", "checkpoint.every_steps", "checkpoint.keep", "mesh.data", "mesh.fsdp",
     "mesh.tensor", "mesh.logical_axis_rules", "data.prefetch", "data.num_workers",
     "data.data_dir", "eval.nll_bound_rates", "model.remat", "model.fused_qkv", "model.attention", "model.init_from",

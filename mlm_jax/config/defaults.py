@@ -172,6 +172,9 @@ def _log() -> ml_collections.ConfigDict:
     lg = ml_collections.ConfigDict()
     # train metrics pulled to the host and written this often
     lg.every_steps = may_change(50, ON_RESUME)
+    # Weights & Biases project that also gets the scalars, the resolved config and a sweep's
+    # axes ('' = none; needs the [wandb] extra; WANDB_MODE=offline writes WORKDIR/wandb/ only)
+    lg.wandb_project = may_change("", ON_RESUME)
     return lg
 
 

@@ -35,8 +35,9 @@ class MetricsWriter:
     watching the run.
     """
 
-    def __init__(self, workdir: str, *, enabled: bool = True, start_step: int = 0):
+    def __init__(self, workdir: str, *, enabled: bool = True, start_step: int = 0, wandb=None):
         self.enabled = enabled
+        self._wandb = wandb  # metrics_wandb.WandbRun, or None
         self.path = files.join(workdir, "metrics.jsonl")
         self._remote = files.is_remote(workdir)
         self._tb = None
@@ -87,6 +88,8 @@ class MetricsWriter:
         for k, v in scalars.items():
             self._tb.add_scalar(k, float(v), int(step))
         self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(step, scalars)
         if not self._remote:
             with open(self.path, "a") as f:
                 f.write(line)
@@ -110,6 +113,9 @@ class MetricsWriter:
         self._uploaded_at = time.monotonic()
 
     def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
         if self._tb is not None:
             self._tb.close()
             self.flush()

@@ -31,7 +31,7 @@ from mlm_jax import files
 from mlm_jax.config.errors import ConfigError, as_config_errors
 from mlm_jax.training import checkpoint as ckpt
 from mlm_jax.training import inputs as inputs_lib
-from mlm_jax.training import memory, pretrained, sharding
+from mlm_jax.training import memory, metrics_wandb, pretrained, sharding
 from mlm_jax.training import metrics as metrics_lib
 from mlm_jax.training import workdir as workdir_lib
 from mlm_jax.training.checks import check_eval_batches
@@ -170,6 +170,7 @@ def check(config, workdir: str) -> Checked:
 
     with as_config_errors():
         run = resolve(config)
+        metrics_wandb.check_available(config.log.wandb_project)
         workdir_lib.check_owned(workdir)
         resume_step = ckpt.latest_step(workdir)
         check_resume_compatible(config, workdir)
@@ -285,7 +286,10 @@ def _train(checked: Checked, workdir: str, stop, is_writer: bool):
         if is_writer:
             _write_config(config, workdir)
         # A resumed run recomputes later events exactly: the writer drops/hides them.
-        writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer, start_step=start_step)
+        wandb = metrics_wandb.open_run(config, workdir, enabled=is_writer)
+        writer = metrics_lib.MetricsWriter(
+            workdir, enabled=is_writer, start_step=start_step, wandb=wandb
+        )
         stop.steps_started()
         result, preempted_at = _loop(
             config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop,
