@@ -72,7 +72,8 @@ _PROFILE_DIR = flags.DEFINE_string(
     "",
     "If set, trace 2 more steps after the timed ones with jax.profiler into this folder: "
     "a Perfetto trace (perfetto_trace.json.gz, for ui.perfetto.dev and "
-    "experiments/profile_summary.py) and an xplane for TensorBoard.",
+    "experiments/profile_summary.py), an xplane for TensorBoard, and the step's optimized HLO "
+    "(train_step.hlo.txt, whose op names the trace's CPU ops carry).",
 )
 _COMPILE_SCALING = flags.DEFINE_bool(
     "compile_scaling",
@@ -221,6 +222,9 @@ def run_benchmark(config) -> dict:
             peak_times += [timed(peak_fn) for _ in range(_PEAK_RUNS.value)]
         loss = float(metrics["loss"])
         if _PROFILE_DIR.value:
+            os.makedirs(_PROFILE_DIR.value, exist_ok=True)  # the HLO names the trace's ops
+            with open(os.path.join(_PROFILE_DIR.value, "train_step.hlo.txt"), "w") as f:
+                f.write(step_fn.as_text())
             with jax.profiler.trace(_PROFILE_DIR.value, create_perfetto_trace=True):
                 for _ in range(2):
                     state, metrics = step_fn(state, batch)

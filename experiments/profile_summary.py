@@ -10,6 +10,13 @@ processes (/device:...), and prints milliseconds per step by kind of kernel and 
 costliest kernels. Kinds are matched on NVIDIA kernel names (cuBLAS/nvjet GEMMs, XLA's Triton
 gemm fusions, cuDNN attention, memcpy, threefry's xor fusions); anything else is an XLA fusion,
 mostly elementwise and reduction work bound by memory bandwidth.
+
+On the CPU a trace has no device: the ops are the events of XLA's compute threads
+(tf_XLA...), their times summed over the threads (CPU time, which can exceed the wall time),
+matmuls being YNNPACK fusions and dots. Where the folder also holds the step's optimized HLO
+(train_step.hlo.txt, which experiments/benchmark.py writes beside the trace), a second table
+gives each op's time to the model's module that made it (its op_name: encoder/layer_*/mlp_in,
+embeddings, the loss and optimizer outside the model), forward and backward apart.
 """
 
 from __future__ import annotations
@@ -23,12 +30,18 @@ import os
 import re
 
 KINDS = (  # (kind, pattern on the kernel name), first match wins
-    ("matmul", re.compile(r"^(nvjet|gemm_fusion|sm\d+_xmma|cutlass|ampere_|sm90_)|gemm", re.I)),
+    (
+        "matmul",
+        re.compile(
+            r"^(nvjet|gemm_fusion|sm\d+_xmma|cutlass|ampere_|sm90_|ynn_fusion|dot)|gemm", re.I
+        ),
+    ),
     ("attention (cuDNN)", re.compile(r"cudnn|sdpa|flash", re.I)),
-    ("copies", re.compile(r"^memcpy|^copy|memset", re.I)),
+    ("copies", re.compile(r"^memcpy|^copy|memset|transpose|_copy|_pad_fusion", re.I)),
     ("random bits (threefry)", re.compile(r"xor", re.I)),
 )
 OTHER = "other XLA fusions"
+HLO = "train_step.hlo.txt"  # the step's optimized HLO, written by benchmark.py --profile_dir
 
 
 def kind_of(name: str) -> str:
@@ -58,9 +71,33 @@ def device_kernels(trace_path: str) -> list[dict]:
         and e.get("name") == "process_name"
         and e["args"]["name"].startswith("/device:")
     }
-    if not devices:
-        raise SystemExit(f"{trace_path}: no /device: process (a CPU-only trace has none)")
-    return [e for e in events if e.get("ph") == "X" and e["pid"] in devices]
+    kernels = [e for e in events if e.get("ph") == "X" and e["pid"] in devices]
+    return kernels or cpu_ops(events)  # a CPU run may still name an empty /device: process
+
+
+# Events on XLA's CPU threads that are the runtime around the ops, not ops.
+_CPU_RUNTIME = re.compile(r"^(ThunkExecutor|ThreadpoolListener|SlinkyThreadPool|end: |\$)")
+
+
+def cpu_ops(events: list[dict]) -> list[dict]:
+    """The XLA ops of a CPU-only trace: events of the host's tf_XLA* threads."""
+    xla_threads = {
+        (e["pid"], e["tid"])
+        for e in events
+        if e.get("ph") == "M"
+        and e.get("name") == "thread_name"
+        and e["args"]["name"].startswith("tf_XLA")
+    }
+    ops = [
+        e
+        for e in events
+        if e.get("ph") == "X"
+        and (e["pid"], e["tid"]) in xla_threads
+        and not _CPU_RUNTIME.match(e["name"])
+    ]
+    if not ops:
+        raise SystemExit("no /device: process and no XLA CPU thread in the trace")
+    return ops
 
 
 def summarize(kernels: list[dict], steps: int, top: int) -> str:
@@ -88,13 +125,53 @@ def summarize(kernels: list[dict], steps: int, top: int) -> str:
     return "\n".join(lines)
 
 
+_OP = re.compile(r'^\s*(?:ROOT )?%?([\w.-]+) = .*?metadata=\{op_name="([^"]*)"')
+_WRAPPER = re.compile(r"^(jit|jvp|transpose|vmap|checkpoint|remat|cond|while|body|branch)\b|\(")
+
+
+def sources(hlo_text: str) -> dict[str, str]:
+    """Op name -> 'forward|backward <module path>' from the optimized HLO's op_name metadata
+    (encoder/layer_3/mlp_in -> encoder/layer_*/mlp_in; outside the model: 'step')."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = _OP.match(line)
+        if not m:
+            continue
+        op_name = m.group(2)
+        parts = []  # module names only, once each (jvp and vmap repeat the path inside)
+        for part in op_name.split("/")[:-1]:
+            part = re.sub(r"layer_\d+", "layer_*", part)
+            if part and not _WRAPPER.search(part) and "->" not in part and part not in parts:
+                parts.append(part)
+        path = "/".join(parts) or "step"
+        out[m.group(1)] = ("backward " if "transpose(" in op_name else "forward ") + path
+    return out
+
+
+def by_source(kernels: list[dict], steps: int, source_of: dict[str, str], top: int) -> str:
+    per_source = collections.Counter()
+    for e in kernels:
+        per_source[source_of.get(e["name"], "(no metadata)")] += e["dur"]
+    total, ms = sum(per_source.values()), 1e3 * steps
+    lines = ["", f"{'ms/step':>8}{'share':>8}  made by (op_name, layers merged)"]
+    for source, t in per_source.most_common(top):
+        lines.append(f"{t / ms:>8.2f}{100 * t / total:>7.1f}%  {source}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", help="--profile_dir folder, or a perfetto_trace.json.gz")
     parser.add_argument("--steps", type=int, default=2, help="steps in the trace (benchmark: 2)")
     parser.add_argument("--top", type=int, default=20, help="costliest kernels to list")
     args = parser.parse_args()
-    print(summarize(device_kernels(find_trace(args.path)), args.steps, args.top))
+    trace = find_trace(args.path)
+    kernels = device_kernels(trace)
+    print(summarize(kernels, args.steps, args.top))
+    hlo = os.path.join(os.path.dirname(trace) if os.path.isfile(args.path) else args.path, HLO)
+    if os.path.exists(hlo):
+        with open(hlo) as f:
+            print(by_source(kernels, args.steps, sources(f.read()), args.top))
 
 
 if __name__ == "__main__":

@@ -266,3 +266,47 @@ def test_datasheet_peak_tells_the_h100_variants_apart():
     assert flops.datasheet_peak("NVIDIA H100 PCIe", "bfloat16") == 756e12
     assert flops.datasheet_peak("NVIDIA H100 NVL", "bfloat16") == 835e12
     assert flops.datasheet_peak("NVIDIA H100 PCIe", "float32") is None
+
+
+def test_profile_summary_reads_a_cpu_trace_and_names_each_op_s_module(tmp_path):
+    """A CPU trace: ops on XLA's threads (runtime events skipped, an empty device process
+    ignored), and the HLO's op_name metadata giving each op to its module, layers merged."""
+    from experiments import profile_summary
+
+    meta = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:CUSTOM:x"}},
+        {"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {"ph": "M", "pid": 7, "tid": 3, "name": "thread_name", "args": {"name": "tf_XLAEigen/1"}},
+        {"ph": "M", "pid": 7, "tid": 4, "name": "thread_name", "args": {"name": "main"}},
+    ]
+    ops = [("ynn_fusion.3", 600), ("ynn_fusion.4", 200), ("copy_bitcast_fusion.1", 150)]
+    ops += [("add_fusion", 50), ("ThunkExecutor::Execute", 5000), ("end: add_fusion", 0)]
+    events = list(meta)
+    for _ in range(2):
+        for name, dur in ops:
+            events.append({"ph": "X", "pid": 7, "tid": 3, "ts": 0, "dur": dur, "name": name})
+        events.append({"ph": "X", "pid": 7, "tid": 4, "ts": 0, "dur": 999, "name": "python"})
+    path = tmp_path / "perfetto_trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    hlo = "\n".join(
+        [
+            '  %ynn_fusion.3 = f32[8,4]{1,0} fusion(%a), metadata={op_name="jit(train_step)/'
+            'transpose(jvp(BertMLM))/encoder/layer_3/mlp_in/dot_general" stack_frame_id=1}',
+            '  %ynn_fusion.4 = f32[8,4]{1,0} fusion(%a), metadata={op_name="jit(train_step)/'
+            'jvp(BertMLM)/encoder/layer_0/mlp_in/jvp(BertMLM)/encoder/layer_0/mlp_in/dot_general"}',
+            '  %add_fusion = f32[] fusion(%b), metadata={op_name="jit(train_step)/jvp()/add"}',
+        ]
+    )
+
+    kernels = profile_summary.device_kernels(str(path))
+    table = profile_summary.summarize(kernels, 2, top=3)
+    rows = {line[:26].strip(): line[26:].split() for line in table.splitlines()[3:6]}
+    assert rows["matmul"] == ["0.80", "80.0%"]
+    assert rows["copies"] == ["0.15", "15.0%"]
+    assert rows["other XLA fusions"] == ["0.05", "5.0%"]
+    by_source = profile_summary.by_source(kernels, 2, profile_summary.sources(hlo), top=5)
+    assert "0.60   60.0%  backward encoder/layer_*/mlp_in" in by_source
+    assert "0.20   20.0%  forward encoder/layer_*/mlp_in" in by_source
+    assert "0.15   15.0%  (no metadata)" in by_source
+    assert "0.05    5.0%  forward step" in by_source
