@@ -55,6 +55,8 @@ from mlm_jax.masking.schedule import (
     SCHEDULES,
     ExactRatio,
     as_exact_ratio,
+    check_exact_ratios,
+    exact_fraction,
     largest_ratio,
     parse_pieces,
 )
@@ -176,6 +178,7 @@ class MaskingSpec:
             m, schedule=schedule, mask_prob=mask_prob, random_prob=random_prob,
             corruption_ratio=corruption,
         )  # fmt: skip
+        check_exact_ratios(schedule, ratio, end_ratio, corruption, num_steps)
         if k == 0:
             max_ratio = largest_ratio(schedule, ratio, end_ratio, pieces)
             if not rates.is_fixed:
@@ -216,6 +219,7 @@ class MaskingSpec:
         ratio = check_float(
             "eval.mask_ratio", e.mask_ratio, low=0, high=1, low_open=True, high_open=True
         )
+        exact_fraction(ratio, "config.eval.mask_ratio")
         strategy = check_choice("eval.strategy", e.strategy, EVAL_STRATEGIES)
         mask_prob, random_prob = _replacement_split("eval", e.mask_prob, e.random_prob)
         return cls(
