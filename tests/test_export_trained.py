@@ -109,3 +109,20 @@ def test_generate_from_the_run_and_from_its_export_gives_the_same_text(trained):
     lines = outputs[0].strip().splitlines()
     assert outputs[0] == outputs[1] and len(lines) == 2, outputs
     assert all(line.startswith("return the") and "[MASK]" not in line for line in lines), lines
+
+
+def test_the_export_carries_a_hub_model_card_of_the_run(trained):
+    from huggingface_hub import ModelCard
+
+    from mlm_jax import checksums
+    from mlm_jax.training import metrics
+
+    workdir, out_dir = trained
+    assert "README.md" in checksums.read_sums(out_dir)  # fingerprinted with the weights
+    card = ModelCard.load(os.path.join(out_dir, "README.md"))
+    last_eval = [e for e in metrics.read_metrics(workdir) if "eval/loss" in e][-1]
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results["eval/loss"] == pytest.approx(last_eval["eval/loss"], abs=1e-6)
+    assert "- `masking.ratio`: `0.15`" in card.text
+    with open(os.path.join(workdir, "commands.txt")) as f:
+        assert f.read().strip() in card.text

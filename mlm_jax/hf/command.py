@@ -17,8 +17,8 @@ import jax
 
 from mlm_jax import cli
 from mlm_jax.hf import directories as hf_dir
-from mlm_jax.hf import export_dir
-from mlm_jax.training import pretrained
+from mlm_jax.hf import export_dir, model_card
+from mlm_jax.training import checkpoint, pretrained
 
 
 def export_workdir(workdir: str, out_dir: str) -> None:
@@ -27,7 +27,9 @@ def export_workdir(workdir: str, out_dir: str) -> None:
         raise ValueError(f"--workdir={workdir!r}: no checkpoints/ there (not a training run)")
     export_dir.check_out_dir(out_dir)  # before reading the checkpoint: refused at once
     model = pretrained.load(workdir)
-    hf_dir.export_hf(model.params, model.spec, model.tokenizer, out_dir)
+    num_params = sum(x.size for x in jax.tree.leaves(model.params))
+    card = model_card.run_card(workdir, checkpoint.latest_step(workdir), num_params)
+    hf_dir.export_hf(model.params, model.spec, model.tokenizer, out_dir, card=card)
 
 
 # ----------------------------------------------------------------------------- CLI

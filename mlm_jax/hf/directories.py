@@ -164,9 +164,11 @@ def read_checkpoint(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
     return hf_config, tensors
 
 
-def export_hf(params: Any, model_config: ModelSpec, tokenizer: Any, out_dir: str) -> None:
+def export_hf(
+    params: Any, model_config: ModelSpec, tokenizer: Any, out_dir: str, card: str = ""
+) -> None:
     """Writes a BertForMaskedLM or ModernBertForMaskedLM directory (by model.arch):
-    model.safetensors, config.json, tokenizer files.
+    model.safetensors, config.json, tokenizer files, and `card` as README.md when given.
 
     tokenizer: an mlm_jax Tokenizer (saved with .save) or a path to tokenizer files to copy.
     """
@@ -186,6 +188,9 @@ def export_hf(params: Any, model_config: ModelSpec, tokenizer: Any, out_dir: str
         with open(os.path.join(folder, "config.json"), "w") as f:
             json.dump(hf_config, f, indent=2)
         _write_tokenizer(tokenizer, folder)
+        if card:  # hf/model_card.py's
+            with open(os.path.join(folder, "README.md"), "w") as f:
+                f.write(card)
 
 
 def _write_tokenizer(tokenizer: Any, folder: str) -> None:

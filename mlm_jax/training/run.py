@@ -334,6 +334,23 @@ def _load_pretrained(trainer: Trainer, state: TrainState, directory: str) -> Tra
 def _write_config(config, workdir: str) -> None:
     text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
     files.write_text(files.join(workdir, "config.json"), text)
+    _record_command(workdir)
+
+
+COMMANDS_FILE = "commands.txt"  # each start's command line, for an export's model card
+
+
+def _record_command(workdir: str) -> None:
+    """Appends this process's command line to WORKDIR/commands.txt (read, then rewritten: a
+    bucket cannot append), so an export can say how the run was trained and resumed."""
+    import shlex
+
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("mlm_jax", "main.py")):
+        argv[:1] = ["-m", "mlm_jax.main"]
+    path = files.join(workdir, COMMANDS_FILE)
+    before = files.read_text(path) if files.exists(path) else ""
+    files.write_text(path, before + shlex.join(["python", *argv]) + "\n")
 
 
 _LOG_WINDOW = "log_window"  # key in the saved data state: the open train-log window
