@@ -122,3 +122,19 @@ def test_budget_is_exact_at_each_rows_rate(strategy):
     error = selected[free] - target[free]
     assert free.sum() > 0.9 * rows
     assert abs(error.mean()) < 5 * error.std(ddof=1) / np.sqrt(free.sum())  # 5 standard errors
+
+
+def test_static_masking_keeps_a_rows_rate_for_its_window():
+    """masking.static_epochs=2: an example keeps its rate (and mask) wherever it lands in a
+    batch within its 2-epoch window, and draws another in the next window."""
+    dist = RateDistribution("uniform", 0.0, 1.0)
+    examples = np.arange(64)
+
+    def rates(step, order, epoch):
+        keys = masking_keys(jax.random.key(5), step, examples[order], np.full(64, epoch), 2)
+        return dict(zip(examples[order], np.asarray(row_rates(keys, dist).num)))
+
+    first = rates(0, np.arange(64), 0)
+    assert rates(9, np.arange(64)[::-1], 1) == first  # same window, other step and row order
+    later = rates(20, np.arange(64), 2)
+    assert sum(later[e] == first[e] for e in examples) <= 1  # a new window, new rates
