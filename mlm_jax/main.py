@@ -2,10 +2,12 @@
 
     python -m mlm_jax.main --config=configs/tiny.py --workdir=DIR [--config.KEY=VALUE ...]
     python -m mlm_jax.main --config=configs/tiny.py --print_config [--workdir=DIR]
+    python -m mlm_jax.main --config=configs/bert.py:large --print_config --tpu_topology=v5e:4x4
 
-Every config field, its value and what it means: --print_config (nothing is trained, written or
-compiled; with --workdir it also says what a run there would do: start, resume from step S, or
-nothing left to do). The defaults and their comments live in mlm_jax/config/defaults.py;
+Every config field, its value and what it means: --print_config (nothing is trained or written;
+with --workdir it also says what a run there would do: start, resume from step S, or nothing
+left to do; with --tpu_topology, whether the train step fits that TPU slice's chips and the
+largest batch that does, from XLA's TPU compiler run here: minutes on a CPU). The defaults and their comments live in mlm_jax/config/defaults.py;
 configs/*.py override a few. Override any field with --config.KEY=VALUE (a misspelt key is an
 error). This module parses flags, starts the distributed runtime when asked, and calls
 train.train_and_evaluate.
@@ -31,6 +33,16 @@ _PRINT_CONFIG = flags.DEFINE_bool(
     False,
     "Print every config field with its value and meaning (and, with --workdir, what a run "
     "there would do), then exit: nothing is trained, written or compiled.",
+)
+_TPU_TOPOLOGY = flags.DEFINE_string(
+    "tpu_topology",
+    None,
+    "With --print_config: whether the train step fits the chips of this Cloud TPU slice "
+    "(v5e:2x2, v5e:4x4, v4:2x2x1, ...) and the largest batch that does, from XLA's TPU compiler "
+    "run here (libtpu: pip install -r requirements-test.txt); no TPU needed.",
+)
+_TPU_LARGEST_BATCH = flags.DEFINE_bool(
+    "tpu_largest_batch", True, "With --tpu_topology: also search the largest batch that fits."
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process runs off Cloud TPU."
@@ -106,6 +118,8 @@ def main(argv) -> None:
     if _PRINT_CONFIG.value:
         _print_config()
         return
+    if _TPU_TOPOLOGY.value:
+        cli.fail("--tpu_topology: only with --print_config (it reports; it does not train)")
     if not _WORKDIR.value:
         cli.fail("--workdir: required (the run's directory), or --print_config to look only")
     _maybe_initialize_distributed()
@@ -152,6 +166,19 @@ def _print_config() -> None:
         print(f"memory per device: not estimated ({e})")
     if checked:
         print(train.plan(checked, _WORKDIR.value))
+    if _TPU_TOPOLOGY.value:
+        _print_tpu_fit(config)
+
+
+def _print_tpu_fit(config) -> None:
+    """The train step compiled for --tpu_topology's chips here: fits or not, largest batch."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compiles for the slice; runs nothing here
+    from mlm_jax.config.errors import ConfigError
+    from mlm_jax.estimate.fit import fit_lines
+
+    with cli.one_line_errors((ValueError, ConfigError)):
+        lines = fit_lines(config, _TPU_TOPOLOGY.value, search=_TPU_LARGEST_BATCH.value)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

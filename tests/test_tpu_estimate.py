@@ -95,3 +95,45 @@ def test_batched_dot_compiled_for_a_v5e_counts_its_flops_exactly():
     rates = roofline.Rates(matmul_flops=1.0, hbm_bytes=float("inf"))
     by_kind, _ = roofline.estimate(hlo, tpu_kernel_seconds(rates, 1.0, 1))
     assert by_kind["matmuls"] == 2 * b * m * n * k
+
+
+@pytest.mark.parametrize("limit", [4, 5, 17, 64, 1000, 4097])
+@pytest.mark.parametrize("guess_off", [-5, 0, 1, 9])
+def test_largest_batch_search_finds_the_last_fitting_multiple_from_any_guess(limit, guess_off):
+    """Against brute force: the largest multiple of step <= limit."""
+    from mlm_jax.estimate import tpu_step
+
+    step = 2
+    expected = limit // step * step  # (the search starts from 2 steps, known to fit)
+    probes = []
+
+    def fits(rows):
+        probes.append(rows)
+        return rows <= limit
+
+    guess = max(2 * step, expected + guess_off * step)
+    assert tpu_step._search(fits, 2 * step, guess, step) == expected
+    if guess_off == 0:
+        assert len(probes) <= 2  # a right guess costs two compiles
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tpu_topology=v5e:2x2"], "error: --tpu_topology: only with --print_config"),
+        (["--print_config", "--tpu_topology=v5e-8"], "error: 'v5e-8': expected GENERATION:SHAPE"),
+    ],
+)
+def test_a_tpu_topology_flag_it_cannot_use_is_one_error_line(args, message):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-m", "mlm_jax.main", "--config=configs/tiny.py", *args],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-1000:]
+    assert done.stderr.startswith(message), done.stderr[-1000:]

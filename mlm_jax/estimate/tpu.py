@@ -67,7 +67,7 @@ def tpu_slice(name: str) -> Slice:
     return Slice(name, chip, devices)
 
 
-def compile_eval_step(trainer, name: str = "eval"):
+def compile_eval_step(trainer, name: str = "eval", compiler_options=None):
     """The eval step ("eval": the common masking; "eval_own": the run's) compiled for the
     trainer's devices, on an eval batch of the config's size."""
     from mlm_jax import masking
@@ -79,4 +79,4 @@ def compile_eval_step(trainer, name: str = "eval"):
     ratio = jax.eval_shape(lambda: masking.scheduled_ratio(0, spec))
     with trainer.activate():
         lowered = trainer.jitted(name).lower(trainer.abstract_state.params, batch, key, ratio)
-        return lowered.compile()
+        return lowered.compile(compiler_options=compiler_options)

@@ -91,22 +91,42 @@ def peak_or_none(config, tpu: Slice) -> int | None:
 
 
 def largest_batch(config, tpu: Slice, capacity: int, data_parallel: int, step: int) -> int:
-    """The largest train.batch_size (a multiple of data_parallel x step: every data shard
-    whole microbatches) whose step fits `capacity` bytes per chip; 0 if none does."""
+    """The largest train.batch_size (data_parallel x a multiple of `step` rows per data shard:
+    whole microbatches) whose step fits `capacity` bytes per chip; 0 if none does.
+
+    XLA's peak is close to affine in the batch (the state is fixed, activations grow with the
+    rows): compiles at 1 and 2 steps of rows give the line, and the search starts where it
+    crosses `capacity`, so a good line costs two more compiles (the crossing fits, one more
+    step does not); where the line was off, doubling and bisection take over.
+    """
+
+    def peak(rows: int) -> int | None:
+        return peak_or_none(with_batch(config, rows * data_parallel), tpu)
 
     def fits(rows: int) -> bool:
-        peak = peak_or_none(with_batch(config, rows * data_parallel), tpu)
-        return peak is not None and peak <= capacity
+        found = peak(rows)
+        return found is not None and found <= capacity
 
-    rows = max(step, config.train.batch_size // data_parallel // step * step)
-    if not fits(rows):
-        low, high = 0, rows
-    else:
-        low = rows
-        while low < MAX_ROWS and fits(low * 2):
-            low *= 2
-        high = low * 2
-    while high - low > step:
+    first, second = peak(step), peak(2 * step)
+    if first is None or first > capacity:
+        return 0
+    if second is None or second > capacity:
+        return step * data_parallel
+    per_row = max((second - first) / step, 1.0)
+    guess = int((capacity - first) / per_row) // step * step + step
+    return _search(fits, 2 * step, min(max(guess, 2 * step), MAX_ROWS), step) * data_parallel
+
+
+def _search(fits, low: int, guess: int, step: int) -> int:
+    """The largest multiple of `step` rows that fits, knowing `low` does: `guess` and one step
+    beyond it first, then doubling up to MAX_ROWS or bisecting down."""
+    high = None
+    for probe in (guess, guess + step):
+        if probe > low and high is None:
+            low, high = (probe, None) if fits(probe) else (low, probe)
+    while high is None and low < MAX_ROWS:
+        low, high = (low * 2, None) if fits(low * 2) else (low, low * 2)
+    while high is not None and high - low > step:
         mid = (low + high) // 2 // step * step
         low, high = (mid, high) if fits(mid) else (low, mid)
-    return low * data_parallel
+    return low
