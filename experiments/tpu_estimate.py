@@ -37,6 +37,7 @@ def define_flags() -> None:
     flags.DEFINE_string("topology", None, "The TPU slice: v5e:2x2, v5e:4x4, v4:2x2x1, ...")
     flags.DEFINE_bool("find_max_batch", False, "Also find the largest batch that fits.")
     flags.DEFINE_integer("top", 8, "Kernels to list, longest total time first.")
+    flags.DEFINE_string("hlo_out", "", "Also write the compiled step's optimized HLO here.")
     flags.mark_flags_as_required(["config", "topology"])
 
 
@@ -76,7 +77,7 @@ def main(argv) -> None:
     with cli.one_line_errors((ValueError, ConfigError)):
         tpu = tpu_slice(FLAGS.topology)
         try:
-            estimate = tpu_step.estimate_train_step(config, tpu)
+            estimate = tpu_step.estimate_train_step(config, tpu, hlo_out=FLAGS.hlo_out)
             print("\n".join(describe(estimate, tpu)))
         except DoesNotFit as e:
             print(f"{tpu.name}: XLA refused the step: {e}")

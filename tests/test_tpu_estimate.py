@@ -137,3 +137,37 @@ def test_a_tpu_topology_flag_it_cannot_use_is_one_error_line(args, message):
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-1000:]
     assert done.stderr.startswith(message), done.stderr[-1000:]
+
+
+_NESTED = """HloModule m
+
+%inner (s: f32[12,256,256], i: s32[]) -> f32[256,256] {
+  %s = f32[12,256,256] parameter(0)
+  %i = s32[] parameter(1)
+  %z = s32[] constant(0)
+  %d = f32[1,256,256] dynamic-slice(%s, %i, %z, %z), dynamic_slice_sizes={1,256,256}
+  ROOT %b = f32[256,256] bitcast(%d)
+}
+
+%outer (s: f32[12,256,256], i: s32[]) -> f32[256,256] {
+  %s = f32[12,256,256] parameter(0)
+  %i = s32[] parameter(1)
+  %f = f32[256,256] fusion(%s, %i), kind=kLoop, calls=%inner
+  ROOT %e = f32[256,256] exponential(%f)
+}
+
+ENTRY %main (stack: f32[12,256,256], i: s32[]) -> f32[256,256] {
+  %stack = f32[12,256,256] parameter(0)
+  %i = s32[] parameter(1)
+  ROOT %o = f32[256,256] fusion(%stack, %i), kind=kLoop, calls=%outer
+}
+"""
+
+
+def test_a_stack_sliced_inside_a_nested_fusion_costs_one_slice():
+    """TPU's fusions hand a scan's stacked residuals to a nested fusion that slices one
+    layer out: the bytes read are that layer's (256·256·4), not the stack's 12 times more."""
+    rates = roofline.Rates(matmul_flops=1e12, hbm_bytes=1e12)
+    by_kind, _ = roofline.estimate(_NESTED, tpu_kernel_seconds(rates, 1e9, 1))
+    one_layer = 256 * 256 * 4
+    assert by_kind["other fusions"] == pytest.approx((one_layer + 4 + one_layer) / 1e12)

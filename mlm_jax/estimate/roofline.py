@@ -54,25 +54,44 @@ class Work:
         )
 
 
-def _bytes_moved(body, operand_types: list[str]) -> int:
-    """Bytes a fused computation reads (its parameters) and writes (its root's arrays)."""
+def _users(body) -> dict:
     users = collections.defaultdict(list)
     for inst in body.values():
         for operand in inst["operands"]:
             users[operand].append(inst)
+    return users
+
+
+def _bytes_read(computations, body, param_name: str, whole: int) -> int:
+    """Bytes a fused computation reads of one parameter (`whole` bytes in all): one slice
+    of a stack it only dynamic-slices, nothing of a buffer it only updates in place, and, for
+    a parameter it only hands to nested fusions (TPU's), what those read of it."""
+    uses = _users(body)[param_name]
+    if not uses:
+        return whole
+    if all(u["op"] == "dynamic-slice" and u["operands"][0] == param_name for u in uses):
+        return sum(nbytes(u["type"]) for u in uses)
+    if all(u["op"] == "dynamic-update-slice" and u["operands"][0] == param_name for u in uses):
+        return 0
+    if all(u["op"] == "fusion" for u in uses):
+        read = 0
+        for u in uses:
+            inner = computations[called(u["attrs"], "calls")]
+            for index, operand in enumerate(u["operands"]):
+                if operand == param_name:
+                    name = next(n for n, i in inner.items() if i["index"] == index and i["op"] == "parameter")  # fmt: skip
+                    read += _bytes_read(computations, inner, name, whole)
+        return min(read, whole)
+    return whole
+
+
+def _bytes_moved(computations, body, operand_types: list[str]) -> int:
+    """Bytes a fused computation reads (its parameters) and writes (its root's arrays)."""
     moved = 0
     for param_name, param in body.items():
-        if param["op"] != "parameter" or param["index"] >= len(operand_types):
-            continue
-        uses = users[param_name]
-
-        def only(op, uses=uses, param_name=param_name):  # every use indexes into this param
-            return uses and all(u["op"] == op and u["operands"][0] == param_name for u in uses)
-
-        if only("dynamic-slice"):
-            moved += sum(nbytes(u["type"]) for u in uses)  # reads one slice of a stack
-        elif not only("dynamic-update-slice"):  # (a buffer updated in place is not read)
-            moved += nbytes(operand_types[param["index"]])
+        if param["op"] == "parameter" and param["index"] < len(operand_types):
+            whole = nbytes(operand_types[param["index"]])
+            moved += _bytes_read(computations, body, param_name, whole)
     root = next(inst for inst in body.values() if inst["root"])
     outputs = [body[o] for o in root["operands"]] if root["op"] == "tuple" else [root]
     for out in outputs:
@@ -102,7 +121,7 @@ def fusion_work(computations, name: str, operand_types: list[str], rates: Rates)
             ops += sum(n for _, n in arrays(body[inst["operands"][0]]["type"]))
         elif inst["op"] not in DATA_OPS:
             ops += OP_WEIGHT.get(inst["op"], 1) * sum(n for _, n in arrays(inst["type"]))
-    return Work(_bytes_moved(body, operand_types), flops, ops)
+    return Work(_bytes_moved(computations, body, operand_types), flops, ops)
 
 
 def types_of_operands(inst, scope) -> list[str]:

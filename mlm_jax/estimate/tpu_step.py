@@ -50,15 +50,20 @@ def compile_train_step(config, tpu: Slice):
     return trainer, compiled
 
 
-def estimate_train_step(config, tpu: Slice) -> StepEstimate:
-    """Compile config's train step for the slice and estimate it; DoesNotFit if too large."""
+def estimate_train_step(config, tpu: Slice, hlo_out: str = "") -> StepEstimate:
+    """Compile config's train step for the slice and estimate it; DoesNotFit if too large.
+    hlo_out: a file to keep the optimized HLO in (the compile is the slow part)."""
     from mlm_jax.models.flops import datasheet_peak, flops_per_token
 
     trainer, compiled = compile_train_step(config, tpu)
     peak = datasheet_peak(tpu.device_kind, "bfloat16")
     rates = roofline.Rates(matmul_flops=peak, hbm_bytes=tpu.chip.hbm_bandwidth)
     kernel_seconds = tpu_kernel_seconds(rates, tpu.chip.ici_bandwidth, tpu.num_chips)
-    by_kind, kernels = roofline.estimate(compiled.as_text(), kernel_seconds)
+    hlo = compiled.as_text()
+    if hlo_out:
+        with open(hlo_out, "w") as f:
+            f.write(hlo)
+    by_kind, kernels = roofline.estimate(hlo, kernel_seconds)
     run = trainer.run
     tokens = run.train.batch_size * run.data.seq_len
     per_token = flops_per_token(run.model, run.data.seq_len, run.masking.max_predictions)
