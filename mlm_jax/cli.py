@@ -18,6 +18,13 @@ BAD_INPUT = (ValueError, FileNotFoundError)  # what a missing or malformed input
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 
 
+def help_if_asked(doc: str) -> None:
+    """For a script without flags: --help prints its docstring and exits 0 (not a run)."""
+    if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+        print(doc.strip())
+        raise SystemExit(0)
+
+
 def absl_flags_parser(doc: str, module_name: str):
     """A flags_parser for absl's app.run whose --help prints `doc` and the module's flags and
     exits 0 (absl's own exits 1, which scripts read as a failure)."""
