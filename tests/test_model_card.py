@@ -23,7 +23,13 @@ def _run_dir(tmp_path):
     events = [
         {"step": 0, "eval/loss": 9.04, "eval/accuracy": 0.0},
         {"step": 50, "train/loss": 6.1},
-        {"step": 100, "eval/loss": 5.5, "eval/accuracy": 0.18, "eval/perplexity": 244.69},
+        {
+            "step": 100,
+            "eval/loss": 5.5,
+            "eval/accuracy": 0.18,
+            "eval/perplexity": 244.69,
+            "eval/nll_bound": 5.75,
+        },
         {"step": 150, "eval/loss": 5.2, "eval/accuracy": 0.2},  # after the exported checkpoint
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
@@ -48,6 +54,7 @@ def test_the_card_parses_as_a_hub_model_card_and_names_what_the_run_was(tmp_path
     assert "- `masking.ratio`: `0.3`" in body
     assert "- `masking.strategy`: `'whole_word'`" in body
     assert "0.15 uniform, 0.8/0.1 replacement" in body  # the common eval masking, named
+    assert "eval/nll_bound 5.7500" in body  # the likelihood bound, beside the MLM scores
     assert "1,234,567 parameters" in body
     assert f"100 steps of 32 rows: {100 * 32 * config.data.seq_len:,} tokens seen" in body
     assert "a WordPiece vocabulary of 8192" in body

@@ -18,7 +18,10 @@ from mlm_jax import files
 from mlm_jax.training import metrics
 
 COMMANDS_FILE = "commands.txt"  # (training/run.py's: each start's command line)
-_EVAL_KEYS = ("eval/loss", "eval/accuracy", "eval/perplexity", "eval/masked_fraction")
+_EVAL_KEYS = (
+    "eval/loss", "eval/accuracy", "eval/perplexity", "eval/masked_fraction",
+    "eval/nll_bound",  # nats per token, the likelihood bound (training/bound.py)
+)  # fmt: skip
 
 
 def run_card(workdir: str, step: int, num_params: int) -> str:
