@@ -1,9 +1,9 @@
 """Our train step against Hugging Face's PyTorch BERT and ModernBERT, at the same shapes, in one
 process, alternating, with the spread over repeats.
 
-    python experiments/peers.py                                  # every row
+    python experiments/peers.py               # every row: ~20 min on a quiet 2-core CPU
     python experiments/peers.py --shape=modernbert_tiny,bert_tiny --repeats=7
-    python experiments/peers.py --quick                          # smoke test, not timed
+    python experiments/peers.py --quick       # smoke test, not timed
 
 What each side computes per step (both float32, same batch of token ids, same masking rate):
 - ours: the real jitted train step (mlm_jax.training.trainer: masking on device with the exact
