@@ -39,10 +39,6 @@ def classifier(spec, num_labels: int, pooling: str):
     """The family's sequence classifier (models.registry), refusing a pooling it lacks."""
     from mlm_jax.models.registry import classifier as family_classifier
 
-    if pooling not in ("cls", "mean"):
-        raise ValueError(f"--pooling={pooling!r}: expected cls or mean")
-    if pooling == "mean" and spec.arch != "modernbert":
-        raise ValueError("--pooling=mean: BERT pools [CLS] through its pooler (modernbert only)")
     return family_classifier(spec, num_labels, pooling)
 
 

@@ -1,7 +1,7 @@
 """BERT: embeddings, post- or pre-LN blocks, the encoder stack, MLM and classification heads.
 
 Exactly BERT by default (post-LN, erf GELU, tied decoder), so weights move to and from Hugging
-Face unchanged (hf_convert.py). Every parameter and the main activations carry logical axis
+Face unchanged (hf/bert.py). Every parameter and the main activations carry logical axis
 names (batch, length, embed, heads, kv, mlp, vocab, layers); the mesh mapping lives in the config.
 
 Parameter tree (scan_layers=True stacks the blocks under `layers` with a leading layers axis;
@@ -26,59 +26,27 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlm_jax.models.family import Family, Spec
 from mlm_jax.models.layers import (
     Dropout,
+    SparseMLMHead,
     activation,
     attention_mask,
     constrain,
     dense,
     init_weights,
     layer_norm,
-    tied_logits,
+    lookup_tokens,
+    scanned_stack,
+    with_remat,
+    word_embeddings,
 )
-from mlm_jax.models.spec import ModelSpec
-
-_REMAT_POLICIES = {
-    "full": None,  # save nothing inside a block: recompute it all in the backward pass
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep projection outputs
-}
-
-
-def with_remat(block_cls, c: ModelSpec):
-    """The block class rematerialised as model.remat says (scan-friendly CSE setting)."""
-    if c.remat == "none":
-        return block_cls
-    return nn.remat(block_cls, prevent_cse=not c.scan_layers, policy=_REMAT_POLICIES[c.remat])
-
-
-def scanned_stack(block_cls, c: ModelSpec, deterministic: bool, in_axes):
-    """All num_layers blocks as one nn.scan named `layers`, parameters stacked on `layers`;
-    in_axes says how the arguments after the carried activations reach each layer."""
-    stack_cls = nn.scan(
-        block_cls,
-        variable_axes={"params": 0},
-        split_rngs={"params": True, "dropout": True},
-        in_axes=in_axes,
-        length=c.num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
-    )
-    return stack_cls(c, deterministic, name="layers")
-
-
-def word_embeddings(module: nn.Module, c: ModelSpec):
-    """The [Vp, E] token table (also the tied decoder) as a parameter of `module`."""
-    return module.param(
-        "word_embeddings",
-        nn.with_logical_partitioning(init_weights(c), ("vocab", "embed")),
-        (c.padded_vocab_size, c.hidden_size),
-        jnp.float32,
-    )
 
 
 class Embeddings(nn.Module):
     """Word + learned absolute position + token type embeddings, then LayerNorm and dropout."""
 
-    config: ModelSpec
+    config: Spec
 
     def setup(self):
         c = self.config
@@ -100,18 +68,8 @@ class Embeddings(nn.Module):
 
     def __call__(self, tokens_BxL, token_types_BxL=None, *, deterministic: bool):
         c = self.config
-        length = tokens_BxL.shape[1]
-        if length > c.max_position_embeddings:
-            raise ValueError(
-                f"sequence length {length}: longer than "
-                f"config.model.max_position_embeddings={c.max_position_embeddings}"
-            )
-        # The table gathered whole along `embed` first: a lookup into a table split on the
-        # hidden dimension yields activations split on it too, and moving those to the batch
-        # split made XLA's SPMD partitioner replicate the whole [B,L,E] activation.
-        table_VxE = constrain(self.word_embeddings, ("vocab", None))
-        x_BxLxE = jnp.take(table_VxE, tokens_BxL, axis=0)
-        x_BxLxE = x_BxLxE + self.position_embeddings[None, :length]
+        x_BxLxE = lookup_tokens(self.word_embeddings, tokens_BxL, c)
+        x_BxLxE = x_BxLxE + self.position_embeddings[None, : tokens_BxL.shape[1]]
         if token_types_BxL is None:
             x_BxLxE = x_BxLxE + self.token_type_embeddings[0]
         else:
@@ -119,15 +77,11 @@ class Embeddings(nn.Module):
         x_BxLxE = constrain(x_BxLxE.astype(c.compute_dtype), ("batch", "length", "embed"))
         return self.dropout(self.norm(x_BxLxE), deterministic=deterministic)
 
-    def attend(self, h_BxKxE):
-        """Tied decoder: logits over the padded vocabulary, accumulated in float32."""
-        return tied_logits(h_BxKxE, self.word_embeddings.astype(self.config.compute_dtype))
-
 
 class Block(nn.Module):
     """One Transformer block: bidirectional self-attention and a GELU MLP, post- or pre-LN."""
 
-    config: ModelSpec
+    config: Spec
     deterministic: bool = True
 
     @nn.compact
@@ -184,7 +138,7 @@ class Block(nn.Module):
 class BertEncoder(nn.Module):
     """Embeddings and the block stack; returns last hidden states [B,L,E] in the compute dtype."""
 
-    config: ModelSpec
+    config: Spec
 
     def setup(self):
         c = self.config
@@ -219,14 +173,13 @@ class BertEncoder(nn.Module):
 
 
 class BertMLM(nn.Module):
-    """Encoder plus the MLM head, evaluated only at the K masked positions of each row."""
+    """Encoder plus the sparse MLM head (layers.SparseMLMHead: biases, LayerNorm)."""
 
-    config: ModelSpec
+    config: Spec
 
     def setup(self):
-        c = self.config
-        self.encoder = BertEncoder(c)
-        self.mlm_head = MLMHead(c)
+        self.encoder = BertEncoder(self.config)
+        self.mlm_head = SparseMLMHead(self.config)
 
     def __call__(
         self,
@@ -244,43 +197,13 @@ class BertMLM(nn.Module):
             token_types_BxL=token_types_BxL,
             deterministic=deterministic,
         )
-        h_BxKxE = jnp.take_along_axis(x_BxLxE, positions_BxK[:, :, None], axis=1)
-        h_BxKxE = constrain(h_BxKxE, ("batch", "length", "embed"))
-        h_BxKxE = self.mlm_head(h_BxKxE)
-        logits_BxKxVp = self.encoder.embeddings.attend(h_BxKxE) + self.mlm_head.output_bias
-        logits_BxKxVp = constrain(logits_BxKxVp, ("batch", "length", "vocab"))
-        return logits_BxKxVp[..., : self.config.vocab_size]
-
-
-class MLMHead(nn.Module):
-    """BERT's prediction transform (dense + GELU + LayerNorm) and the decoder's output bias."""
-
-    config: ModelSpec
-
-    def setup(self):
-        c = self.config
-        self.transform = dense(c, c.hidden_size, ("embed", "mlp"))
-        self.norm = layer_norm(c)
-        self.output_bias = self.param(
-            "output_bias",
-            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-            (c.padded_vocab_size,),
-            jnp.float32,
-        )
-
-    def __call__(self, h_BxKxE):
-        # Pinning the transform's output to the batch sharding is not only a hint: without it
-        # XLA's SPMD partitioner (jax 0.10.2) computes wrong gradients for the transform and
-        # everything below it on a mesh with data, fsdp and tensor axes all > 1
-        # (tests/test_sharding.py catches it).
-        h_BxKxE = constrain(self.transform(h_BxKxE), ("batch", "length", "embed"))
-        return self.norm(activation(self.config, h_BxKxE))
+        return self.mlm_head(x_BxLxE, positions_BxK, self.encoder.embeddings.word_embeddings)
 
 
 class BertForSequenceClassification(nn.Module):
     """Encoder + BERT pooler (dense + tanh on [CLS]) + dropout + linear classifier."""
 
-    config: ModelSpec
+    config: Spec
     num_labels: int
 
     @nn.compact
@@ -298,3 +221,23 @@ class BertForSequenceClassification(nn.Module):
         pooled_BxE = Dropout(c.dropout_rate)(pooled_BxE, deterministic=deterministic)
         logits_BxC = dense(c, self.num_labels, ("embed", None), name="classifier")(pooled_BxE)
         return logits_BxC.astype(jnp.float32)
+
+
+def _classifier(spec: Spec, num_labels: int, pooling: str) -> nn.Module:
+    del pooling  # "cls", the only one: BERT pools [CLS] through its pooler
+    return BertForSequenceClassification(spec, num_labels)
+
+
+def _check_spec(spec: Spec) -> None:
+    """BERT reads only the fields every family shares (ModelSpec checks them)."""
+    del spec
+
+
+FAMILY = Family(
+    name="bert",
+    title="BERT",
+    mlm=BertMLM,
+    classifier=_classifier,
+    poolings=("cls",),
+    check_spec=_check_spec,
+)

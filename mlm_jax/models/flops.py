@@ -12,11 +12,12 @@ vocabulary and K = prediction slots per row (masking's max_predictions):
                                               vocabulary V), only at the K prediction slots
                                               per row of L tokens
 
-ModernBERT (model.arch=modernbert) differs in two terms: its gated MLP has three E x M matmuls
-(Wi is [E, 2M]), so 6 * layers * (4 E^2 + 3 E M); and a sliding-window layer's queries see at
-most local_window keys, so its attention term is 12 * min(L, local_window) * E per layer (the
-global layers keep 12 * L * E). The blocked kernel computes 1.5 windows of scores; the model
-FLOPs count the window, as for the global layers they count the row.
+A family (models/family.py) changes two terms: a gated MLP has three E x M matmuls
+(ModernBERT's Wi is [E, 2M]), so 6 * layers * (4 E^2 + Family.mlp_matmuls E M); and a
+sliding-window layer's queries (Family.is_global_layer false) see at most local_window keys, so
+its attention term is 12 * min(L, local_window) * E per layer (the global layers keep
+12 * L * E). ModernBERT's blocked kernel computes 1.5 windows of scores; the model FLOPs count
+the window, as for the global layers they count the row.
 
 Embedding lookups, biases, LayerNorm, GELU, softmax and the optimizer are not counted (as in
 the usual 6N convention); padding rows of the embedding table (Vp - V) are not counted either.
@@ -24,23 +25,23 @@ the usual 6N convention); padding rows of the embedding table (Vp - V) are not c
 
 from __future__ import annotations
 
+from mlm_jax.models.registry import family
+
 
 def flops_per_token(model_config, seq_len: int, max_predictions: int) -> dict[str, float]:
     """Model FLOPs per input token, by part and "total" (the formula is the module docstring).
 
     `model_config` needs num_layers, hidden_size, intermediate_size and vocab_size (the real
-    vocabulary, as in mlm_jax.models.spec.ModelSpec).
+    vocabulary, as in mlm_jax.models.spec.ModelSpec); arch (default bert) picks the family.
     """
     n, e, m = model_config.num_layers, model_config.hidden_size, model_config.intermediate_size
     v = model_config.vocab_size
-    modern = getattr(model_config, "arch", "bert") == "modernbert"
-    mlp_matmuls = 3 if modern else 2
-    keys = [seq_len] * n  # keys each query sees, per layer
-    if modern:
-        window = min(seq_len, model_config.local_window)
-        keys = [seq_len if model_config.is_global_layer(i) else window for i in range(n)]
+    chosen = family(getattr(model_config, "arch", "bert"))
+    window = min(seq_len, getattr(model_config, "local_window", seq_len))
+    # keys each query sees, per layer
+    keys = [seq_len if chosen.is_global_layer(model_config, i) else window for i in range(n)]
     parts = {
-        "encoder_matmuls": 6.0 * n * (4 * e * e + mlp_matmuls * e * m),
+        "encoder_matmuls": 6.0 * n * (4 * e * e + chosen.mlp_matmuls * e * m),
         "attention": 12.0 * sum(keys) * e,
         "mlm_head": 6.0 * (e * e + e * v) * max_predictions / seq_len,
     }

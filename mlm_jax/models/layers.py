@@ -1,8 +1,10 @@
-"""Layers every encoder family shares: dense, norm, dropout, GELU, attention mask, tied logits.
+"""Layers every encoder family shares: dense, norm, dropout, GELU, attention mask, the token
+table and its lookup, scanned and rematerialised block stacks, and the one sparse MLM head.
 
-Each takes the ModelSpec for its numerics (compute dtype, float32 parameters, init range) and
-names its parameters' dims with logical axes (batch, length, embed, heads, kv, mlp, vocab); the
-mesh mapping lives in the config. A family's blocks (models/bert.py) import these instead of copying.
+Each takes the ModelSpec (models/spec.py) for its numerics (compute dtype, float32 parameters, init range) and
+names its parameters' dims with logical axes (batch, length, embed, heads, kv, mlp, vocab,
+layers); the mesh mapping lives in the config. A family's module (models/bert.py,
+models/modernbert.py) builds its blocks from these and imports nothing from another family.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry2x32_p
 
-from mlm_jax.models.spec import ModelSpec
+from mlm_jax.models.family import Spec
 
 
-def init_weights(spec: ModelSpec, stddev: float | None = None):
+def init_weights(spec: Spec, stddev: float | None = None):
     """Truncated normal (at 2 stddev) with the spec's initializer_range, as BERT initialises;
     `stddev` overrides it (ModernBERT shrinks its output projections)."""
     return nn.initializers.truncated_normal(stddev=stddev or spec.initializer_range)
@@ -29,7 +31,7 @@ def constrain(x, names):
     return nn.with_logical_constraint(x, names)
 
 
-def activation(spec: ModelSpec, x):
+def activation(spec: Spec, x):
     """BERT's exact GELU, or its tanh approximation (HF's gelu_new) when configured."""
     return gelu(x, spec.gelu == "tanh")
 
@@ -80,7 +82,7 @@ class Dense(nn.Module):
     mesh is set).
     """
 
-    config: ModelSpec
+    config: Spec
     features: int | tuple[int, ...]
     names: tuple[str | None, ...]  # logical names of the kernel's dims, inputs then outputs
     axis: int | tuple[int, ...] = -1
@@ -123,7 +125,7 @@ class Dense(nn.Module):
 
 
 def dense(
-    config: ModelSpec,
+    config: Spec,
     features,
     names,
     axis=-1,
@@ -135,7 +137,7 @@ def dense(
     return Dense(config, features, tuple(names), axis, separate, use_bias, stddev, name=name)
 
 
-def layer_norm(config: ModelSpec, name=None, use_bias=True, rms=False):
+def layer_norm(config: Spec, name=None, use_bias=True, rms=False):
     """LayerNorm over `embed` (BERT's; ModernBERT's has no bias), or RMSNorm with rms=True."""
     scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
     if rms:
@@ -260,3 +262,116 @@ def _tied_logits_jvp(primals, tangents):
     (h, table), (dh, dtable) = primals, tangents
     tangent = jnp.einsum("bke,ve->bkv", dh, table) + jnp.einsum("bke,ve->bkv", h, dtable)
     return tied_logits(h, table), tangent.astype(jnp.float32)
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing inside a block: recompute it all in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep projection outputs
+}
+
+
+def with_remat(block_cls, c: Spec):
+    """The block class rematerialised as model.remat says (scan-friendly CSE setting)."""
+    if c.remat == "none":
+        return block_cls
+    return nn.remat(block_cls, prevent_cse=not c.scan_layers, policy=_REMAT_POLICIES[c.remat])
+
+
+def scanned_stack(block_cls, c: Spec, deterministic: bool, in_axes):
+    """All num_layers blocks as one nn.scan named `layers`, parameters stacked on `layers`;
+    in_axes says how the arguments after the carried activations reach each layer."""
+    stack_cls = nn.scan(
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=in_axes,
+        length=c.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    return stack_cls(c, deterministic, name="layers")
+
+
+def word_embeddings(module: nn.Module, c: Spec):
+    """The [Vp, E] token table (also the tied decoder) as a parameter of `module`."""
+    return module.param(
+        "word_embeddings",
+        nn.with_logical_partitioning(init_weights(c), ("vocab", "embed")),
+        (c.padded_vocab_size, c.hidden_size),
+        jnp.float32,
+    )
+
+
+def lookup_tokens(table_VxE, tokens_BxL, c: Spec):
+    """Rows of the token table (float32), after refusing rows longer than the model's limit.
+
+    The table is gathered whole along `embed` first: a lookup into a table split on the hidden
+    dimension yields activations split on it too, and moving those to the batch split made
+    XLA's SPMD partitioner replicate the whole [B,L,E] activation.
+    """
+    length = tokens_BxL.shape[1]
+    if length > c.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {length}: longer than "
+            f"config.model.max_position_embeddings={c.max_position_embeddings}"
+        )
+    return jnp.take(constrain(table_VxE, ("vocab", None)), tokens_BxL, axis=0)
+
+
+def prediction_transform(c: Spec, h_BxKxE, *, use_bias: bool, rms: bool, stddev=None):
+    """dense (E -> E), the activation, a norm, as parameters `transform` and `norm` of the
+    calling module: BERT's MLM transform (biases, LayerNorm) and ModernBERT's prediction head
+    (bias-free, LayerNorm or RMSNorm, a smaller init)."""
+    h_BxKxE = dense(
+        c, c.hidden_size, ("embed", "mlp"), name="transform", use_bias=use_bias, stddev=stddev
+    )(h_BxKxE)
+    # Pinning the transform's output to the batch sharding is not only a hint: without it
+    # XLA's SPMD partitioner (jax 0.10.2) computes wrong gradients for the transform and
+    # everything below it on a mesh with data, fsdp and tensor axes all > 1
+    # (tests/test_sharding.py catches it).
+    h_BxKxE = constrain(h_BxKxE, ("batch", "length", "embed"))
+    return layer_norm(c, "norm", use_bias=use_bias, rms=rms)(activation(c, h_BxKxE))
+
+
+class PredictionTransform(nn.Module):
+    """`prediction_transform` as a module of its own (ModernBERT's classifier head)."""
+
+    config: Spec
+    use_bias: bool = True
+    rms: bool = False
+    stddev: float | None = None
+
+    @nn.compact
+    def __call__(self, h_BxKxE):
+        kw = dict(use_bias=self.use_bias, rms=self.rms, stddev=self.stddev)
+        return prediction_transform(self.config, h_BxKxE, **kw)
+
+
+class SparseMLMHead(nn.Module):
+    """The MLM head, evaluated only at the K prediction slots of each row: the final hidden
+    states there, the prediction transform, the tied decoder (the token table) plus an output
+    bias, in float32 over the real vocabulary (the table's padding rows are never predicted).
+
+    Parameters: transform, norm (`prediction_transform`'s), output_bias [Vp].
+    """
+
+    config: Spec
+    use_bias: bool = True
+    rms: bool = False
+    stddev: float | None = None  # the transform's init; None = model.initializer_range
+
+    @nn.compact
+    def __call__(self, x_BxLxE, positions_BxK, table_VxE):
+        c = self.config
+        h_BxKxE = jnp.take_along_axis(x_BxLxE, positions_BxK[:, :, None], axis=1)
+        h_BxKxE = constrain(h_BxKxE, ("batch", "length", "embed"))
+        kw = dict(use_bias=self.use_bias, rms=self.rms, stddev=self.stddev)
+        h_BxKxE = prediction_transform(c, h_BxKxE, **kw)
+        output_bias = self.param(
+            "output_bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+            (c.padded_vocab_size,),
+            jnp.float32,
+        )
+        logits_BxKxVp = tied_logits(h_BxKxE, table_VxE.astype(c.compute_dtype)) + output_bias
+        logits_BxKxVp = constrain(logits_BxKxVp, ("batch", "length", "vocab"))
+        return logits_BxKxVp[..., : c.vocab_size]

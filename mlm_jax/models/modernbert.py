@@ -34,32 +34,53 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mlm_jax.models.bert import scanned_stack, with_remat, word_embeddings
+from mlm_jax.config.fields import check_int
+from mlm_jax.models.family import Family, Spec
 from mlm_jax.models.layers import (
     Dropout,
+    PredictionTransform,
+    SparseMLMHead,
     activation,
     constrain,
     dense,
     dropout_keep_mask,
     layer_norm,
-    tied_logits,
+    lookup_tokens,
+    scanned_stack,
+    with_remat,
+    word_embeddings,
 )
-from mlm_jax.models.spec import ModelSpec
 
 POOLINGS = ("cls", "mean")  # ModernBERT's classifier_pooling choices
 
 
-def norm(c: ModelSpec, name=None):
+def check_spec(c: Spec) -> None:
+    """ModernBERT's own checks: its global layers' pattern fits the stack, and rotary
+    positions rotate pairs of a head's dims."""
+    check_int("model.global_every", c.global_every, minimum=1, maximum=c.num_layers)
+    if c.head_dim % 2:
+        raise ValueError(
+            f"config.model.hidden_size={c.hidden_size} / model.num_heads={c.num_heads}"
+            f" = {c.head_dim}: rotary positions need an even head size"
+        )
+
+
+def is_global_layer(c: Spec, index: int) -> bool:
+    """Layers 0, n, 2n, ... attend globally (n = model.global_every), the others locally."""
+    return index % c.global_every == 0
+
+
+def norm(c: Spec, name=None):
     """ModernBERT's bias-free LayerNorm, or RMSNorm (model.norm=rmsnorm)."""
     return layer_norm(c, name, use_bias=False, rms=c.norm == "rmsnorm")
 
 
-def out_stddev(c: ModelSpec) -> float:
+def out_stddev(c: Spec) -> float:
     """ModernBERT's init of the projections into the residual stream: range / sqrt(2 layers)."""
     return c.initializer_range / math.sqrt(2.0 * c.num_layers)
 
 
-def attention_groups(tokens_BxL, document_ids_BxL, c: ModelSpec):
+def attention_groups(tokens_BxL, document_ids_BxL, c: Spec):
     """int32 [B,L]: a query sees a key only where the two are equal (0 = padding). Documents
     of a packed row are groups unless model.attend_across_documents; otherwise real tokens are
     one group and padding another (padding queries see padding: harmless, never read)."""
@@ -146,7 +167,7 @@ def uses_blocks(length: int, window: int) -> bool:
 class Embeddings(nn.Module):
     """Token embeddings, the norm and dropout (no position or token-type tables)."""
 
-    config: ModelSpec
+    config: Spec
 
     def setup(self):
         c = self.config
@@ -156,18 +177,9 @@ class Embeddings(nn.Module):
 
     def __call__(self, tokens_BxL, *, deterministic: bool):
         c = self.config
-        if tokens_BxL.shape[1] > c.max_position_embeddings:
-            raise ValueError(
-                f"sequence length {tokens_BxL.shape[1]}: longer than "
-                f"config.model.max_position_embeddings={c.max_position_embeddings}"
-            )
-        table_VxE = constrain(self.word_embeddings, ("vocab", None))  # as bert.Embeddings
-        x_BxLxE = jnp.take(table_VxE, tokens_BxL, axis=0).astype(c.compute_dtype)
+        x_BxLxE = lookup_tokens(self.word_embeddings, tokens_BxL, c).astype(c.compute_dtype)
         x_BxLxE = constrain(x_BxLxE, ("batch", "length", "embed"))
         return self.dropout(self.norm(x_BxLxE), deterministic=deterministic)
-
-    def attend(self, h_BxKxE):
-        return tied_logits(h_BxKxE, self.word_embeddings.astype(self.config.compute_dtype))
 
 
 class Block(nn.Module):
@@ -177,14 +189,13 @@ class Block(nn.Module):
     traced argument instead, and the layer picks its attention with lax.cond (only the chosen
     branch runs)."""
 
-    config: ModelSpec
+    config: Spec
     deterministic: bool = True
     index: int | None = None
 
     @nn.compact
     def __call__(self, x_BxLxE, shared, layer_index=None):
         c = self.config
-        n, d = c.num_heads, c.head_dim
         index = self.index if self.index is not None else layer_index
         groups_BxL, mask_Bx1xLxL, rope_global, rope_local = shared
 
@@ -193,18 +204,7 @@ class Block(nn.Module):
             h_BxLxE = x_BxLxE if index == 0 else h_BxLxE
         else:
             h_BxLxE = jnp.where(index == 0, x_BxLxE, h_BxLxE)
-        qkv = dense(
-            c,
-            (3, n, d),
-            ("embed", None, "heads", "kv"),
-            name="qkv",
-            separate=not c.fused_qkv,
-            use_bias=False,
-        )(h_BxLxE)
-        if c.fused_qkv:
-            qkv_BxLx3xNxD = constrain(qkv, ("batch", "length", None, "heads", "kv"))
-            qkv = tuple(qkv_BxLx3xNxD[:, :, i] for i in range(3))
-        q, k, v = (constrain(t, ("batch", "length", "heads", "kv")) for t in qkv)
+        q, k, v = self._qkv(h_BxLxE)
 
         dropout_key = None
         if not self.deterministic and c.attention_dropout_rate > 0:
@@ -217,11 +217,11 @@ class Block(nn.Module):
         if not c.has_local_layers:
             attn_BxLxNxD = attend(rope_global, False)
         elif self.index is not None:
-            is_global = c.is_global_layer(index)
+            is_global = is_global_layer(c, index)
             attn_BxLxNxD = attend(rope_global if is_global else rope_local, not is_global)
         else:
             attn_BxLxNxD = jax.lax.cond(
-                index % c.global_every == 0,
+                is_global_layer(c, index),
                 lambda: attend(rope_global, False),
                 lambda: attend(rope_local, True),
             )
@@ -237,7 +237,27 @@ class Block(nn.Module):
         )(attn_BxLxNxD)
         out_BxLxE = Dropout(c.attention_dropout_rate)(out_BxLxE, deterministic=self.deterministic)
         x_BxLxE = constrain(x_BxLxE + out_BxLxE, ("batch", "length", "embed"))
+        return self._gated_mlp(x_BxLxE), None
 
+    def _qkv(self, h_BxLxE):
+        """Wqkv (one matmul, or three with fused_qkv=False): q, k, v [B,L,N,D]."""
+        c = self.config
+        qkv = dense(
+            c,
+            (3, c.num_heads, c.head_dim),
+            ("embed", None, "heads", "kv"),
+            name="qkv",
+            separate=not c.fused_qkv,
+            use_bias=False,
+        )(h_BxLxE)
+        if c.fused_qkv:
+            qkv_BxLx3xNxD = constrain(qkv, ("batch", "length", None, "heads", "kv"))
+            qkv = tuple(qkv_BxLx3xNxD[:, :, i] for i in range(3))
+        return tuple(constrain(t, ("batch", "length", "heads", "kv")) for t in qkv)
+
+    def _gated_mlp(self, x_BxLxE):
+        """norm, Wi [E, 2, M], act(first half) x second half, dropout, Wo, residual."""
+        c = self.config
         h_BxLxE = norm(c, "mlp_norm")(x_BxLxE)
         h_BxLx2xM = dense(
             c, (2, c.intermediate_size), ("embed", None, "mlp"), name="mlp_in", use_bias=False
@@ -254,7 +274,7 @@ class Block(nn.Module):
             use_bias=False,
             stddev=out_stddev(c),
         )(h_BxLxM)
-        return constrain(x_BxLxE + h_BxLxE, ("batch", "length", "embed")), None
+        return constrain(x_BxLxE + h_BxLxE, ("batch", "length", "embed"))
 
     def _attention(self, q, k, v, groups_BxL, mask_Bx1xLxL, local: bool, dropout_key):
         c = self.config
@@ -280,7 +300,7 @@ class Block(nn.Module):
         )
 
 
-def glu_activation(c: ModelSpec, x):
+def glu_activation(c: Spec, x):
     """GeGLU's GELU (model.gelu's form) or SwiGLU's SiLU, on the MLP's first half."""
     if c.glu_activation == "silu":
         return jax.nn.silu(x.astype(jnp.float32)).astype(x.dtype)
@@ -290,7 +310,7 @@ def glu_activation(c: ModelSpec, x):
 class ModernBertEncoder(nn.Module):
     """Embeddings, the block stack and the final norm: last hidden states [B,L,E]."""
 
-    config: ModelSpec
+    config: Spec
 
     def setup(self):
         self.embeddings = Embeddings(self.config)
@@ -325,29 +345,16 @@ class ModernBertEncoder(nn.Module):
         return self.final_norm(x_BxLxE)
 
 
-def _prediction_head(c: ModelSpec, h_BxKxE):
-    """ModernBertPredictionHead, in the calling module: bias-free dense, activation, norm."""
-    h_BxKxE = dense(
-        c, c.hidden_size, ("embed", "mlp"), name="transform", use_bias=False, stddev=out_stddev(c)
-    )(h_BxKxE)
-    h_BxKxE = constrain(h_BxKxE, ("batch", "length", "embed"))  # see bert.MLMHead
-    return norm(c, "norm")(activation(c, h_BxKxE))
-
-
-class Head(nn.Module):
-    """The prediction head on its own (the classifier's, over the pooled vector)."""
-
-    config: ModelSpec
-
-    @nn.compact
-    def __call__(self, h_BxKxE):
-        return _prediction_head(self.config, h_BxKxE)
+def head_options(c: Spec) -> dict:
+    """ModernBertPredictionHead's form of layers.prediction_transform: no biases, the model's
+    norm, the smaller init of the projections into the residual stream."""
+    return dict(use_bias=False, rms=c.norm == "rmsnorm", stddev=out_stddev(c))
 
 
 class ModernBertMLM(nn.Module):
-    """Encoder plus the MLM head, evaluated only at the K masked positions of each row."""
+    """Encoder plus the sparse MLM head (layers.SparseMLMHead in ModernBERT's form)."""
 
-    config: ModelSpec
+    config: Spec
 
     @nn.compact
     def __call__(
@@ -364,36 +371,15 @@ class ModernBertMLM(nn.Module):
         x_BxLxE = encoder(
             tokens_BxL, document_ids_BxL=document_ids_BxL, deterministic=deterministic
         )
-        h_BxKxE = jnp.take_along_axis(x_BxLxE, positions_BxK[:, :, None], axis=1)
-        h_BxKxE = constrain(h_BxKxE, ("batch", "length", "embed"))
-        h_BxKxE, output_bias = MLMHead(c, name="mlm_head")(h_BxKxE)
-        logits_BxKxVp = encoder.embeddings.attend(h_BxKxE) + output_bias
-        logits_BxKxVp = constrain(logits_BxKxVp, ("batch", "length", "vocab"))
-        return logits_BxKxVp[..., : c.vocab_size]
-
-
-class MLMHead(nn.Module):
-    """The prediction head and the decoder's output bias (the decoder is the embeddings)."""
-
-    config: ModelSpec
-
-    @nn.compact
-    def __call__(self, h_BxKxE):
-        c = self.config
-        output_bias = self.param(
-            "output_bias",
-            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-            (c.padded_vocab_size,),
-            jnp.float32,
-        )
-        return _prediction_head(c, h_BxKxE), output_bias
+        head = SparseMLMHead(c, **head_options(c), name="mlm_head")
+        return head(x_BxLxE, positions_BxK, encoder.embeddings.word_embeddings)
 
 
 class ModernBertForSequenceClassification(nn.Module):
     """Encoder, [CLS] or mean pooling, the prediction head, dropout, a linear classifier
     (ModernBertForSequenceClassification's computation)."""
 
-    config: ModelSpec
+    config: Spec
     num_labels: int
     pooling: str = "cls"
 
@@ -410,9 +396,26 @@ class ModernBertForSequenceClassification(nn.Module):
             pooled_BxE = summed_BxE / jnp.maximum(jnp.sum(weights_BxLx1, axis=1), 1.0)
         else:
             pooled_BxE = x_BxLxE[:, 0]
-        pooled_BxE = Head(c, name="classifier_head")(pooled_BxE.astype(c.compute_dtype))
+        head = PredictionTransform(c, **head_options(c), name="classifier_head")
+        pooled_BxE = head(pooled_BxE.astype(c.compute_dtype))
         pooled_BxE = Dropout(c.dropout_rate)(pooled_BxE, deterministic=deterministic)
         logits_BxC = dense(
             c, self.num_labels, ("embed", None), name="classifier", stddev=c.hidden_size**-0.5
         )(pooled_BxE)
         return logits_BxC.astype(jnp.float32)
+
+
+def _classifier(spec: Spec, num_labels: int, pooling: str) -> nn.Module:
+    return ModernBertForSequenceClassification(spec, num_labels, pooling)
+
+
+FAMILY = Family(
+    name="modernbert",
+    title="ModernBERT",
+    mlm=ModernBertMLM,
+    classifier=_classifier,
+    poolings=POOLINGS,
+    check_spec=check_spec,
+    is_global_layer=is_global_layer,
+    mlp_matmuls=3,  # Wi is [E, 2, M]: the gate's and the value's halves, then Wo
+)

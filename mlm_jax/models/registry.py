@@ -1,7 +1,8 @@
-"""Which model a spec describes.
+"""model.arch -> its family (models/family.py's contract): the one place a family is picked.
 
-`mlm_model(spec)` and `classifier(spec, num_labels)` are the only places that pick a family
-(models/bert.py or models/modernbert.py, by model.arch), so the trainer, fill-mask, export and fine-tuning never name one.
+The trainer, fill-mask, generation, export and fine-tuning build models through `mlm_model` and
+`classifier`; the spec checks a family's own fields through `family`. A new family is one module
+with a `FAMILY` record and one entry here (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -9,19 +10,29 @@ from __future__ import annotations
 import flax.linen as nn
 
 from mlm_jax.models import bert, modernbert
-from mlm_jax.models.spec import ModelSpec
+from mlm_jax.models.family import Family, Spec
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (bert.FAMILY, modernbert.FAMILY)}
 
 
-def mlm_model(spec: ModelSpec) -> nn.Module:
+def family(arch: str) -> Family:
+    """The family of a model.arch that ModelSpec accepted (so one of FAMILIES)."""
+    return FAMILIES[arch]
+
+
+def mlm_model(spec: Spec) -> nn.Module:
     """Encoder plus MLM head: (tokens_BxL, positions_BxK, ...) -> float32 logits_BxKxV."""
-    if spec.arch == "modernbert":
-        return modernbert.ModernBertMLM(spec)
-    return bert.BertMLM(spec)
+    return family(spec.arch).mlm(spec)
 
 
-def classifier(spec: ModelSpec, num_labels: int, pooling: str = "cls") -> nn.Module:
+def classifier(spec: Spec, num_labels: int, pooling: str = "") -> nn.Module:
     """Encoder plus a sequence-classification head: tokens_BxL -> float32 logits_BxC.
-    pooling (modernbert): cls | mean; BERT pools [CLS] through its pooler."""
-    if spec.arch == "modernbert":
-        return modernbert.ModernBertForSequenceClassification(spec, num_labels, pooling)
-    return bert.BertForSequenceClassification(spec, num_labels)
+    pooling: one of the family's poolings ('' = its first); another is refused in one line."""
+    chosen = family(spec.arch)
+    pooling = pooling or chosen.poolings[0]
+    if pooling not in chosen.poolings:
+        raise ValueError(
+            f"--pooling={pooling!r}: a {chosen.title} classifier pools by "
+            f"{' or '.join(chosen.poolings)}"
+        )
+    return chosen.classifier(spec, num_labels, pooling)

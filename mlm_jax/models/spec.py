@@ -14,12 +14,13 @@ from typing import Any
 import jax.numpy as jnp
 
 from mlm_jax.config.fields import check_bool, check_choice, check_float, check_int
+from mlm_jax.models.family import Family
+from mlm_jax.models.registry import FAMILIES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTIONS = ("xla", "cudnn")
 GELUS = ("exact", "tanh")
 REMATS = ("none", "full", "dots")
-ARCHS = ("bert", "modernbert")
 GLU_ACTIVATIONS = ("gelu", "silu")  # modernbert's gated MLP: GeGLU (ModernBERT) | SwiGLU
 NORMS = ("layernorm", "rmsnorm")
 
@@ -49,7 +50,7 @@ class ModelSpec:
     pad_vocab_multiple: int = 128
     attend_across_documents: bool = False
     pad_id: int = 0
-    arch: str = "bert"
+    arch: str = "bert"  # the family (models/registry.py); its own checks: Family.check_spec
     # modernbert only (bert ignores them): see config/defaults.py
     global_rope_theta: float = 160_000.0
     local_rope_theta: float = 10_000.0
@@ -89,11 +90,10 @@ class ModelSpec:
         check_choice(key("remat"), self.remat, REMATS)
         for name in ("pre_ln", "scan_layers", "fused_qkv", "attend_across_documents"):
             check_bool(key(name), getattr(self, name))
-        check_choice(key("arch"), self.arch, ARCHS)
+        check_choice(key("arch"), self.arch, tuple(FAMILIES))
         check_float(key("global_rope_theta"), self.global_rope_theta, low=1, low_open=True)
         check_float(key("local_rope_theta"), self.local_rope_theta, low=1, low_open=True)
-        most = self.num_layers if self.arch == "modernbert" else None  # bert ignores it
-        check_int(key("global_every"), self.global_every, minimum=1, maximum=most)
+        check_int(key("global_every"), self.global_every, minimum=1)
         check_int(key("local_window"), self.local_window, minimum=2)
         if self.local_window % 2:
             raise ValueError(
@@ -102,11 +102,7 @@ class ModelSpec:
             )
         check_choice(key("glu_activation"), self.glu_activation, GLU_ACTIVATIONS)
         check_choice(key("norm"), self.norm, NORMS)
-        if self.arch == "modernbert" and self.head_dim % 2:
-            raise ValueError(
-                f"config.model.hidden_size={self.hidden_size} / model.num_heads={self.num_heads}"
-                f" = {self.head_dim}: rotary positions need an even head size"
-            )
+        self.family.check_spec(self)
 
     @classmethod
     def from_config(cls, model_config: Any) -> ModelSpec:
@@ -146,13 +142,18 @@ class ModelSpec:
         }
 
     @property
+    def family(self) -> Family:
+        """The family model.arch names (models/registry.py)."""
+        return FAMILIES[self.arch]
+
+    @property
     def has_local_layers(self) -> bool:
-        """ModernBERT with some sliding-window layers (global_every > 1)."""
-        return self.arch == "modernbert" and self.global_every > 1
+        """Some layer attends only to model.local_window around each token."""
+        return not all(self.is_global_layer(i) for i in range(self.num_layers))
 
     def is_global_layer(self, index: int) -> bool:
-        """Layer `index` attends globally (ModernBERT: every global_every-th, from layer 0)."""
-        return self.arch != "modernbert" or index % self.global_every == 0
+        """Layer `index` attends to the whole row (the family says which do)."""
+        return self.family.is_global_layer(self, index)
 
     @property
     def padded_vocab_size(self) -> int:
