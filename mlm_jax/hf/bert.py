@@ -10,10 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
-import jax
 import numpy as np
 
+from mlm_jax.hf.common import (
+    GELUS,
+    Conversion,
+    Tensors,
+    fresh_mlm_head,
+    pad_rows,
+    plain_params,
+    read_keys,
+    stack_layers,
+    unstack_layers,
+    write_keys,
+)
 from mlm_jax.models.spec import ModelSpec
 
 # Our config.model key <- HF config.json key.
@@ -47,18 +57,12 @@ def has_mlm_head(tensors: dict[str, np.ndarray]) -> bool:
     return any(k.startswith("cls.predictions.transform.") for k in tensors)
 
 
-# HF hidden_act -> our model.gelu (gelu_new and gelu_pytorch_tanh are the same tanh formula).
-_HF_ACTIVATIONS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
-
-
 def gelu_of(hf_config: dict) -> str:
     """Our model.gelu for the checkpoint's hidden_act."""
     act = hf_config.get("hidden_act", "gelu")
-    if act not in _HF_ACTIVATIONS:
-        raise ValueError(
-            f"config.json hidden_act={act!r}: expected one of {sorted(_HF_ACTIVATIONS)}"
-        )
-    return _HF_ACTIVATIONS[act]
+    if act not in GELUS:
+        raise ValueError(f"config.json hidden_act={act!r}: expected one of {sorted(GELUS)}")
+    return GELUS[act]
 
 
 def model_overrides(hf_config: dict) -> dict[str, Any]:
@@ -72,7 +76,7 @@ def model_overrides(hf_config: dict) -> dict[str, Any]:
     missing = [hf for hf in _CONFIG_KEYS.values() if hf not in hf_config and hf not in _HF_DEFAULTS]
     if missing:
         raise ValueError(f"config.json: missing {missing}")
-    overrides = {ours: hf_config.get(hf, _HF_DEFAULTS.get(hf)) for ours, hf in _CONFIG_KEYS.items()}
+    overrides = read_keys(hf_config, _CONFIG_KEYS, _HF_DEFAULTS)
     overrides["pre_ln"] = False
     overrides["gelu"] = gelu
     overrides["arch"] = "bert"
@@ -82,41 +86,10 @@ def model_overrides(hf_config: dict) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- HF -> ours
 
 
-class _Tensors:
-    """Named lookups that fail with the tensor's name and the shape the config expects."""
-
-    def __init__(self, tensors: dict[str, np.ndarray], where: str):
-        self.tensors, self.where = tensors, where
-
-    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        if name not in self.tensors:
-            raise ValueError(f"{self.where}: tensor {name!r} missing")
-        value = self.tensors[name]
-        if tuple(value.shape) != tuple(shape):
-            raise ValueError(
-                f"{self.where}: tensor {name!r} has shape {tuple(value.shape)}, the model config expects {tuple(shape)}"
-            )
-        return value.astype(np.float32)
-
-    def norm(self, prefix: str, e: int) -> dict:
-        return {
-            "scale": self.get(f"{prefix}.weight", (e,)),
-            "bias": self.get(f"{prefix}.bias", (e,)),
-        }
-
-    def has(self, prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in self.tensors)
-
-
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-    """Zero rows for the padded vocabulary (never looked up, never predicted)."""
-    return np.concatenate([x, np.zeros((rows - x.shape[0], *x.shape[1:]), x.dtype)])
-
-
-def _encoder_from_hf(t: _Tensors, c: ModelSpec) -> dict:
+def _encoder_from_hf(t: Tensors, c: ModelSpec) -> dict:
     e, n, d, m = c.hidden_size, c.num_heads, c.head_dim, c.intermediate_size
     embeddings = {
-        "word_embeddings": _pad_rows(
+        "word_embeddings": pad_rows(
             t.get("embeddings.word_embeddings.weight", (c.vocab_size, e)), c.padded_vocab_size
         ),
         "position_embeddings": t.get(
@@ -157,43 +130,21 @@ def _encoder_from_hf(t: _Tensors, c: ModelSpec) -> dict:
                 "mlp_norm": t.norm(f"{p}output.LayerNorm", e),
             }
         )
-    encoder = {"embeddings": embeddings}
-    if c.scan_layers:
-        encoder["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
-    else:
-        encoder.update({f"layer_{i}": layer for i, layer in enumerate(layers)})
-    return encoder
+    return {"embeddings": embeddings, **stack_layers(layers, c)}
 
 
-def _mlm_head_from_hf(t: _Tensors, c: ModelSpec, word_embeddings: np.ndarray) -> dict:
+def _mlm_head_from_hf(t: Tensors, c: ModelSpec, word_embeddings: np.ndarray) -> dict:
     e, v = c.hidden_size, c.vocab_size
     p = "cls.predictions."
     bias_name = f"{p}bias" if f"{p}bias" in t.tensors else f"{p}decoder.bias"
-    decoder = t.tensors.get(f"{p}decoder.weight")
-    if decoder is not None and not np.array_equal(decoder, word_embeddings[:v]):
-        raise ValueError(
-            f"{t.where}: tensor '{p}decoder.weight' differs from the word embeddings "
-            "(untied decoders are not supported)"
-        )
+    t.check_tied(f"{p}decoder.weight", word_embeddings, v)
     return {
         "transform": {
             "kernel": t.get(f"{p}transform.dense.weight", (e, e)).T,
             "bias": t.get(f"{p}transform.dense.bias", (e,)),
         },
         "norm": t.norm(f"{p}transform.LayerNorm", e),
-        "output_bias": _pad_rows(t.get(bias_name, (v,)), c.padded_vocab_size),
-    }
-
-
-def _fresh_mlm_head(c: ModelSpec, seed: int = 0) -> dict:
-    """Truncated-normal transform, unit LayerNorm, zero output bias (as the model's own init)."""
-    e = c.hidden_size
-    kernel = np.random.default_rng(seed).standard_normal((e, e))
-    kernel = np.clip(kernel, -2, 2) * c.initializer_range
-    return {
-        "transform": {"kernel": kernel.astype(np.float32), "bias": np.zeros(e, np.float32)},
-        "norm": {"scale": np.ones(e, np.float32), "bias": np.zeros(e, np.float32)},
-        "output_bias": np.zeros(c.padded_vocab_size, np.float32),
+        "output_bias": pad_rows(t.get(bias_name, (v,)), c.padded_vocab_size),
     }
 
 
@@ -203,12 +154,12 @@ def hf_to_params(
     """Our BertMLM params (numpy) for `config`'s layout (scan_layers, padded vocab)."""
     if config.pre_ln:
         raise ValueError("config.model.pre_ln=True: Hugging Face BERT checkpoints are post-LN")
-    t = _Tensors(tensors, where)
+    t = Tensors(tensors, where)
     encoder = _encoder_from_hf(t, config)
     if has_mlm_head(tensors):
         head = _mlm_head_from_hf(t, config, encoder["embeddings"]["word_embeddings"])
     else:
-        head = _fresh_mlm_head(config)
+        head = fresh_mlm_head(config)
     params = {"encoder": encoder, "mlm_head": head}
     if t.has("pooler.dense."):
         params["pooler"] = {
@@ -237,19 +188,11 @@ def check_model(hf_config: dict, where: str, model_config: ModelSpec) -> None:
 # ----------------------------------------------------------------------------- ours -> HF
 
 
-def _unstacked_layers(encoder: dict, c: ModelSpec) -> list[dict]:
-    if "layers" in encoder:
-        return [jax.tree.map(lambda x, i=i: x[i], encoder["layers"]) for i in range(c.num_layers)]
-    return [encoder[f"layer_{i}"] for i in range(c.num_layers)]
-
-
 def params_to_hf(params: Any, config: ModelSpec) -> dict[str, np.ndarray]:
     """BertForMaskedLM state dict (numpy float32) of our BertMLM params."""
     if config.pre_ln:
         raise ValueError("config.model.pre_ln=True blocks export: Hugging Face BERT is post-LN")
-    params = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(nn.unbox(params)))
-    if set(params) == {"params"}:
-        params = params["params"]
+    params = plain_params(params)
     e, v = config.hidden_size, config.vocab_size
     emb = params["encoder"]["embeddings"]
     out = {
@@ -259,7 +202,7 @@ def params_to_hf(params: Any, config: ModelSpec) -> dict[str, np.ndarray]:
         "bert.embeddings.LayerNorm.weight": emb["norm"]["scale"],
         "bert.embeddings.LayerNorm.bias": emb["norm"]["bias"],
     }
-    for i, layer in enumerate(_unstacked_layers(params["encoder"], config)):
+    for i, layer in enumerate(unstack_layers(params["encoder"], config)):
         p = f"bert.encoder.layer.{i}."
         kernel_Ex3xE = layer["qkv"]["kernel"].reshape(e, 3, e)
         bias_3xE = layer["qkv"]["bias"].reshape(3, e)
@@ -285,9 +228,11 @@ def params_to_hf(params: Any, config: ModelSpec) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(x) for k, x in out.items()}
 
 
-def hf_config_dict(config: ModelSpec) -> dict:
-    """config.json of a BertForMaskedLM with our architecture."""
-    hf = {hf_key: getattr(config, ours) for ours, hf_key in _CONFIG_KEYS.items()}
+def hf_config_dict(config: ModelSpec, tokenizer: Any = None) -> dict:
+    """config.json of a BertForMaskedLM with our architecture (the pad id is the spec's, so
+    the tokenizer is not read)."""
+    del tokenizer
+    hf = write_keys(config, _CONFIG_KEYS)
     return {
         "architectures": ["BertForMaskedLM"],
         "model_type": "bert",
@@ -298,3 +243,16 @@ def hf_config_dict(config: ModelSpec) -> dict:
         "tie_word_embeddings": True,
         "dtype": "float32",
     }
+
+
+CONVERSION = Conversion(
+    arch="bert",
+    model_type="bert",
+    base_prefix="bert.",
+    model_overrides=model_overrides,
+    check_model=check_model,
+    has_mlm_head=has_mlm_head,
+    hf_to_params=hf_to_params,
+    params_to_hf=params_to_hf,
+    hf_config_dict=hf_config_dict,
+)

@@ -55,7 +55,7 @@ def _print_import_flags(directory: str) -> None:
             else "vocab.txt"
         )
         flags.append(f"--config.data.tokenizer={os.path.join(folder, name)}")
-    family = "ModernBERT" if overrides["arch"] == "modernbert" else "BERT"
+    family = model.spec.family.title
     print(f"{directory}: {family} with {count:,} parameters; start a run from it with")
     print("  " + " \\\n  ".join(flags))
 

@@ -16,14 +16,11 @@ import os
 import shutil
 from typing import Any
 
-import flax.linen as nn
-import jax
 import numpy as np
 
 from mlm_jax import checksums
-from mlm_jax.hf import bert as hf_bert
-from mlm_jax.hf import export_dir
-from mlm_jax.hf import modernbert as hf_modernbert
+from mlm_jax.hf import export_dir, registry
+from mlm_jax.hf.common import Conversion
 from mlm_jax.models.spec import ModelSpec
 
 _TOKENIZER_FILES = (
@@ -121,13 +118,9 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
         ) from None
 
 
-_FAMILIES = {"bert": hf_bert, "modernbert": hf_modernbert}  # config.json model_type -> module
-_PREFIXES = {"bert": "bert.", "modernbert": "model."}  # the MLM class's base-model prefix
-
-
-def family(hf_config: dict):
-    """The conversion module (hf_bert or hf_modernbert) of a config.json read by read_config."""
-    return _FAMILIES[hf_config["model_type"]]
+def family(hf_config: dict) -> Conversion:
+    """The family's conversion (hf/common.py) of a config.json read by read_config."""
+    return registry.BY_MODEL_TYPE[hf_config["model_type"]]
 
 
 def read_config(directory: str) -> dict:
@@ -139,10 +132,10 @@ def read_config(directory: str) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a JSON config ({e})") from None
     model_type = hf_config.get("model_type") if isinstance(hf_config, dict) else None
-    if model_type not in _FAMILIES:
+    if model_type not in registry.BY_MODEL_TYPE:
         raise ValueError(
             f"{path}: model_type={model_type!r}, expected one of "
-            f"{', '.join(repr(k) for k in _FAMILIES)}"
+            f"{', '.join(repr(k) for k in registry.BY_MODEL_TYPE)}"
         )
     return hf_config
 
@@ -153,7 +146,7 @@ def read_checkpoint(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
     hf_config = read_config(directory)
     folder = checkpoint_folder(directory)
     checksums.verify_dir(folder)  # an export of this project: its bytes as written
-    prefix = _PREFIXES[hf_config["model_type"]]
+    prefix = family(hf_config).base_prefix
     tensors = {}
     for name, value in _load_weights(folder).items():
         name = name.removeprefix(prefix)
@@ -174,15 +167,9 @@ def export_hf(
     """
     from safetensors.numpy import save_file
 
-    modern = model_config.arch == "modernbert"
-    if modern:
-        plain = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(nn.unbox(params)))
-        plain = plain["params"] if set(plain) == {"params"} else plain
-        state = hf_modernbert.params_to_hf(plain, model_config)
-        hf_config = hf_modernbert.hf_config_dict(model_config, _special_ids(tokenizer))
-    else:
-        state = hf_bert.params_to_hf(params, model_config)
-        hf_config = hf_bert.hf_config_dict(model_config)
+    conversion = registry.BY_ARCH[model_config.arch]
+    state = conversion.params_to_hf(params, model_config)
+    hf_config = conversion.hf_config_dict(model_config, tokenizer)
     with export_dir.publish(out_dir) as folder:
         save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(folder, "config.json"), "w") as f:
@@ -207,19 +194,3 @@ def _write_tokenizer(tokenizer: Any, folder: str) -> None:
         raise ValueError(f"tokenizer={source!r}: no tokenizer.json or vocab.txt there to copy")
     for f in names:
         shutil.copyfile(f, os.path.join(folder, os.path.basename(f)))
-
-
-def _special_ids(tokenizer: Any) -> dict[str, int]:
-    """ModernBertConfig's special token ids (its defaults are ModernBERT's own vocabulary's)."""
-    if not hasattr(tokenizer, "pad_id"):
-        from mlm_jax.data.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(os.path.expanduser(str(tokenizer)))
-    cls_id, sep_id = int(tokenizer.cls_id), int(tokenizer.sep_id)
-    return {
-        "pad_token_id": int(tokenizer.pad_id),
-        "cls_token_id": cls_id,
-        "sep_token_id": sep_id,
-        "bos_token_id": cls_id,
-        "eos_token_id": sep_id,
-    }

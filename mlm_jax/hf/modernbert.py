@@ -11,10 +11,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
 
-from mlm_jax.hf.bert import _fresh_mlm_head, _pad_rows, _Tensors, _unstacked_layers
+from mlm_jax.hf.common import (
+    GELUS,
+    Conversion,
+    Tensors,
+    fresh_mlm_head,
+    pad_rows,
+    plain_params,
+    read_keys,
+    special_ids,
+    stack_layers,
+    unstack_layers,
+    write_keys,
+)
+from mlm_jax.models.modernbert import is_global_layer
 from mlm_jax.models.spec import ModelSpec
 
 _CONFIG_KEYS = {  # our config.model key <- HF config.json key
@@ -40,7 +52,6 @@ _HF_DEFAULTS = {  # what ModernBertConfig assumes for a key left out
     "hidden_activation": "gelu",
     "classifier_activation": "gelu",
 }
-_GELUS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}  # -> model.gelu
 _NO_BIAS = ("norm_bias", "attention_bias", "mlp_bias")  # biases our blocks do not have
 
 
@@ -87,10 +98,10 @@ def model_overrides(hf_config: dict, where: str = "config.json") -> dict[str, An
             raise ValueError(f"{where}: config.json {key}=true: our ModernBERT has no such bias")
     head_act = hf_config.get("classifier_activation", "gelu")
     glu_act = hf_config.get("hidden_activation", "gelu")
-    if head_act not in _GELUS:
+    if head_act not in GELUS:
         raise ValueError(
             f"{where}: config.json classifier_activation={head_act!r}: expected one of "
-            f"{sorted(_GELUS)}"
+            f"{sorted(GELUS)}"
         )
     if glu_act not in ("silu", head_act):
         raise ValueError(
@@ -103,7 +114,7 @@ def model_overrides(hf_config: dict, where: str = "config.json") -> dict[str, An
     ]  # fmt: skip
     if missing:
         raise ValueError(f"{where}: config.json: missing {missing}")
-    overrides = {ours: hf_config.get(hf, _HF_DEFAULTS.get(hf)) for ours, hf in _CONFIG_KEYS.items()}
+    overrides = read_keys(hf_config, _CONFIG_KEYS, _HF_DEFAULTS)
     overrides["intermediate_size"] = hf_config.get("intermediate_size", 1152)
     global_theta, local_theta = _thetas(hf_config)
     overrides.update(
@@ -111,7 +122,7 @@ def model_overrides(hf_config: dict, where: str = "config.json") -> dict[str, An
         global_every=_layer_pattern(hf_config, where),
         global_rope_theta=global_theta,
         local_rope_theta=local_theta,
-        gelu=_GELUS[head_act],
+        gelu=GELUS[head_act],
         glu_activation="silu" if glu_act == "silu" else "gelu",
         norm="layernorm",
         type_vocab_size=1,
@@ -139,9 +150,9 @@ def hf_to_params(
     tensors: dict[str, np.ndarray], c: ModelSpec, *, where: str = "checkpoint"
 ) -> dict:
     """Our ModernBertMLM params (numpy) for `c`'s layout from ModernBertModel-relative names."""
-    t = _Tensors(tensors, where)
+    t = Tensors(tensors, where)
     e, n, d, m, v = c.hidden_size, c.num_heads, c.head_dim, c.intermediate_size, c.vocab_size
-    word = _pad_rows(t.get("embeddings.tok_embeddings.weight", (v, e)), c.padded_vocab_size)
+    word = pad_rows(t.get("embeddings.tok_embeddings.weight", (v, e)), c.padded_vocab_size)
     layers = []
     for i in range(c.num_layers):
         p = f"layers.{i}."
@@ -159,32 +170,19 @@ def hf_to_params(
             }
         )
     encoder = {
-        "embeddings": {
-            "word_embeddings": word,
-            "norm": {"scale": t.get("embeddings.norm.weight", (e,))},
-        },
-        "final_norm": {"scale": t.get("final_norm.weight", (e,))},
+        "embeddings": {"word_embeddings": word, "norm": t.norm("embeddings.norm", e, bias=False)},
+        "final_norm": t.norm("final_norm", e, bias=False),
+        **stack_layers(layers, c),
     }
-    if c.scan_layers:
-        encoder["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
-    else:
-        encoder.update({f"layer_{i}": layer for i, layer in enumerate(layers)})
     if has_mlm_head(tensors):
-        decoder = tensors.get("decoder.weight")
-        if decoder is not None and not np.array_equal(decoder, word[:v]):
-            raise ValueError(
-                f"{where}: tensor 'decoder.weight' differs from the token embeddings "
-                "(untied decoders are not supported)"
-            )
+        t.check_tied("decoder.weight", word, v)
         head = {
             "transform": {"kernel": t.get("head.dense.weight", (e, e)).T},
             "norm": {"scale": t.get("head.norm.weight", (e,))},
-            "output_bias": _pad_rows(t.get("decoder.bias", (v,)), c.padded_vocab_size),
+            "output_bias": pad_rows(t.get("decoder.bias", (v,)), c.padded_vocab_size),
         }
     else:
-        head = _fresh_mlm_head(c)
-        head = {"transform": {"kernel": head["transform"]["kernel"]},
-                "norm": {"scale": head["norm"]["scale"]}, "output_bias": head["output_bias"]}  # fmt: skip
+        head = fresh_mlm_head(c, bias=False)
     return {"encoder": encoder, "mlm_head": head}
 
 
@@ -198,14 +196,14 @@ def params_to_hf(params: dict, c: ModelSpec) -> dict[str, np.ndarray]:
             f"config.model.norm={c.norm!r} blocks export: transformers' ModernBERT has "
             "LayerNorm only"
         )
-    e, v = c.hidden_size, c.vocab_size
-    enc = params["encoder"]
+    params = plain_params(params)
+    e, v, enc = c.hidden_size, c.vocab_size, params["encoder"]
     out = {
         "model.embeddings.tok_embeddings.weight": enc["embeddings"]["word_embeddings"][:v],
         "model.embeddings.norm.weight": enc["embeddings"]["norm"]["scale"],
         "model.final_norm.weight": enc["final_norm"]["scale"],
     }
-    for i, layer in enumerate(_unstacked_layers(enc, c)):
+    for i, layer in enumerate(unstack_layers(enc, c)):
         p = f"model.layers.{i}."
         if i > 0:
             out[f"{p}attn_norm.weight"] = layer["attention_norm"]["scale"]
@@ -221,15 +219,16 @@ def params_to_hf(params: dict, c: ModelSpec) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(x, np.float32) for k, x in out.items()}
 
 
-def hf_config_dict(c: ModelSpec, special_ids: dict[str, int]) -> dict:
+def hf_config_dict(c: ModelSpec, tokenizer: Any) -> dict:
     """config.json of a ModernBertForMaskedLM with our architecture, in both transformers
-    forms (5.x reads layer_types and rope_parameters, 4.5x the older keys)."""
+    forms (5.x reads layer_types and rope_parameters, 4.5x the older keys), with the
+    tokenizer's special ids (ModernBertConfig's defaults are ModernBERT's own vocabulary's)."""
     head_act = "gelu" if c.gelu == "exact" else "gelu_pytorch_tanh"
     layer_types = [
-        "full_attention" if c.is_global_layer(i) else "sliding_attention"
+        "full_attention" if is_global_layer(c, i) else "sliding_attention"
         for i in range(c.num_layers)
     ]
-    hf = {hf_key: getattr(c, ours) for ours, hf_key in _CONFIG_KEYS.items()}
+    hf = write_keys(c, _CONFIG_KEYS)
     return {
         "architectures": ["ModernBertForMaskedLM"],
         "model_type": "modernbert",
@@ -250,7 +249,20 @@ def hf_config_dict(c: ModelSpec, special_ids: dict[str, int]) -> dict:
             "full_attention": {"rope_type": "default", "rope_theta": c.global_rope_theta},
             "sliding_attention": {"rope_type": "default", "rope_theta": c.local_rope_theta},
         },
-        **special_ids,
+        **special_ids(tokenizer),
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }
+
+
+CONVERSION = Conversion(
+    arch="modernbert",
+    model_type="modernbert",
+    base_prefix="model.",
+    model_overrides=model_overrides,
+    check_model=check_model,
+    has_mlm_head=has_mlm_head,
+    hf_to_params=hf_to_params,
+    params_to_hf=params_to_hf,
+    hf_config_dict=hf_config_dict,
+)

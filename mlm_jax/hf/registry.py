@@ -1,0 +1,11 @@
+"""Each family's Hugging Face conversion (hf/common.py's `Conversion`), by model.arch or by
+config.json's model_type: the one place the hf package picks a family."""
+
+from __future__ import annotations
+
+from mlm_jax.hf import bert, modernbert
+from mlm_jax.hf.common import Conversion
+
+CONVERSIONS: tuple[Conversion, ...] = (bert.CONVERSION, modernbert.CONVERSION)
+BY_MODEL_TYPE: dict[str, Conversion] = {c.model_type: c for c in CONVERSIONS}
+BY_ARCH: dict[str, Conversion] = {c.arch: c for c in CONVERSIONS}
