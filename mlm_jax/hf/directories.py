@@ -167,7 +167,7 @@ def export_hf(
     """
     from safetensors.numpy import save_file
 
-    conversion = registry.BY_ARCH[model_config.arch]
+    conversion = registry.for_arch(model_config.arch)
     state = conversion.params_to_hf(params, model_config)
     hf_config = conversion.hf_config_dict(model_config, tokenizer)
     with export_dir.publish(out_dir) as folder:
