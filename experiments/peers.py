@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -137,9 +138,8 @@ def hf_config(spec):
     from mlm_jax.hf import modernbert as hf_modernbert
 
     if spec.arch == "modernbert":
-        ids = {"pad_token_id": PAD, "cls_token_id": CLS, "sep_token_id": SEP}
-        ids.update(bos_token_id=CLS, eos_token_id=SEP)
-        config = ModernBertConfig(**hf_modernbert.hf_config_dict(spec, ids))
+        tokenizer = types.SimpleNamespace(pad_id=PAD, cls_id=CLS, sep_id=SEP)  # its special ids
+        config = ModernBertConfig(**hf_modernbert.hf_config_dict(spec, tokenizer))
         config.sparse_prediction = True
     else:
         config = BertConfig(**hf_bert.hf_config_dict(spec))
