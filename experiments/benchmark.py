@@ -207,16 +207,16 @@ def run_benchmark(config) -> dict:
     peak_fn, peak_flops = peak_matmul(devices, trainer.run.model.compute_dtype, size, burst)
     with trainer.activate():
         start = time.perf_counter()
-        step_fn = trainer.jitted("train").lower(state, batch).compile()
+        step_fn = trainer.jitted("train").lower(state, batch, trainer.tables).compile()
         compile_s = time.perf_counter() - start
         for _ in range(_WARMUP.value):
-            state, metrics = step_fn(state, batch)
+            state, metrics = step_fn(state, batch, trainer.tables)
         jax.block_until_ready(state)
         # Steps and peak matmuls alternate so both see the same load on a shared machine.
         times, peak_times = [], [timed(peak_fn)]
         for _ in range(_STEPS.value):
             start = time.perf_counter()
-            state, metrics = step_fn(state, batch)
+            state, metrics = step_fn(state, batch, trainer.tables)
             jax.block_until_ready((state, metrics))
             times.append(time.perf_counter() - start)
             peak_times += [timed(peak_fn) for _ in range(_PEAK_RUNS.value)]
@@ -227,7 +227,7 @@ def run_benchmark(config) -> dict:
                 f.write(step_fn.as_text())
             with jax.profiler.trace(_PROFILE_DIR.value, create_perfetto_trace=True):
                 for _ in range(2):
-                    state, metrics = step_fn(state, batch)
+                    state, metrics = step_fn(state, batch, trainer.tables)
                 jax.block_until_ready((state, metrics))
         mask_s = masking_seconds(trainer, batch, runs=5)
 

@@ -121,12 +121,13 @@ class OurStep:
         with self.trainer.activate():
             self.batch = self.trainer.global_batch(self.host_batch)
             self.state = self.trainer.new_state()
-            self.step = self.trainer.jitted("train").lower(self.state, self.batch).compile()
+            tables = self.trainer.tables
+            self.step = self.trainer.jitted("train").lower(self.state, self.batch, tables).compile()
         leaves = jax.tree.leaves(self.state.params)
         self.parameters = sum(int(np.prod(x.shape)) for x in leaves)
 
     def __call__(self) -> float:
-        self.state, metrics = self.step(self.state, self.batch)
+        self.state, metrics = self.step(self.state, self.batch, self.trainer.tables)
         return float(metrics["loss"])
 
 

@@ -6,8 +6,11 @@ from mlm_jax.masking.core import (
     STRATEGIES,
     MaskedBatch,
     MaskingSpec,
+    input_files,
+    mask_batch,
     mask_tokens,
     masking_keys,
+    prepare_host,
 )
 from mlm_jax.masking.schedule import ExactRatio, ratio_at_step, scheduled_ratio
 from mlm_jax.masking.units import sample_span_lengths
@@ -18,8 +21,11 @@ __all__ = [
     "ExactRatio",
     "MaskedBatch",
     "MaskingSpec",
+    "input_files",
+    "mask_batch",
     "mask_tokens",
     "masking_keys",
+    "prepare_host",
     "ratio_at_step",
     "sample_span_lengths",
     "scheduled_ratio",

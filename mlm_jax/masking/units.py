@@ -13,10 +13,11 @@ import jax.numpy as jnp
 from mlm_jax.masking.schedule import ExactRatio, real_target, round_budget
 
 
-def budget(num_maskable, ratio: ExactRatio, floor, strategy: str):
-    """(num_wanted, target): uniform's integer budget is its target; see step 3 of the masking docstring."""
+def budget(num_maskable, ratio: ExactRatio, floor, takes_words: bool):
+    """(num_wanted, target): a token strategy's integer budget is its target; a strategy that
+    takes words meets a real target in expectation (step 3 of the masking docstring)."""
     num_wanted = jnp.maximum(round_budget(num_maskable, ratio), floor)
-    if strategy == "uniform":
+    if not takes_words:
         return num_wanted, num_wanted.astype(jnp.float32)
     return num_wanted, jnp.maximum(real_target(num_maskable, ratio), floor.astype(jnp.float32))
 

@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import json
 
-from mlm_jax import checksums, files
+from mlm_jax import checksums, files, masking
 
 INPUTS_FILE = "inputs.json"
 
 
 def fingerprints(run, tokenizer) -> dict:
-    """{input: {"path", "fingerprint"}} of the run's tokenizer, PMI vocabulary (strategy pmi)
-    and prepared store (a rows:<dir> dataset). A file that is missing is left out: its own
-    reader says so in its own words."""
-    from mlm_jax.data import pmi, rows, sources
+    """{input: {"path", "fingerprint"}} of the run's tokenizer, the files its masking strategy
+    reads (masking.input_files: pmi's vocabulary) and prepared store (a rows:<dir> dataset).
+    A file that is missing is left out: its own reader says so in its own words."""
+    from mlm_jax.data import rows, sources
 
     found = {"tokenizer": {"path": "tokenizer/", "fingerprint": tokenizer.fingerprint()}}
-    named = {}
-    if run.masking.strategy == "pmi" and run.masking.pmi_vocab:
-        named["pmi_vocab"] = files.join(run.masking.pmi_vocab, pmi.VOCAB_FILE)
+    named = masking.input_files(run.masking)
     if sources.holds_rows(run.data.dataset):
         named["store"] = files.join(rows.store_dir(run.data.dataset), rows.MANIFEST)
     for name, path in named.items():

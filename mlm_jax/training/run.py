@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import jax
 import numpy as np
 
-from mlm_jax import files
+from mlm_jax import files, masking
 from mlm_jax.config.errors import ConfigError, as_config_errors
 from mlm_jax.training import checkpoint as ckpt
 from mlm_jax.training import inputs as inputs_lib
@@ -160,13 +160,14 @@ class Checked:
     host_eval_batches: list
     resume_step: int | None  # the newest complete checkpoint, None for a new run
     inputs: dict = dataclasses.field(default_factory=dict)  # training/inputs.py's fingerprints
+    masking_tables: dict = dataclasses.field(default_factory=dict)  # masking.prepare_host's
 
 
 def check(config, workdir: str) -> Checked:
     """Every check a run makes before it writes or compiles anything: the config, the
     workdir's owner and its resume compatibility, the tokenizer, the data (a held-out split to
     evaluate on, predictions in it). One ConfigError each; nothing is written to the workdir."""
-    from mlm_jax.data import loader, pmi  # the input pipeline (grain, TFDS) only where data is read
+    from mlm_jax.data import loader  # the input pipeline (grain, TFDS) only where data is read
 
     with as_config_errors():
         run = resolve(config)
@@ -183,9 +184,8 @@ def check(config, workdir: str) -> Checked:
         inputs = inputs_lib.fingerprints(run, tokenizer)
         if resume_step is not None:
             inputs_lib.check_resume(workdir, inputs)
-        units = None  # masking.strategy=pmi: the host marks its n-gram units while packing
-        if run.masking.strategy == "pmi":
-            units = pmi.load_units(run.masking.pmi_vocab, tokenizer)
+        prepared = masking.prepare_host(run.masking, tokenizer, run.data)
+        units = prepared.marks  # unit starts the packer marks (PMI's n-grams), or None
         train_iter = loader.make_train_iterator(
             run.data, tokenizer, batch_size=run.train.batch_size, seed=run.seed, units=units
         )
@@ -198,7 +198,10 @@ def check(config, workdir: str) -> Checked:
             units=units,
         )
         check_eval_batches(run, host_eval_batches)
-    return Checked(run, config, tokenizer, train_iter, host_eval_batches, resume_step, inputs)
+    return Checked(
+        run, config, tokenizer, train_iter, host_eval_batches, resume_step, inputs,
+        dict(prepared.tables),
+    )  # fmt: skip
 
 
 def plan(checked: Checked, workdir: str) -> str:
@@ -240,7 +243,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 def _train(checked: Checked, workdir: str, stop, is_writer: bool):
     """The run once its workdir is its own: resume or start, compile, step, summarise."""
     run, config, train_iter = checked.run, checked.config, checked.train_iter
-    trainer = Trainer(run)
+    trainer = Trainer(run, tables=checked.masking_tables)
     unfinished = ckpt.unfinished_writes(workdir)  # before the manager deletes them
     manager = ckpt.make_manager(workdir, keep=run.train.checkpoint_keep)
     writer = None

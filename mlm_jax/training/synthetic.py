@@ -82,10 +82,11 @@ def make_trainer(config, devices=None) -> Trainer:
 
 def abstract_batch(trainer: Trainer, rows: int) -> dict:
     """ShapeDtypeStructs of a global batch of `rows` synthetic rows, sharded as the trainer
-    feeds its steps (unit_starts too when the strategy reads them: pmi)."""
+    feeds its steps (the strategy's starts field too, e.g. pmi's unit_starts)."""
     batch = synthetic_batch(rows, trainer.run.data.seq_len, trainer.run.model.vocab_size)
-    if trainer.run.masking.strategy == "pmi":
-        batch["unit_starts"] = batch["word_starts"]
+    starts_field = trainer.run.masking.strategy_record.starts_field
+    if starts_field is not None and starts_field not in batch:
+        batch[starts_field] = batch["word_starts"]
     return {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
         for k, v in batch.items()
@@ -99,6 +100,6 @@ def compile_train_step(config, devices=None, compiler_options=None):
     batch = abstract_batch(trainer, trainer.run.train.batch_size)
     with trainer.activate():
         start = time.perf_counter()
-        lowered = trainer.jitted("train").lower(trainer.abstract_state, batch)
+        lowered = trainer.jitted("train").lower(trainer.abstract_state, batch, trainer.tables)
         compiled = lowered.compile(compiler_options=compiler_options)
     return trainer, compiled, time.perf_counter() - start
