@@ -171,3 +171,13 @@ def test_a_stack_sliced_inside_a_nested_fusion_costs_one_slice():
     by_kind, _ = roofline.estimate(_NESTED, tpu_kernel_seconds(rates, 1e9, 1))
     one_layer = 256 * 256 * 4
     assert by_kind["other fusions"] == pytest.approx((one_layer + 4 + one_layer) / 1e12)
+
+
+@needs_libtpu
+def test_a_v4_slice_has_one_device_a_chip_as_a_v4_vm_runs_it():
+    """v4-8 is 4 chips of 2 TensorCores each, which a TPU VM runs as 4 megacore devices."""
+    from mlm_jax.estimate.tpu import tpu_slice
+
+    tpu = tpu_slice("v4:2x2x1")
+    assert tpu.num_chips == 4
+    assert {d.core_on_chip for d in tpu.devices} == {0}

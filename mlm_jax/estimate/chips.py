@@ -23,17 +23,18 @@ class Chip:
     ici_bandwidth: float  # bytes per second a chip sends over its links (one direction)
     chips_per_host: int  # of a full host (Cloud TPU VM)
     source: str  # where the figures come from
+    megacore: bool = False  # two TensorCores a chip, run as one device (as a TPU VM runs them)
 
 
 GiB = 2**30
 CHIPS = {
     # v4: 32 GiB, 1200 GBps; ICI not on the page: 6 links x 50 GB/s per direction (the v4 paper,
     # Jouppi et al. 2023, as cited by Google's scaling book): 300 GB/s.
-    "v4": Chip("v4", 32 * GiB, 1200e9, 300e9, 4, "cloud.google.com/tpu/docs/v4"),
+    "v4": Chip("v4", 32 * GiB, 1200e9, 300e9, 4, "cloud.google.com/tpu/docs/v4", megacore=True),
     # v5e: 16 GB, 819 GBps, ICI 1600 Gbps (400 GBps bidirectional).
     "v5e": Chip("v5e", 16 * GiB, 819e9, 200e9, 8, "cloud.google.com/tpu/docs/v5e"),
     # v5p: 95 GB, 2765 GBps, ICI 4800 Gbps.
-    "v5p": Chip("v5p", 95 * GiB, 2765e9, 600e9, 4, "cloud.google.com/tpu/docs/v5p"),
+    "v5p": Chip("v5p", 95 * GiB, 2765e9, 600e9, 4, "cloud.google.com/tpu/docs/v5p", megacore=True),
     # v6e (Trillium): 32 GB, 1638 GBps, ICI 800 GBps bidirectional.
     "v6e": Chip("v6e", 32 * GiB, 1638e9, 400e9, 8, "cloud.google.com/tpu/docs/v6e"),
 }

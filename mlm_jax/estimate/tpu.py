@@ -60,9 +60,12 @@ def tpu_slice(name: str) -> Slice:
         os.environ.setdefault(key, value)
     from jax.experimental import topologies
 
-    topology = topologies.get_topology_desc(platform="tpu", topology_name=name)
+    # v4 and v5p: without "megacore", libtpu describes each of a chip's 2 TensorCores as a
+    # device; JAX on a v4 or v5p VM sees one device a chip.
+    kwargs = {"chip_config_name": "megacore"} if chip.megacore else {}
+    topology = topologies.get_topology_desc(platform="tpu", topology_name=name, **kwargs)
     devices = tuple(topology.devices)
-    if len(devices) != num_chips:  # v4 and v5p: 2 TensorCores per chip, one device each chip
+    if len(devices) != num_chips:
         raise ValueError(f"{name}: libtpu describes {len(devices)} devices, {num_chips} chips")
     return Slice(name, chip, devices)
 
