@@ -126,7 +126,9 @@ def summarize(kernels: list[dict], steps: int, top: int) -> str:
 
 
 _OP = re.compile(r'^\s*(?:ROOT )?%?([\w.-]+) = .*?metadata=\{op_name="([^"]*)"')
-_WRAPPER = re.compile(r"^(jit|jvp|transpose|vmap|checkpoint|remat|cond|while|body|branch|closed_call)\b|\(")
+_WRAPPER = re.compile(
+    r"^(jit|jvp|transpose|vmap|checkpoint|remat|cond|while|body|branch|closed_call)\b|\("
+)
 
 
 def sources(hlo_text: str) -> dict[str, str]:

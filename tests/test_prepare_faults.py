@@ -124,7 +124,8 @@ def test_a_manifest_missing_a_key_or_edited_is_one_line(store, tmp_path):
     config.data.seq_len = 64  # as its edited manifest says
     assert check_line(config, tmp_path / "b").startswith(f"{path}: edited after prepare")
     edit_manifest(broken, lambda m: m.pop("fingerprint"))  # as a store from before fingerprints
-    assert check_line(config, tmp_path / "c").startswith(f"{broken}/train-00000-of")  # record size
+    line = check_line(config, tmp_path / "c")  # record size, met on the held-out rows
+    assert line.startswith(f"{broken}/heldout-00000-of")
 
 
 def test_a_bad_token_dtype_names_the_manifest(store, tmp_path):

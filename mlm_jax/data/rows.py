@@ -215,18 +215,18 @@ class StoreRows:
                 f"data.dataset='{PREFIX}{directory}': its {split} shards hold {len(self.source)} "
                 f"rows, its {MANIFEST} says {self._num_rows}: partly written; prepare it again"
             )
-        self._check_record_size(paths)
+        self._first_shard = paths[0] if paths else directory
 
-    def _check_record_size(self, paths: list[str]) -> None:
+    def _check_record_size(self, records: list[bytes]) -> None:
         """A record is one row of the manifest's seq_len and token_dtype: else one line (a
-        manifest edited by hand, or shards of another store), not a crash after compiling."""
-        if self._num_rows == 0:
-            return
-        size = len(self.source.__getitems__([0])[0])
-        if size != self.dtype.itemsize:
+        manifest edited by hand, or shards of another store), not a crash after compiling.
+        Checked on the records a host reads anyway (the held-out rows are read before
+        compiling), so no host reads a row that is not its own."""
+        if records and len(records[0]) != self.dtype.itemsize:
             raise ValueError(
-                f"{paths[0]}: records of {size} bytes, but its {MANIFEST} (seq_len="
-                f"{self.seq_len}) makes rows of {self.dtype.itemsize}; prepare the store again"
+                f"{self._first_shard}: records of {len(records[0])} bytes, but its {MANIFEST} "
+                f"(seq_len={self.seq_len}) makes rows of {self.dtype.itemsize}; prepare the "
+                "store again"
             )
 
     def __len__(self) -> int:
@@ -235,6 +235,7 @@ class StoreRows:
     def rows(self, row_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Rows `row_ids` [b] as tokens / document_ids / maskable / word_starts, each [b, L]."""
         records = self.source.__getitems__([int(i) for i in row_ids])
+        self._check_record_size(records)
         fields = decode_rows(records, self.dtype)
         return {
             "tokens": fields["tokens"],
