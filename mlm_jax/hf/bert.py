@@ -245,14 +245,4 @@ def hf_config_dict(config: ModelSpec, tokenizer: Any = None) -> dict:
     }
 
 
-CONVERSION = Conversion(
-    arch="bert",
-    model_type="bert",
-    base_prefix="bert.",
-    model_overrides=model_overrides,
-    check_model=check_model,
-    has_mlm_head=has_mlm_head,
-    hf_to_params=hf_to_params,
-    params_to_hf=params_to_hf,
-    hf_config_dict=hf_config_dict,
-)
+CONVERSION = Conversion.of_module(globals(), arch="bert", model_type="bert", base_prefix="bert.")

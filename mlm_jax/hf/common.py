@@ -136,7 +136,8 @@ def special_ids(tokenizer: Any) -> dict[str, int]:
 @dataclasses.dataclass(frozen=True)
 class Conversion:
     """A family's Hugging Face side (one per hf/<family>.py, as `CONVERSION`); hf/registry.py
-    finds it by model.arch or by config.json's model_type."""
+    finds it by model.arch or by config.json's model_type. The functions are the module's own,
+    by these names (`of_module`)."""
 
     arch: str  # its model.arch (models/registry.py)
     model_type: str  # config.json's model_type
@@ -151,3 +152,11 @@ class Conversion:
     params_to_hf: Callable[[Any, ModelSpec], dict[str, np.ndarray]]  # -> the MLM state dict
     # (spec, tokenizer or its path) -> config.json of the MLM class
     hf_config_dict: Callable[[ModelSpec, Any], dict]
+
+    @classmethod
+    def of_module(cls, namespace: dict[str, Any], **names: str) -> Conversion:
+        """A conversion module's record: `names` (arch, model_type, base_prefix) and the
+        module's functions named as the fields, so a missing one fails at import:
+        `CONVERSION = Conversion.of_module(globals(), arch="bert", ...)`."""
+        functions = [f.name for f in dataclasses.fields(cls) if f.name not in names]
+        return cls(**names, **{name: namespace[name] for name in functions})

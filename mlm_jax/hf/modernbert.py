@@ -13,19 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mlm_jax.hf.common import (
-    GELUS,
-    Conversion,
-    Tensors,
-    fresh_mlm_head,
-    pad_rows,
-    plain_params,
-    read_keys,
-    special_ids,
-    stack_layers,
-    unstack_layers,
-    write_keys,
-)
+from mlm_jax.hf import common
 from mlm_jax.models.modernbert import is_global_layer
 from mlm_jax.models.spec import ModelSpec
 
@@ -98,10 +86,10 @@ def model_overrides(hf_config: dict, where: str = "config.json") -> dict[str, An
             raise ValueError(f"{where}: config.json {key}=true: our ModernBERT has no such bias")
     head_act = hf_config.get("classifier_activation", "gelu")
     glu_act = hf_config.get("hidden_activation", "gelu")
-    if head_act not in GELUS:
+    if head_act not in common.GELUS:
         raise ValueError(
             f"{where}: config.json classifier_activation={head_act!r}: expected one of "
-            f"{sorted(GELUS)}"
+            f"{sorted(common.GELUS)}"
         )
     if glu_act not in ("silu", head_act):
         raise ValueError(
@@ -114,7 +102,7 @@ def model_overrides(hf_config: dict, where: str = "config.json") -> dict[str, An
     ]  # fmt: skip
     if missing:
         raise ValueError(f"{where}: config.json: missing {missing}")
-    overrides = read_keys(hf_config, _CONFIG_KEYS, _HF_DEFAULTS)
+    overrides = common.read_keys(hf_config, _CONFIG_KEYS, _HF_DEFAULTS)
     overrides["intermediate_size"] = hf_config.get("intermediate_size", 1152)
     global_theta, local_theta = _thetas(hf_config)
     overrides.update(
@@ -122,7 +110,7 @@ def model_overrides(hf_config: dict, where: str = "config.json") -> dict[str, An
         global_every=_layer_pattern(hf_config, where),
         global_rope_theta=global_theta,
         local_rope_theta=local_theta,
-        gelu=GELUS[head_act],
+        gelu=common.GELUS[head_act],
         glu_activation="silu" if glu_act == "silu" else "gelu",
         norm="layernorm",
         type_vocab_size=1,
@@ -150,9 +138,9 @@ def hf_to_params(
     tensors: dict[str, np.ndarray], c: ModelSpec, *, where: str = "checkpoint"
 ) -> dict:
     """Our ModernBertMLM params (numpy) for `c`'s layout from ModernBertModel-relative names."""
-    t = Tensors(tensors, where)
+    t = common.Tensors(tensors, where)
     e, n, d, m, v = c.hidden_size, c.num_heads, c.head_dim, c.intermediate_size, c.vocab_size
-    word = pad_rows(t.get("embeddings.tok_embeddings.weight", (v, e)), c.padded_vocab_size)
+    word = common.pad_rows(t.get("embeddings.tok_embeddings.weight", (v, e)), c.padded_vocab_size)
     layers = []
     for i in range(c.num_layers):
         p = f"layers.{i}."
@@ -172,17 +160,17 @@ def hf_to_params(
     encoder = {
         "embeddings": {"word_embeddings": word, "norm": t.norm("embeddings.norm", e, bias=False)},
         "final_norm": t.norm("final_norm", e, bias=False),
-        **stack_layers(layers, c),
+        **common.stack_layers(layers, c),
     }
     if has_mlm_head(tensors):
         t.check_tied("decoder.weight", word, v)
         head = {
             "transform": {"kernel": t.get("head.dense.weight", (e, e)).T},
             "norm": {"scale": t.get("head.norm.weight", (e,))},
-            "output_bias": pad_rows(t.get("decoder.bias", (v,)), c.padded_vocab_size),
+            "output_bias": common.pad_rows(t.get("decoder.bias", (v,)), c.padded_vocab_size),
         }
     else:
-        head = fresh_mlm_head(c, bias=False)
+        head = common.fresh_mlm_head(c, bias=False)
     return {"encoder": encoder, "mlm_head": head}
 
 
@@ -196,14 +184,14 @@ def params_to_hf(params: dict, c: ModelSpec) -> dict[str, np.ndarray]:
             f"config.model.norm={c.norm!r} blocks export: transformers' ModernBERT has "
             "LayerNorm only"
         )
-    params = plain_params(params)
+    params = common.plain_params(params)
     e, v, enc = c.hidden_size, c.vocab_size, params["encoder"]
     out = {
         "model.embeddings.tok_embeddings.weight": enc["embeddings"]["word_embeddings"][:v],
         "model.embeddings.norm.weight": enc["embeddings"]["norm"]["scale"],
         "model.final_norm.weight": enc["final_norm"]["scale"],
     }
-    for i, layer in enumerate(unstack_layers(enc, c)):
+    for i, layer in enumerate(common.unstack_layers(enc, c)):
         p = f"model.layers.{i}."
         if i > 0:
             out[f"{p}attn_norm.weight"] = layer["attention_norm"]["scale"]
@@ -228,7 +216,7 @@ def hf_config_dict(c: ModelSpec, tokenizer: Any) -> dict:
         "full_attention" if is_global_layer(c, i) else "sliding_attention"
         for i in range(c.num_layers)
     ]
-    hf = write_keys(c, _CONFIG_KEYS)
+    hf = common.write_keys(c, _CONFIG_KEYS)
     return {
         "architectures": ["ModernBertForMaskedLM"],
         "model_type": "modernbert",
@@ -249,20 +237,12 @@ def hf_config_dict(c: ModelSpec, tokenizer: Any) -> dict:
             "full_attention": {"rope_type": "default", "rope_theta": c.global_rope_theta},
             "sliding_attention": {"rope_type": "default", "rope_theta": c.local_rope_theta},
         },
-        **special_ids(tokenizer),
+        **common.special_ids(tokenizer),
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }
 
 
-CONVERSION = Conversion(
-    arch="modernbert",
-    model_type="modernbert",
-    base_prefix="model.",
-    model_overrides=model_overrides,
-    check_model=check_model,
-    has_mlm_head=has_mlm_head,
-    hf_to_params=hf_to_params,
-    params_to_hf=params_to_hf,
-    hf_config_dict=hf_config_dict,
+CONVERSION = common.Conversion.of_module(
+    globals(), arch="modernbert", model_type="modernbert", base_prefix="model."
 )
