@@ -3,6 +3,7 @@
 python tests/without_packages.py apache_beam,sky mlm_jax.data.prepare --help
 """
 
+import os
 import runpy
 import sys
 
@@ -21,6 +22,7 @@ class _NotInstalled:
 
 if __name__ == "__main__":
     blocked, module, *args = sys.argv[1:]
+    sys.path[0] = os.getcwd()  # as `python -m` has it (not this file's folder)
     sys.meta_path.insert(0, _NotInstalled(blocked.split(",")))
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
