@@ -101,6 +101,9 @@ def _masking() -> ml_collections.ConfigDict:
     # mean: mean cross-entropy over predictions | elbo: each row weighted by 1/its rate, per
     # eligible token (MDLM's bound; needs mask_prob=1, random_prob=0, corruption_ratio=0)
     m.loss_weighting = "mean"
+    # none | frequency:ALPHA (strategy=uniform): a token's chance to be selected is proportional
+    # to count^-ALPHA, counts from the training split (rare tokens more often); 0 = uniform
+    m.token_weighting = "none"
     return m
 
 

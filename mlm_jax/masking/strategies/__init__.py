@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from mlm_jax.config.fields import check_choice
-from mlm_jax.masking.strategies import pmi, span, uniform, whole_word
+from mlm_jax.masking.strategies import frequency, pmi, span, uniform, whole_word
 from mlm_jax.masking.strategy import Strategy
 
-_MODULES = (uniform, whole_word, span, pmi)
+_MODULES = (uniform, whole_word, span, pmi, frequency)
 REGISTRY: dict[str, Strategy] = {m.STRATEGY.name: m.STRATEGY for m in _MODULES}
 # What masking.strategy may say (a strategy with `selected_by` is chosen by its own key).
 NAMES = tuple(name for name, s in REGISTRY.items() if not s.selected_by)
