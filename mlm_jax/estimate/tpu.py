@@ -81,5 +81,6 @@ def compile_eval_step(trainer, name: str = "eval", compiler_options=None):
     key = jax.eval_shape(lambda: jax.random.key(0))
     ratio = jax.eval_shape(lambda: masking.scheduled_ratio(0, spec))
     with trainer.activate():
-        lowered = trainer.jitted(name).lower(trainer.abstract_state.params, batch, key, ratio)
+        params = trainer.abstract_state.params
+        lowered = trainer.jitted(name).lower(params, batch, trainer.tables, key, ratio)
         return lowered.compile(compiler_options=compiler_options)
