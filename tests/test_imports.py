@@ -18,6 +18,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "mlm_jax"
 LAYERS = {
     "mlm_jax.cli": 0,
     "mlm_jax.files": 0,
+    "mlm_jax.locks": 0,
     "mlm_jax.config": 0,
     "mlm_jax.data": 1,
     "mlm_jax.masking": 1,

@@ -7,6 +7,7 @@ import pytest
 
 from mlm_jax.config.defaults import base_config
 from mlm_jax.hf import model_card
+from mlm_jax.training import metrics
 
 huggingface_hub = pytest.importorskip(
     "huggingface_hub",
@@ -40,7 +41,8 @@ def _run_dir(tmp_path):
 
 def test_the_card_parses_as_a_hub_model_card_and_names_what_the_run_was(tmp_path):
     config, command = _run_dir(tmp_path)
-    text = model_card.run_card(str(tmp_path), step=100, num_params=1_234_567)
+    events = metrics.read_metrics(str(tmp_path))
+    text = model_card.run_card(str(tmp_path), step=100, num_params=1_234_567, events=events)
     (tmp_path / "README.md").write_text(text)
     card = huggingface_hub.ModelCard.load(tmp_path / "README.md")
     assert card.data.library_name == "transformers"
@@ -65,7 +67,7 @@ def test_a_run_without_evaluations_or_recorded_command_still_gets_a_card(tmp_pat
     _run_dir(tmp_path)
     (tmp_path / "metrics.jsonl").write_text("")
     (tmp_path / "commands.txt").unlink()
-    (tmp_path / "README.md").write_text(model_card.run_card(str(tmp_path), 10, 5))
+    (tmp_path / "README.md").write_text(model_card.run_card(str(tmp_path), 10, 5, events=[]))
     card = huggingface_hub.ModelCard.load(tmp_path / "README.md")
     assert card.data.eval_results is None
     assert "No held-out evaluation was logged." in card.text

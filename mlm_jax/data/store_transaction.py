@@ -1,6 +1,6 @@
 """A prepare as a transaction: one prepare per store, built aside, published whole or not at all.
 
-- The lock: `<out>/.prepare.lock`, the run's workdir lock (training/workdir.py: a flock on a
+- The lock: `<out>/.prepare.lock`, the run's workdir lock (mlm_jax/locks.py: a flock on a
   local disk, a lapsing lease in a bucket), so a second prepare into the same folder stops at
   once with one line naming the first.
 - The build: on a local disk into a hidden folder inside `<out>`, whose tokenizer and shards
@@ -28,7 +28,7 @@ from etils import epath
 
 from mlm_jax import files
 from mlm_jax.data import rows
-from mlm_jax.training.workdir import WorkdirLock
+from mlm_jax.locks import WorkdirLock
 
 LOCK_FILE = ".prepare.lock"
 _SHARD = re.compile(r"(train|heldout)-\d{5}-of-\d{5}\.array_record")

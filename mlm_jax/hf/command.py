@@ -18,7 +18,7 @@ import jax
 from mlm_jax import cli
 from mlm_jax.hf import directories as hf_dir
 from mlm_jax.hf import export_dir, model_card
-from mlm_jax.training import checkpoint, pretrained
+from mlm_jax.training import checkpoint, metrics, pretrained
 
 
 def export_workdir(workdir: str, out_dir: str) -> None:
@@ -28,7 +28,8 @@ def export_workdir(workdir: str, out_dir: str) -> None:
     export_dir.check_out_dir(out_dir)  # before reading the checkpoint: refused at once
     model = pretrained.load(workdir)
     num_params = sum(x.size for x in jax.tree.leaves(model.params))
-    card = model_card.run_card(workdir, checkpoint.latest_step(workdir), num_params)
+    step, events = checkpoint.latest_step(workdir), metrics.read_metrics(workdir)
+    card = model_card.run_card(workdir, step, num_params, events)
     hf_dir.export_hf(model.params, model.spec, model.tokenizer, out_dir, card=card)
 
 

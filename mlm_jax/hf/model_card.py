@@ -15,7 +15,6 @@ import json
 import yaml
 
 from mlm_jax import files
-from mlm_jax.training import metrics
 
 COMMANDS_FILE = "commands.txt"  # (training/run.py's: each start's command line)
 _EVAL_KEYS = (
@@ -24,10 +23,11 @@ _EVAL_KEYS = (
 )  # fmt: skip
 
 
-def run_card(workdir: str, step: int, num_params: int) -> str:
-    """README.md for the export of `workdir`'s checkpoint of `step`."""
+def run_card(workdir: str, step: int, num_params: int, events: list[dict]) -> str:
+    """README.md for the export of `workdir`'s checkpoint of `step`; `events` are the run's
+    metrics.jsonl (training/metrics.py's read_metrics), passed in since hf/ sits below training/."""
     config = json.loads(files.read_text(files.join(workdir, "config.json")))
-    evals = [e for e in metrics.read_metrics(workdir) if "eval/loss" in e and e["step"] <= step]
+    evals = [e for e in events if "eval/loss" in e and e["step"] <= step]
     last_eval = evals[-1] if evals else {}
     name = workdir.rstrip("/").rsplit("/", 1)[-1]
     return (
