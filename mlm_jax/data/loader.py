@@ -25,6 +25,7 @@ import numpy as np
 from mlm_jax import files
 from mlm_jax.data import packing, rows, sources
 from mlm_jax.data import tokenizer as tokenizer_lib
+from mlm_jax.data.batch import Batch, with_row_ids
 from mlm_jax.data.spec import DataSpec
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 RUN_TOKENIZER = "tokenizer"  # the workdir's copy of its tokenizer
 # Names cached vocabularies by how they were trained: v2 = the byte-reproducible trainer.
 TOKENIZER_TRAINING = "wp2"
-BATCH_KEYS = ("tokens", "document_ids", "maskable", "word_starts", "example_ids", "epochs")
 _NUM_BATCHES = 2**62  # "infinite": the train stream never ends
 
 
@@ -242,14 +242,11 @@ class _HostBatches:
         )
         return row_ids, epochs
 
-    def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
+    def __call__(self, batch_index: int) -> Batch:
         start = int(batch_index) * self.global_batch + self.host_offset
         positions = np.arange(start, start + self.host_batch, dtype=np.int64)
         row_ids, epochs = self.row_ids(positions)
-        batch = self.rows.rows(row_ids)
-        batch["example_ids"] = row_ids.astype(np.int32)
-        batch["epochs"] = epochs.astype(np.int32)
-        return batch
+        return with_row_ids(self.rows.rows(row_ids), row_ids, epochs)
 
 
 class TrainIterator:

@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from mlm_jax import files
+from mlm_jax.data.batch import token_rows
 
 PACKINGS = ("concat", "pad")
 _FORMAT_VERSION = 1  # bump when the on-disk layout changes
@@ -159,15 +160,14 @@ class PackedRows:
             body_starts = np.where(valid_BxLm1, stream_starts[safe_BxLm1], False)
             return np.concatenate([np.zeros((b, 1), bool), body_starts], axis=1) & maskable
 
-        out = {
-            "tokens": tokens,
-            "document_ids": document_ids.astype(np.int32),
-            "maskable": maskable,
-            "word_starts": starts(self.stream.word_starts),
-        }
-        if self.stream.unit_starts is not None:  # PMI units (data.pmi), for strategy=pmi
-            out["unit_starts"] = starts(self.stream.unit_starts)
-        return out
+        units = self.stream.unit_starts  # PMI units (data.pmi), for strategy=pmi
+        return token_rows(
+            tokens,
+            document_ids,
+            maskable,
+            starts(self.stream.word_starts),
+            None if units is None else starts(units),
+        )
 
     def _concat_body(self, row_ids):
         width = self.seq_len - 1

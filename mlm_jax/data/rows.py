@@ -24,6 +24,7 @@ import json
 import numpy as np
 
 from mlm_jax import checksums, files
+from mlm_jax.data.batch import Batch, token_rows
 
 PREFIX = "rows:"
 MANIFEST = "manifest.json"
@@ -232,14 +233,10 @@ class StoreRows:
     def __len__(self) -> int:
         return self._num_rows
 
-    def rows(self, row_ids: np.ndarray) -> dict[str, np.ndarray]:
+    def rows(self, row_ids: np.ndarray) -> Batch:
         """Rows `row_ids` [b] as tokens / document_ids / maskable / word_starts, each [b, L]."""
         records = self.source.__getitems__([int(i) for i in row_ids])
         self._check_record_size(records)
         fields = decode_rows(records, self.dtype)
-        return {
-            "tokens": fields["tokens"],
-            "document_ids": fields["document_ids"],
-            "maskable": ~self.is_special_V[fields["tokens"]],
-            "word_starts": fields["word_starts"],
-        }
+        maskable = ~self.is_special_V[fields["tokens"]]
+        return token_rows(fields["tokens"], fields["document_ids"], maskable, fields["word_starts"])

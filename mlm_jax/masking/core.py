@@ -54,6 +54,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mlm_jax.data.batch import Batch
 from mlm_jax.masking.schedule import ExactRatio, as_exact_ratio
 from mlm_jax.masking.spec import (  # noqa: F401 - the spec is part of this module's API
     EVAL_STRATEGIES,
@@ -158,7 +159,7 @@ def mask_tokens(
     return row_fn(key, tokens_BxL, maskable_BxL, starts_BxL, ratio, dict(tables or {}))
 
 
-def mask_batch(keys_B, batch, *, ratio: Any, spec: MaskingSpec, tables=None) -> MaskedBatch:
+def mask_batch(keys_B, batch: Batch, *, ratio: Any, spec: MaskingSpec, tables=None) -> MaskedBatch:
     """mask_tokens on a batch: the fields the spec's strategy reads, picked by the strategy."""
     field = spec.strategy_record.starts_field
     starts = None if field is None else batch[field]

@@ -23,6 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from mlm_jax.data.batch import Batch
 from mlm_jax.masking.core import MaskingSpec, derived_max_predictions, mask_tokens
 from mlm_jax.masking.schedule import ExactRatio
 from mlm_jax.training.weighting import loss_weights, weighted_loss_sums
@@ -55,7 +56,7 @@ def stratum_counts(offsets_B, num_maskable_B, stratum, num_strata: int):
     return jnp.clip(m_B, jnp.minimum(n_B, 1), n_B)
 
 
-def bound_sums(logits_fn, key, batch: dict, spec: MaskingSpec, stratum, num_strata: int) -> dict:
+def bound_sums(logits_fn, key, batch: Batch, spec: MaskingSpec, stratum, num_strata: int) -> dict:
     """The bound's sums on one held-out batch at one stratum (jit-safe; stratum may be traced).
 
     logits_fn(inputs_BxL, positions_BxK) -> logits_BxKxV is the model, deterministic.
@@ -79,7 +80,7 @@ def bound_sums(logits_fn, key, batch: dict, spec: MaskingSpec, stratum, num_stra
     return {"bound_sum": sums["objective_sum"], "bound_tokens": sums["objective_tokens"]}
 
 
-def bound_step(params, batch: dict, key, stratum, *, model, spec, num_strata: int) -> dict:
+def bound_step(params, batch: Batch, key, stratum, *, model, spec, num_strata: int) -> dict:
     """eval/nll_bound's sums on one held-out batch at one stratified rate (training/bound.py)."""
 
     def logits_fn(inputs_BxL, positions_BxK):

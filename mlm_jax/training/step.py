@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from mlm_jax import masking
+from mlm_jax.data.batch import Batch
 from mlm_jax.masking.rates import masking_ratio, row_rates
 from mlm_jax.training import optim
 from mlm_jax.training.loss import mlm_loss
@@ -42,7 +43,7 @@ def stream_key(seed: int, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), stream)
 
 
-def train_step(state: TrainState, batch, tables, *, model, tx, run: RunSpec) -> tuple:
+def train_step(state: TrainState, batch: Batch, tables, *, model, tx, run: RunSpec) -> tuple:
     """One optimizer update on a global batch: mask on device, forward, backward, AdamW."""
     step, spec = state.step, run.masking
     keys = masking.masking_keys(
@@ -164,7 +165,7 @@ def masked_fraction(masked) -> jax.Array:
     return masked.num_selected.sum().astype(jnp.float32) / eligible
 
 
-def eval_step(params, batch, tables, key, ratio, *, model, spec) -> dict:
+def eval_step(params, batch: Batch, tables, key, ratio, *, model, spec) -> dict:
     """Metric sums on one held-out batch, masked with a fixed key (the same in every run)."""
     keys = jax.random.split(key, batch["tokens"].shape[0])
     if not spec.rates.is_fixed:  # the run's own masking draws a rate per row

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from mlm_jax.config.errors import as_config_errors
+from mlm_jax.data.batch import Batch, token_rows, with_row_ids
 from mlm_jax.data.spec import MIN_TRAINED_VOCAB
 from mlm_jax.training.resolve import resolve
 from mlm_jax.training.trainer import Trainer
@@ -41,20 +42,15 @@ def synthetic_vocab(vocab_size: int):
     )
 
 
-def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict:
+def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> Batch:
     """Full rows of one document each: [CLS] random ordinary ids [SEP], 75% word starts."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(MASK + 1, vocab_size, (batch_size, seq_len)).astype(np.int32)
     tokens[:, 0] = CLS
     tokens[:, -1] = SEP
-    return {
-        "tokens": tokens,
-        "document_ids": np.ones((batch_size, seq_len), np.int32),
-        "maskable": tokens > MASK,
-        "word_starts": rng.random((batch_size, seq_len)) < 0.75,
-        "example_ids": np.arange(batch_size, dtype=np.int32),
-        "epochs": np.zeros(batch_size, np.int32),
-    }
+    word_starts = rng.random((batch_size, seq_len)) < 0.75
+    rows = token_rows(tokens, np.ones_like(tokens), tokens > MASK, word_starts)
+    return with_row_ids(rows, np.arange(batch_size), np.zeros(batch_size))
 
 
 def without_corpus(config):
