@@ -18,8 +18,9 @@ from mlm_jax.config import defaults as config_defaults
 from mlm_jax.config.errors import ConfigError
 from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.training import checkpoint, metrics, workdir
+from mlm_jax.training.loop import window_means
 from mlm_jax.training.resolve import resolve
-from mlm_jax.training.run import _window_means, train_and_evaluate
+from mlm_jax.training.run import train_and_evaluate
 from tests.configs import resume_test_config, small_run_config
 
 
@@ -191,10 +192,10 @@ def test_a_metric_over_no_predictions_is_never_a_number():
         {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "mask_ratio": 0.15, "predictions": 0.0},
         {"loss": 3.0, "accuracy": 0.5, "grad_norm": 1.0, "mask_ratio": 0.15, "predictions": 9.0},
     ]
-    means = _window_means(window, step=2)
+    means = window_means(window, step=2)
     assert means["train/loss"] == 3.0 and means["train/accuracy"] == 0.5  # the scored step only
     assert means["train/grad_norm"] == 0.5
-    assert "train/loss" not in _window_means(window[:1], step=1)
+    assert "train/loss" not in window_means(window[:1], step=1)
 
 
 def test_bad_files_are_one_line_naming_the_path(tmp_path, data_dir):

@@ -21,11 +21,9 @@ import logging
 import os
 import signal
 import sys
-import time
 from typing import Any, NoReturn
 
 import jax
-import numpy as np
 
 from mlm_jax import files, masking
 from mlm_jax.config.errors import ConfigError, as_config_errors
@@ -35,6 +33,7 @@ from mlm_jax.training import memory, metrics_wandb, pretrained, sharding
 from mlm_jax.training import metrics as metrics_lib
 from mlm_jax.training import workdir as workdir_lib
 from mlm_jax.training.checks import check_eval_batches
+from mlm_jax.training.loop import LOG_WINDOW, NonFiniteError, TrainLoop  # noqa: F401 - main.py's
 from mlm_jax.training.resolve import resolve
 from mlm_jax.training.resume import check_resume_compatible, resolved_config
 from mlm_jax.training.spec import RunSpec
@@ -56,10 +55,6 @@ class Preempted(SystemExit):
     def __init__(self, step: int | None, code: int = 0):
         super().__init__(code)
         self.step = step
-
-
-class NonFiniteError(FloatingPointError):
-    """A NaN/Inf loss or gradient with train.nan_policy=stop."""
 
 
 class StopSignal:
@@ -248,38 +243,10 @@ def _train(checked: Checked, workdir: str, stop, is_writer: bool):
     manager = ckpt.make_manager(workdir, keep=run.train.checkpoint_keep)
     writer = None
     try:
-        replicated = sharding.replicated(trainer.mesh)
-        restored = ckpt.restore_newest_intact(manager, trainer.abstract_state, replicated)
-        if restored is None and checked.resume_step is not None:
-            raise ConfigError(
-                f"{ckpt.checkpoint_dir(workdir)}: no intact checkpoint (each was set aside as "
-                "<step>.damaged, see the warnings); move them away to start this workdir afresh"
-            )
-        if unfinished:
-            log.warning(
-                "found unfinished checkpoint writes %s (a process stopped while saving); %s",
-                unfinished,
-                f"resuming from step {restored[0]}, the last complete checkpoint"
-                if restored
-                else "no complete checkpoint: starting from step 0",
-            )
-        log_window = []
-        if restored is not None:
-            start_step, state, data_state = restored
-            log_window = data_state.pop(_LOG_WINDOW, [])  # (none in older checkpoints)
-            train_iter.set_state(data_state)
-            if start_step >= run.train.num_steps:
-                log.info(
-                    "%s is already at train.num_steps=%d (its checkpoint of step %d); nothing "
-                    "to do (raise --config.train.num_steps to train on)",
-                    workdir,
-                    run.train.num_steps,
-                    start_step,
-                )
-                return {}
-            log.info("resumed from the checkpoint of step %d in %s", start_step, workdir)
-        else:
-            start_step, state = 0, None
+        restored = _restore(checked, trainer, manager, workdir, unfinished)
+        if restored is None:
+            return {}  # already at train.num_steps
+        start_step, state, log_window = restored
         eval_batches = [trainer.global_batch(b) for b in checked.host_eval_batches]  # once
         compile_steps(trainer, eval_batches[0], stop, with_init=state is None)
         if state is None:
@@ -294,10 +261,8 @@ def _train(checked: Checked, workdir: str, stop, is_writer: bool):
             workdir, enabled=is_writer, start_step=start_step, wandb=wandb
         )
         stop.steps_started()
-        result, preempted_at = _loop(
-            config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop,
-            log_window,
-        )  # fmt: skip
+        loop = TrainLoop(config, trainer, eval_batches, manager, writer, stop)
+        result, preempted_at = loop.run(state, train_iter, start_step, log_window)
         ckpt.wait_until_finished(
             manager, run.train.num_steps if preempted_at is None else preempted_at
         )
@@ -310,6 +275,43 @@ def _train(checked: Checked, workdir: str, stop, is_writer: bool):
         raise Preempted(preempted_at, stop.exit_code)
     metrics_lib.log_summary(workdir, result, manager.latest_step())
     return result
+
+
+def _restore(checked: Checked, trainer: Trainer, manager, workdir: str, unfinished: list):
+    """(start step, state or None, open log window) from the newest intact checkpoint, the
+    train iterator set to its position; None when it already reached train.num_steps."""
+    run = checked.run
+    replicated = sharding.replicated(trainer.mesh)
+    restored = ckpt.restore_newest_intact(manager, trainer.abstract_state, replicated)
+    if restored is None and checked.resume_step is not None:
+        raise ConfigError(
+            f"{ckpt.checkpoint_dir(workdir)}: no intact checkpoint (each was set aside as "
+            "<step>.damaged, see the warnings); move them away to start this workdir afresh"
+        )
+    if unfinished:
+        log.warning(
+            "found unfinished checkpoint writes %s (a process stopped while saving); %s",
+            unfinished,
+            f"resuming from step {restored[0]}, the last complete checkpoint"
+            if restored
+            else "no complete checkpoint: starting from step 0",
+        )
+    if restored is None:
+        return 0, None, []
+    start_step, state, data_state = restored
+    log_window = data_state.pop(LOG_WINDOW, [])  # (none in older checkpoints)
+    checked.train_iter.set_state(data_state)
+    if start_step >= run.train.num_steps:
+        log.info(
+            "%s is already at train.num_steps=%d (its checkpoint of step %d); nothing to do "
+            "(raise --config.train.num_steps to train on)",
+            workdir,
+            run.train.num_steps,
+            start_step,
+        )
+        return None
+    log.info("resumed from the checkpoint of step %d in %s", start_step, workdir)
+    return start_step, state, log_window
 
 
 def _close(manager, writer) -> None:
@@ -354,145 +356,3 @@ def _record_command(workdir: str) -> None:
     path = files.join(workdir, COMMANDS_FILE)
     before = files.read_text(path) if files.exists(path) else ""
     files.write_text(path, before + shlex.join(["python", *argv]) + "\n")
-
-
-_LOG_WINDOW = "log_window"  # key in the saved data state: the open train-log window
-# Averaged over a log window; masked_fraction = selected / eligible tokens of each step.
-_TRAIN_KEYS = ("loss", "accuracy", "grad_norm", "mask_ratio", "masked_fraction")
-
-
-def _loop(
-    config, trainer, state, train_iter, eval_batches, manager, writer, start_step, stop, log_window
-):
-    """Steps from `start_step` to train.num_steps; returns (final metrics, preempted step).
-
-    config: the resolved ConfigDict, saved into each checkpoint. log_window: the per-step train
-    metrics a checkpoint saved for steps after the last train event, so a resumed run's events
-    average the same steps as an uninterrupted run's.
-    """
-    run = trainer.run
-    replicated = sharding.replicated(trainer.mesh)
-    num_steps = run.train.num_steps
-    tokens_per_step = run.tokens_per_step
-    log_every = max(run.train.log_every, 1)
-    eval_every = run.train.eval_every
-    ckpt_every = run.train.checkpoint_every
-    progress = metrics_lib.Progress(num_steps, start_step)
-    result: dict[str, float] = {}
-
-    def run_eval(step):
-        scalars = trainer.evaluate(state.params, eval_batches, step)
-        writer.write(step, scalars)
-        shown = [f"{k} {v:.4f}" for k, v in scalars.items() if k.split("/")[0] == "eval"]
-        shown = [x for x in shown if not x.startswith("eval/predictions")]
-        metrics_lib.log_line(f"eval at step {step}: " + (", ".join(shown) or "no predictions"))
-        return scalars
-
-    if start_step == 0 and eval_every > 0:
-        result.update(run_eval(0))
-
-    data_states = {}  # step the batch is for -> iterator position after drawing it
-    pending = []  # device metrics of steps not yet pulled to the host
-    window = list(log_window)  # host metrics of pulled steps not yet in a train event
-    steps_timed = 0  # steps this process ran since the last train event (for tokens/s)
-    skipped_so_far = int(jax.device_get(state.skipped))
-    window_start = time.perf_counter()
-
-    def next_batch(for_step):
-        host = next(train_iter)
-        data_states[for_step] = train_iter.get_state()
-        return trainer.global_batch(host)
-
-    step = start_step
-    saving = None  # the step whose checkpoint is being written in the background
-    batch = next_batch(step) if step < num_steps else None
-    with trainer.activate():
-        while step < num_steps:
-            state, step_metrics = trainer.train_step(state, batch)
-            if saving is not None:  # a failed save stops the run now, naming its step
-                ckpt.check_saved(manager, saving)
-                saving = saving if manager.is_saving_in_progress() else None
-            step += 1
-            steps_timed += 1
-            pending.append(step_metrics)
-            if step < num_steps:
-                batch = next_batch(step)  # host work overlaps the step running on device
-            last = step == num_steps
-            preempted = stop.should_stop(step)
-            log_now = step % log_every == 0 or last
-            save = (ckpt_every > 0 and step % ckpt_every == 0) or last or preempted
-            if log_now or save:
-                window += [
-                    {k: float(m[k]) for k in (*_TRAIN_KEYS, "predictions")}
-                    for m in jax.device_get(pending)
-                ]
-                pending = []
-                _check_finite(run, state)  # (never save a state past a bad step)
-                skipped = int(jax.device_get(state.skipped))
-                if skipped > skipped_so_far:
-                    log.warning(
-                        "skipped %d update(s) with a non-finite loss or gradient by step %d "
-                        "(%d in total; train.nan_policy=skip)",
-                        skipped - skipped_so_far,
-                        step,
-                        skipped,
-                    )
-                    skipped_so_far = skipped
-            if log_now:
-                elapsed = time.perf_counter() - window_start
-                window_start = time.perf_counter()
-                scalars = _window_means(window, step)
-                scalars["train/learning_rate"] = float(trainer.lr_schedule(step - 1))
-                scalars["train/tokens_per_s"] = steps_timed * tokens_per_step / max(elapsed, 1e-9)
-                scalars["train/skipped_updates"] = float(skipped)
-                window, steps_timed = [], 0
-                writer.write(step, scalars)
-                result.update(scalars)
-                metrics_lib.log_line(
-                    progress.line(step, scalars.get("train/loss"), scalars["train/tokens_per_s"])
-                )
-            if eval_every > 0 and (step % eval_every == 0 or last):
-                result.update(run_eval(step))
-            if save:
-                data_state = {**data_states[step - 1], _LOG_WINDOW: window}
-                ckpt.save(manager, step, state, data_state, config, replicated)
-                saving = step
-                writer.flush()  # a bucket workdir gets the events this checkpoint covers
-                data_states = {s: v for s, v in data_states.items() if s >= step}
-            if preempted:
-                return result, step
-    return result, None
-
-
-def _window_means(window: list[dict], step: int) -> dict[str, float]:
-    """Each train metric averaged over the window's steps. The loss and accuracy of a step
-    with no prediction are not numbers, so they are left out of the mean, and a window of
-    such steps logs none (with a warning) rather than a perfect 0.0."""
-    scored = [m for m in window if m["predictions"] > 0]
-    if len(scored) < len(window):
-        log.warning(
-            "%d of the %d steps up to step %d selected no position to predict",
-            len(window) - len(scored),
-            len(window),
-            step,
-        )
-    means = {}
-    for k in _TRAIN_KEYS:
-        rows = scored if k in ("loss", "accuracy") else window
-        values = [m[k] for m in rows if k in m]  # (a window saved by an older version lacks some)
-        if values:
-            means[f"train/{k}"] = float(np.mean(values))
-    return means
-
-
-def _check_finite(run: RunSpec, state: TrainState) -> None:
-    """With nan_policy=stop, a non-finite step ends the run before anything is saved."""
-    if run.train.nan_policy != "stop":
-        return
-    bad = int(jax.device_get(state.first_bad_step))
-    if bad >= 0:
-        raise NonFiniteError(
-            f"non-finite loss or gradient at step {bad}; the update was not applied and no "
-            "checkpoint was written after it (set config.train.nan_policy=skip to skip such "
-            "updates instead)"
-        )
