@@ -29,6 +29,26 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import pytest  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--exhaustive",
+        action="store_true",
+        help="also run the tests marked exhaustive: every case of the matrices that by "
+        "default run representative cases (~15 more minutes on 2 cores)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marked exhaustive: skipped, saying how to run them, unless --exhaustive. The suite CI
+    runs stays within minutes; a change to what they cover runs them all."""
+    if config.getoption("--exhaustive"):
+        return
+    skip = pytest.mark.skip(reason="one case of a matrix: run with --exhaustive")
+    for item in items:
+        if "exhaustive" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """One TFDS data dir per test session: the built-in corpus and tokenizers build once."""

@@ -6,7 +6,8 @@ chip's arguments must be the shards the mesh gives it (JAX's shard shapes, summe
 the padding of TPU's tiled layouts).
 
 Default run: one strategy per family and mesh, the four strategies spread over them; the
-other twelve combinations are marked slow. Compiled as a run compiles them (XLA's lower
+other twelve combinations (a minute each) are marked exhaustive: `pytest --exhaustive` runs
+them. Compiled as a run compiles them (XLA's lower
 optimization efforts halve the compile time but keep ~15x the temporaries, so the memory
 they report is not a run's).
 """
@@ -43,8 +44,8 @@ def _combinations():
     for family in CONFIGS:
         for mesh in MESHES:
             for strategy in STRATEGIES:
-                slow = DEFAULT[(family, mesh)] != strategy
-                marks = [pytest.mark.slow] if slow else []
+                rest = DEFAULT[(family, mesh)] != strategy
+                marks = [pytest.mark.slow, pytest.mark.exhaustive] if rest else []
                 yield pytest.param(
                     family, mesh, strategy, marks=marks, id=f"{family}-{mesh}-{strategy}"
                 )

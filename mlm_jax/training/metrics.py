@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -19,6 +20,20 @@ from mlm_jax import files
 log = logging.getLogger(__name__)
 
 UPLOAD_EVERY_S = 60.0  # a bucket workdir's metrics and TensorBoard: upload at least this often
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter without PyTorch: tensorboardX imports torch whenever it is
+    installed (2-3 s of every run's start) only to accept torch tensors; runs log floats."""
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which it handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if blocked:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricsWriter:
@@ -47,8 +62,6 @@ class MetricsWriter:
         self._upload_every_s = UPLOAD_EVERY_S
         self._uploaded_at = time.monotonic()
         if enabled:
-            from tensorboardX import SummaryWriter
-
             kept_through = start_step if start_step > 0 else -1
             self.truncate_after(kept_through)
             if self._remote:
@@ -56,7 +69,7 @@ class MetricsWriter:
                 tb_dir = self._tb_local
             else:
                 tb_dir = self._tb_url
-            self._tb = SummaryWriter(tb_dir, purge_step=kept_through + 1)
+            self._tb = _summary_writer_class()(tb_dir, purge_step=kept_through + 1)
 
     def truncate_after(self, step: int) -> None:
         """Drops events past `step`: a resumed run recomputes them exactly, so none are lost.
