@@ -245,40 +245,11 @@ def _run_pipeline(data, out, corpus, pipeline_args, docs_per_chunk, rows_per_sha
         layouts, written = {}, []
         for split in rows.SPLITS:
             n = len({"train": corpus.train, "heldout": corpus.heldout}[split])
-            ranges = [
-                (i, b, min(b + docs_per_chunk, n))
-                for i, b in enumerate(range(0, n, docs_per_chunk))
-            ]
-            chunks = (
-                pipeline
-                | f"{split}/chunks" >> beam.Create(ranges)
-                | f"{split}/tokenize" >> beam.ParDo(_Tokenize(data, tokenizer_dir, split))
-            )
-            layout = (
-                chunks
-                | f"{split}/sizes"
-                >> beam.Map(lambda kv: (kv[0], (len(kv[1]["tokens"]), len(kv[1]["lengths"]))))
-                | f"{split}/all sizes" >> beam.combiners.ToDict()
-                | f"{split}/layout"
-                >> beam.Map(
-                    _layout,
-                    seq_len=data.seq_len,
-                    packing_name=data.packing,
-                    rows_per_shard=rows_per_shard,
-                )
-            )
-            layouts[split] = layout
-            written.append(
-                chunks
-                | f"{split}/pieces"
-                >> beam.FlatMap(_shard_pieces, beam.pvalue.AsSingleton(layout), **packing_args)
-                | f"{split}/by shard" >> beam.GroupByKey()
-                | f"{split}/write"
-                >> beam.ParDo(
-                    _WriteShard(out, split, tokenizer_dir, token_dtype, **packing_args),
-                    beam.pvalue.AsSingleton(layout),
-                )
-            )
+            layouts[split], shards = _split_stages(
+                pipeline, split, n, data, out, tokenizer_dir, token_dtype, docs_per_chunk,
+                packing_args,
+            )  # fmt: skip
+            written.append(shards)
         layouts_by_split = (
             [layouts[s] | f"{s}/keyed" >> beam.Map(lambda lay, s=s: (s, lay)) for s in rows.SPLITS]
             | "layouts" >> beam.Flatten()
@@ -294,6 +265,37 @@ def _run_pipeline(data, out, corpus, pipeline_args, docs_per_chunk, rows_per_sha
                 rows_per_shard=rows_per_shard, corpus_key=corpus.key,
             )
         )  # fmt: skip
+
+
+def _split_stages(pipeline, split, n, data, out, tokenizer_dir, token_dtype, docs_per_chunk,
+                  packing_args):  # fmt: skip
+    """One split's stages: chunks of documents tokenized, their sizes -> the split's layout
+    (which row of which shard each chunk's tokens fill), then its shards written."""
+    ranges = [(i, b, min(b + docs_per_chunk, n)) for i, b in enumerate(range(0, n, docs_per_chunk))]
+    chunks = (
+        pipeline
+        | f"{split}/chunks" >> beam.Create(ranges)
+        | f"{split}/tokenize" >> beam.ParDo(_Tokenize(data, tokenizer_dir, split))
+    )
+    layout = (
+        chunks
+        | f"{split}/sizes"
+        >> beam.Map(lambda kv: (kv[0], (len(kv[1]["tokens"]), len(kv[1]["lengths"]))))
+        | f"{split}/all sizes" >> beam.combiners.ToDict()
+        | f"{split}/layout" >> beam.Map(_layout, **packing_args)
+    )
+    shards = (
+        chunks
+        | f"{split}/pieces"
+        >> beam.FlatMap(_shard_pieces, beam.pvalue.AsSingleton(layout), **packing_args)
+        | f"{split}/by shard" >> beam.GroupByKey()
+        | f"{split}/write"
+        >> beam.ParDo(
+            _WriteShard(out, split, tokenizer_dir, token_dtype, **packing_args),
+            beam.pvalue.AsSingleton(layout),
+        )
+    )
+    return layout, shards
 
 
 def _write_manifest(written, layouts, *, out, data, tokenizer_dir, **fields):

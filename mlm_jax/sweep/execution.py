@@ -330,26 +330,9 @@ def run_sweep(
     precheck.check_reachable(workdir)
     if dry_run and launch == "local":
         launch = "print"
-    todo = []
-    for name, settings, run_config in zip(names, runs, configs):
-        run_dir = files.join(workdir, name)
-        if is_finished(run_dir, run_config):
-            log.info("skipping finished run %s", name)
-            if launch in ("print", "sky"):
-                print(f"# finished: {name}", file=sys.stderr)
-            continue
-        if launch == "local" and _running_elsewhere(run_dir):
-            continue
-        todo.append((run_dir, settings, run_config))
+    todo = _unfinished(workdir, names, runs, configs, launch)
     if not dry_run:
-        sweep_record = {
-            "baseline": baseline,
-            "axes": [list(keys) for keys, _ in axes],
-            "runs": [{"name": n, "settings": s} for n, s in zip(names, runs)],
-            "config_args": base_args,
-        }
-        sweep_file = files.join(workdir, run_state.SWEEP_FILE)
-        files.write_text(sweep_file, json.dumps(sweep_record, indent=2))
+        _write_sweep_record(workdir, baseline, axes, names, runs, base_args)
     if launch == "print":
         _print_commands(todo, base_args)
         return []
@@ -365,3 +348,31 @@ def run_sweep(
     if finetune is not None:
         finetune_runs(workdir, names, finetune)
     return report.write_report(workdir, baseline=baseline)
+
+
+def _unfinished(workdir: str, names, runs, configs, launch: str) -> list[tuple]:
+    """(run dir, settings, config) of each run still to train: finished runs are skipped, and
+    a local run live under another driver is left to it."""
+    todo = []
+    for name, settings, run_config in zip(names, runs, configs):
+        run_dir = files.join(workdir, name)
+        if is_finished(run_dir, run_config):
+            log.info("skipping finished run %s", name)
+            if launch in ("print", "sky"):
+                print(f"# finished: {name}", file=sys.stderr)
+            continue
+        if launch == "local" and _running_elsewhere(run_dir):
+            continue
+        todo.append((run_dir, settings, run_config))
+    return todo
+
+
+def _write_sweep_record(workdir: str, baseline: str, axes, names, runs, base_args) -> None:
+    """WORKDIR/sweep.json: what --report needs to rebuild the tables from the workdir alone."""
+    sweep_record = {
+        "baseline": baseline,
+        "axes": [list(keys) for keys, _ in axes],
+        "runs": [{"name": n, "settings": s} for n, s in zip(names, runs)],
+        "config_args": base_args,
+    }
+    files.write_text(files.join(workdir, run_state.SWEEP_FILE), json.dumps(sweep_record, indent=2))

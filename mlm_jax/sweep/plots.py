@@ -62,40 +62,8 @@ def plot_metrics(workdir: str, axes, grouped: list[dict]) -> list[str]:
         lines = {}
         for g in grouped:
             lines.setdefault(tuple(g["settings"][k] for k in others), []).append(g)
-        all_ys: dict[str, tuple[list, list]] = {}
         for ax, name in zip(axs[0], panels):
-            for other, members in sorted(lines.items(), key=str):
-                members = sorted(
-                    members, key=lambda g: x_values.index(tuple(g["settings"][k] for k in keys))
-                )
-                members = [m for m in members if m[name] is not None]
-                if not members:
-                    continue
-                xs = [
-                    m["settings"][keys[0]]
-                    if numeric
-                    else x_values.index(tuple(m["settings"][k] for k in keys))
-                    for m in members
-                ]
-                ys = [m[name][0] for m in members]
-                errs = [m[name][1] or 0.0 for m in members]
-                label = ", ".join(f"{k}={format_value(v)}" for k, v in zip(others, other))
-                ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label or None)
-                for x, y, m in zip(xs, ys, members):
-                    ax.annotate(f"n={m['counts'][name]}", (x, y), fontsize=7,
-                                textcoords="offset points", xytext=(4, 4))  # fmt: skip
-                all_ys[name] = all_ys.get(name, ([], []))
-                all_ys[name][0].extend(ys)
-                all_ys[name][1].extend(errs)
-            if not numeric:
-                ax.set_xticks(range(len(x_values)))
-                ax.set_xticklabels(["/".join(format_value(v) for v in x) for x in x_values])
-            ax.set_xlabel(_axis_label(keys))
-            ax.set_ylabel("mean ± seed std")
-            ax.set_title(name, fontsize=9)
-            ax.grid(alpha=0.3)
-            if name in all_ys:
-                _sane_ylim(ax, *all_ys[name])
+            _draw_panel(ax, name, keys, others, lines, x_values, numeric)
         if others:
             axs[0][0].legend(fontsize=7)
         fig.text(0.01, 0.01, EXPLAINED + "; n = seeds behind a point", fontsize=7)
@@ -104,6 +72,42 @@ def plot_metrics(workdir: str, axes, grouped: list[dict]) -> list[str]:
         _save_figure(fig, path)
         paths.append(path)
     return paths
+
+
+def _draw_panel(ax, name: str, keys, others, lines: dict, x_values: list, numeric: bool) -> None:
+    """One metric against the axis value: a line (mean, seed std, n) per other setting."""
+    ys_all, errs_all = [], []
+    for other, members in sorted(lines.items(), key=str):
+        members = sorted(
+            members, key=lambda g: x_values.index(tuple(g["settings"][k] for k in keys))
+        )
+        members = [m for m in members if m[name] is not None]
+        if not members:
+            continue
+        xs = [
+            m["settings"][keys[0]]
+            if numeric
+            else x_values.index(tuple(m["settings"][k] for k in keys))
+            for m in members
+        ]
+        ys = [m[name][0] for m in members]
+        errs = [m[name][1] or 0.0 for m in members]
+        label = ", ".join(f"{k}={format_value(v)}" for k, v in zip(others, other))
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label or None)
+        for x, y, m in zip(xs, ys, members):
+            ax.annotate(f"n={m['counts'][name]}", (x, y), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))  # fmt: skip
+        ys_all.extend(ys)
+        errs_all.extend(errs)
+    if not numeric:
+        ax.set_xticks(range(len(x_values)))
+        ax.set_xticklabels(["/".join(format_value(v) for v in x) for x in x_values])
+    ax.set_xlabel(_axis_label(keys))
+    ax.set_ylabel("mean ± seed std")
+    ax.set_title(name, fontsize=9)
+    ax.grid(alpha=0.3)
+    if ys_all:
+        _sane_ylim(ax, ys_all, errs_all)
 
 
 def plot_paired(workdir: str, paired: dict, metrics: list[str]) -> str:
