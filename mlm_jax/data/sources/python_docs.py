@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import pathlib
 import sys
@@ -36,8 +37,11 @@ _SKIPPED_DIRS = {
 _MIN_CHARS = 20  # shorter docstrings ("Return self.") carry no language worth learning
 
 
-def stdlib_documents() -> list[str]:
-    """pydoc topics + standard-library docstrings, cleaned and deduplicated, in a fixed order."""
+@functools.cache
+def stdlib_documents() -> tuple[str, ...]:
+    """pydoc topics + standard-library docstrings, cleaned and deduplicated, in a fixed order.
+    Parsing the standard library takes seconds: a process that builds the corpus and then a
+    fine-tuning task from it reads it once."""
     from pydoc_data.topics import topics
 
     texts = [inspect.cleandoc(topics[name]) for name in sorted(topics)]
@@ -61,7 +65,7 @@ def stdlib_documents() -> list[str]:
         if len(text) >= _MIN_CHARS and text not in seen:
             seen.add(text)
             unique.append(text)
-    return unique
+    return tuple(unique)
 
 
 @dataclasses.dataclass
