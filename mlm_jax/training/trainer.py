@@ -164,10 +164,11 @@ class Trainer:
             train = self._jitted["train"].lower(self.abstract_state, batch, self.tables)
             compiled = {"train": train.compile()}
             args = (self.abstract_state.params, {k: like(v) for k, v in eval_batch.items()})
-            for name in self.eval_steps:
+            evaluates = self.run.train.eval_every > 0  # (eval.every_steps=0: never called)
+            for name in self.eval_steps if evaluates else ():
                 lowered = self._jitted[name].lower(*args, self.tables, key, ratio)
                 compiled[name] = lowered.compile()
-            if "bound" in self._jitted:
+            if evaluates and "bound" in self._jitted:
                 stratum = jax.ShapeDtypeStruct((), jnp.int32)
                 compiled["bound"] = self._jitted["bound"].lower(*args, key, stratum).compile()
             if with_init:
