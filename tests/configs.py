@@ -23,6 +23,9 @@ def small_run_config(data_dir: str, *, num_steps: int = 30):
     c.eval.every_steps = 10
     c.eval.num_batches = 2
     c.eval.batch_size = 8
+    # The likelihood bound's step (traced, compiled and run at every eval) only where a test
+    # reads it: test_variable_rate_run and test_sweep turn it back on.
+    c.eval.nll_bound_rates = 0
     c.checkpoint.every_steps = 10
     c.checkpoint.keep = 3
     c.mesh.data = 1

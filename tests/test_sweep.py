@@ -85,6 +85,7 @@ def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_p
         *small_overrides(data_dir, num_steps=10),
         "--config.checkpoint.every_steps=5",
         "--config.eval.every_steps=5",
+        "--config.eval.nll_bound_rates=4",  # the bound's column is checked below
     ]
     first = _sweep_cli(*common, "--parallel=2")
     assert first.returncode == 0, first.stderr[-3000:]

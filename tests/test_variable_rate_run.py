@@ -85,6 +85,7 @@ def test_a_tiny_mdlm_run_has_a_bound_below_log_v_and_above_its_eval_loss(data_di
     config = small_run_config(data_dir, num_steps=60)
     config.eval.every_steps = 60
     config.eval.num_batches, config.eval.batch_size = 4, 16
+    config.eval.nll_bound_rates = 4  # (the default; the small run turns it off)
     config.masking.update(rate_distribution="uniform:0,1", loss_weighting="elbo",
                           mask_prob=1.0, random_prob=0.0)  # fmt: skip
     workdir = str(tmp_path / "run")
