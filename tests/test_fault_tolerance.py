@@ -117,8 +117,8 @@ def write_config_file(directory, data_dir, num_steps=NUM_STEPS) -> str:
 def run_main(config_file, workdir, *overrides, hooks=None, devices=1, extra_flags=(), wait=True):
     """Starts RUNNER (= mlm_jax.main) in a subprocess; returns CompletedProcess or Popen.
 
-    The runs of one test module share a persistent compilation cache (next to the config
-    file): a restart loads the executable the first run compiled instead of compiling again.
+    The runs share the session's persistent compilation cache (conftest), else one next to the
+    config file: a restart loads the executable an earlier run compiled instead of compiling.
     """
     here = os.path.dirname(config_file)
     runner = os.path.join(here, "runner.py")
@@ -129,7 +129,9 @@ def run_main(config_file, workdir, *overrides, hooks=None, devices=1, extra_flag
     env.update(
         JAX_PLATFORMS="cpu",
         XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}",
-        JAX_COMPILATION_CACHE_DIR=os.path.join(here, "jax_cache"),
+        JAX_COMPILATION_CACHE_DIR=os.environ.get(
+            "JAX_COMPILATION_CACHE_DIR", os.path.join(here, "jax_cache")
+        ),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         MLM_TEST_HOOKS=json.dumps(hooks or {}),
