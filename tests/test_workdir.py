@@ -264,12 +264,12 @@ def test_help_exits_0_on_every_command(capsys):
     assert "--print_config" in printed and "mlm_jax/config/defaults.py" in printed
 
 
-def test_print_config_shows_every_field_with_its_comment_and_the_plan(uninterrupted_run):
+def test_print_config_shows_every_field_with_its_comment_and_the_plan(data_dir, uninterrupted_run):
     from mlm_jax.config import doc as config_doc
     from mlm_jax.config import keys
     from mlm_jax.training.run import check, plan
 
-    config = resume_test_config(os.path.dirname(os.path.dirname(uninterrupted_run)))
+    config = resume_test_config(data_dir)  # the run's own data dir: its corpus is built
     described = config_doc.describe(config).splitlines()
     assert len(described) == len(keys.flatten(config))
     assert all("  # " in line for line in described)  # every field has its comment
