@@ -64,3 +64,16 @@ def test_the_quoted_numbers_agree_with_references_of_their_own(quickstart):
     step0_loss = float(evals[0][2])
     assert abs(step0_loss - math.log(c.data.vocab_size)) < 0.1  # near uniform at init
     assert float(evals[-1][2]) < step0_loss
+
+
+def test_the_quoted_likelihood_bound_starts_at_log_v_and_stays_above_the_eval_loss(quickstart):
+    """eval/nll_bound averages the loss over every masking rate: at init it is ln(V) like the
+    loss, and a model that uses context does worse at high rates than at 15% (the margin is
+    the one test_variable_rate_run states from the cross-entropies' spread)."""
+    _, _, log = quickstart
+    c = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
+    rows = re.findall(r"eval/loss ([\d.]+), .*eval/nll_bound ([\d.]+)", log)
+    assert len(rows) >= 2
+    assert abs(float(rows[0][1]) - math.log(c.data.vocab_size)) < 0.1
+    for loss, bound in rows[1:]:
+        assert float(bound) > float(loss) - 0.25
