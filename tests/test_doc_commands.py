@@ -8,9 +8,12 @@ flags and config resolved, nothing trained); a sweep gets `--dry_run` (every run
 nothing written); a command with a placeholder (RUN_DIR, BUCKET, `...`, `$VAR`) or one that
 trains or benchmarks for minutes runs `--help` of its module. What must hold: exit 0, or exit 2
 with one `error:` line and no traceback (the documented way a missing input stops a command).
+Each command runs in a process of its own, forked from one that imported the heavy libraries
+once (tests/_docs_support.py): ~3 s of imports per command saved, exit status and output kept.
 """
 
 import glob
+import json
 import os
 import re
 import shlex
@@ -89,15 +92,44 @@ def test_the_documents_hold_the_commands_a_user_runs():
     assert len(commands) > 40
 
 
+@pytest.fixture(scope="module")
+def python(data_dir, tmp_path_factory):
+    """Runs `python ARGS` (as argv[1:]) in a fresh fork of a process with the imports done:
+    returns (exit status, stderr)."""
+    home = tmp_path_factory.mktemp("home")  # (what libraries read of HOME at import)
+    env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu", HOME=str(home))
+    log = home / "server.log"
+    with open(log, "w") as server_stderr:
+        server = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "tests", "_docs_support.py")], cwd=REPO, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=server_stderr, text=True,
+        )  # fmt: skip
+    assert server.stdout.readline() == "ready\n", log.read_text()[-3000:]
+
+    def run(args, tmp_path):
+        out, err = str(tmp_path / "stdout.txt"), str(tmp_path / "stderr.txt")
+        request = {"argv": args, "cwd": REPO, "stdout": out, "stderr": err,
+                   "env": {"TFDS_DATA_DIR": data_dir, "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path)}}  # fmt: skip
+        server.stdin.write(json.dumps(request) + "\n")
+        server.stdin.flush()
+        answer = server.stdout.readline()
+        assert answer, log.read_text()[-3000:]  # (tests/_docs_support.py stopped)
+        with open(err) as f:
+            return json.loads(answer)["returncode"], f.read()
+
+    yield run
+    server.stdin.close()
+    server.wait(timeout=60)
+
+
 @pytest.mark.parametrize("check", list(RUNS), ids=[c[:70] for c in RUNS])
-def test_a_documented_command_runs_or_stops_with_one_error_line(check, tmp_path, data_dir):
+def test_a_documented_command_runs_or_stops_with_one_error_line(check, tmp_path, python):
     document, command = RUNS[check]
     argv = _how_to_run(command, str(tmp_path))
-    env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu", HOME=str(tmp_path))
-    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    stderr = done.stderr.strip()
-    shown = f"{document}: {shlex.join(argv[1:])}\nexit {done.returncode}\n{stderr[-3000:]}"
+    returncode, stderr = python(argv[1:], tmp_path)
+    stderr = stderr.strip()
+    shown = f"{document}: {shlex.join(argv[1:])}\nexit {returncode}\n{stderr[-3000:]}"
     assert "Traceback" not in stderr, shown
-    if done.returncode != 0:
-        assert done.returncode == 2, shown
+    if returncode != 0:
+        assert returncode == 2, shown
         assert stderr.splitlines()[-1].startswith("error: "), shown
