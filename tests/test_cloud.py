@@ -22,6 +22,7 @@ import pytest
 
 from mlm_jax.config.defaults import base_config
 from mlm_jax.sweep import SweepError, execution
+from mlm_jax.sweep.axes import expand, parse_axes, run_name
 from mlm_jax.sweep.execution import run_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,9 +47,26 @@ def skypilot(commands=()) -> dict:
     return json.loads(done.stdout)
 
 
+SWEEP = ["masking.ratio=0.15,0.4", "seed=0,1"]
+BASE = ["--config=configs/tiny.py", "--config.train.num_steps=5"]
+SKY_WORKDIR = "gs://b/Sweep_1"
+
+
+def sweep_jobs() -> list[list[str]]:
+    """The `sky jobs launch` commands --launch=sky makes of SWEEP, none of it finished."""
+    runs = expand(parse_axes(SWEEP, base_config()))
+    todo = [(f"{SKY_WORKDIR}/{run_name(settings)}", settings, None) for settings in runs]
+    return execution.sky_job_commands(todo, BASE, SKY_WORKDIR, "launch/tpu_v5e.yaml")
+
+
 @functools.cache
+def parsed() -> dict:
+    """SkyPilot's reading of the launch files and of sweep_jobs(): one start of its parser."""
+    return skypilot(sweep_jobs())
+
+
 def parsed_tasks() -> dict:
-    return skypilot()["tasks"]
+    return parsed()["tasks"]
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=os.path.basename)
@@ -106,14 +124,10 @@ def test_run_sh_hands_main_the_arguments_as_quoted(tmp_path):
     assert local.returncode == 2 and local.stderr.startswith("error: MLM_ARGS needs --workdir=gs")
 
 
-SWEEP = ["masking.ratio=0.15,0.4", "seed=0,1"]
-BASE = ["--config=configs/tiny.py", "--config.train.num_steps=5"]
-
-
 def test_sky_sweep_submits_one_job_per_unfinished_run_with_the_print_lines(
     bucket, monkeypatch, capsys
 ):
-    workdir = "gs://b/Sweep_1"
+    workdir = SKY_WORKDIR
     run_sweep(base_config(), workdir, SWEEP, base_args=BASE, launch="print")
     printed = capsys.readouterr().out.strip().splitlines()
     submitted = []
@@ -139,7 +153,8 @@ def test_sky_sweep_submits_one_job_per_unfinished_run_with_the_print_lines(
     with pytest.raises(SweepError, match="must be a bucket"):
         run_sweep(base_config(), "/tmp/local-sweep", SWEEP, base_args=BASE, launch="sky")
     # The options exist, as SkyPilot's own command line reads them.
-    for command, options in zip(submitted, skypilot(submitted)["commands"]):
+    assert submitted == sweep_jobs()  # (parsed with the launch files)
+    for command, options in zip(submitted, parsed()["commands"]):
         assert options["detach_run"] and options["yes"]
         assert options["name"] == command[5]
         assert options["entrypoint"] == ["launch/tpu_v5e.yaml"]
