@@ -147,24 +147,28 @@ def test_missing_tokenizer_file_is_one_clear_line(tmp_path):
 
 
 _TRAIN_AND_SAVE = """
-import sys
-from test_data_tokenizer import real_sentences
+import json, sys
 from mlm_jax.data.tokenizer import train_wordpiece
-train_wordpiece(real_sentences(), vocab_size=600, lowercase=True).save(sys.argv[1])
+with open(sys.argv[2]) as f:
+    train_wordpiece(json.load(f), vocab_size=600, lowercase=True).save(sys.argv[1])
 """
 
 
-def test_training_twice_gives_the_same_bytes_whatever_the_thread_count(tmp_path):
-    """Two processes (their own hash seeds), one and two tokenizer threads: the same files."""
+def test_training_twice_gives_the_same_bytes_whatever_the_thread_count(tmp_path, sentences):
+    """Two processes (their own hash seeds), one and two tokenizer threads: the same files.
+    (The sentences go as a file: importing this module would cost each ~2 s of transformers.)"""
+    import json
     import subprocess
     import sys
 
+    texts = tmp_path / "sentences.json"
+    texts.write_text(json.dumps(sentences))
     outs = []
     for threads in ("1", "2"):
         out = tmp_path / f"threads_{threads}"
         env = dict(os.environ, RAYON_NUM_THREADS=threads)
         subprocess.run(
-            [sys.executable, "-c", _TRAIN_AND_SAVE, str(out)],
+            [sys.executable, "-c", _TRAIN_AND_SAVE, str(out), str(texts)],
             env=env,
             cwd=os.path.dirname(__file__),
             check=True,

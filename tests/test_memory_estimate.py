@@ -32,8 +32,9 @@ def test_the_estimate_is_the_bytes_of_a_real_model_and_its_adam_state(tmp_path):
     spec = train.resolve(config).model
     spec = type(spec)(**{**spec.__dict__, "vocab_size": 512})
     tokens = jnp.zeros((1, 64), jnp.int32)
-    params = nn.unbox(BertMLM(spec).init(jax.random.key(0), tokens, tokens[:, :8])["params"])
-    adam = optim.make_optimizer(run.optimizer)[0].init(params)  # real arrays: Adam's moments
+    init = jax.jit(BertMLM(spec).init)  # (one program: eager, op by op, took ~8 s)
+    params = nn.unbox(init(jax.random.key(0), tokens, tokens[:, :8])["params"])
+    adam = jax.jit(optim.make_optimizer(run.optimizer)[0].init)(params)  # real Adam moments
     assert found.params == nbytes(params)
     assert found.optimizer == nbytes(adam) >= 2 * found.params  # two moments per parameter
     assert 0 < found.needed < found.available
