@@ -6,9 +6,11 @@ import io
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 
 import matplotlib.image
 import pytest
@@ -22,6 +24,7 @@ from mlm_jax.sweep.execution import run_sweep
 from mlm_jax.sweep.finetuning import make_plan
 from mlm_jax.sweep.report import write_markdown, write_report
 from mlm_jax.training import checkpoint
+from mlm_jax.training.workdir import LOCK_FILE
 from tests.configs import small_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,16 +38,30 @@ def _flat(d, prefix=""):
             yield f"{prefix}{k}", v
 
 
-def small_overrides(data_dir: str, num_steps: int) -> list[str]:
-    """`--config.x=y` flags that turn configs/tiny.py into tests/configs.py's small run."""
+def config_overrides(config) -> list[str]:
+    """`--config.x=y` flags that turn configs/tiny.py into `config`."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "configs", "tiny.py"))
     tiny_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tiny_module)
     tiny = dict(_flat(tiny_module.get_config().to_dict()))
-    small = dict(_flat(small_run_config(data_dir, num_steps=num_steps).to_dict()))
-    return [f"--config.{k}={format_value(v)}" for k, v in small.items() if tiny.get(k) != v]
+    wanted = dict(_flat(config.to_dict()))
+    return [f"--config.{k}={format_value(v)}" for k, v in wanted.items() if tiny.get(k) != v]
+
+
+def small_overrides(data_dir: str, num_steps: int) -> list[str]:
+    """`--config.x=y` flags that turn configs/tiny.py into tests/configs.py's small run."""
+    return config_overrides(small_run_config(data_dir, num_steps=num_steps))
+
+
+def sweep_run_config(data_dir: str, num_steps: int):
+    """The small run as the sweep tests train it. A constant learning rate keeps the train
+    step one program whatever train.num_steps (a decay's length is compiled into it), so the
+    SIGTERM test's runs load what the sweep test's compiled from the compilation cache."""
+    config = small_run_config(data_dir, num_steps=num_steps)
+    config.train.lr_schedule = "constant"
+    return config
 
 
 def _sweep_cli(*args, env_extra=None):
@@ -76,30 +93,37 @@ def _read_csv(path):
 
 
 @pytest.mark.slow
-def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_path):
+def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_path, caplog):
+    """One point as a --parallel subprocess from the command line; then the sweep grown by a
+    point, rerun and resumed in this process (the same run_sweep, without a driver's imports
+    and a run's each time); then --report from the command line."""
+    config = sweep_run_config(data_dir, num_steps=10)
+    config.checkpoint.every_steps = config.eval.every_steps = 5
+    config.eval.nll_bound_rates = 4  # the bound's column is checked below
+    flags = ["--config=configs/tiny.py", *config_overrides(config)]
     workdir = str(tmp_path / "sweep")
-    common = [
-        "--config=configs/tiny.py",
-        f"--workdir={workdir}",
-        "--sweep=masking.ratio=0.15,0.4",
-        *small_overrides(data_dir, num_steps=10),
-        "--config.checkpoint.every_steps=5",
-        "--config.eval.every_steps=5",
-        "--config.eval.nll_bound_rates=4",  # the bound's column is checked below
-    ]
-    first = _sweep_cli(*common, "--parallel=2")
-    assert first.returncode == 0, first.stderr[-3000:]
     runs = {r: os.path.join(workdir, f"masking.ratio={r}") for r in ("0.15", "0.4")}
+    first = _sweep_cli(*flags, f"--workdir={workdir}", "--sweep=masking.ratio=0.4", "--parallel=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert os.path.exists(os.path.join(runs["0.4"], "sweep.log"))  # ran as a subprocess
+
+    def sweep() -> str:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="mlm_jax"):
+            run_sweep(config, workdir, ["masking.ratio=0.15,0.4"], base_args=flags)
+        return caplog.text
+
+    # A point added: the finished run is skipped, the new one trained.
+    said = sweep()
+    assert "1 of 2 runs to train" in said and said.count("skipping finished run") == 1
     for run in runs.values():
         assert sorted(os.listdir(os.path.join(run, "checkpoints")), key=int)[-1] == "10"
-        assert os.path.exists(os.path.join(run, "sweep.log"))  # ran as a subprocess
 
     # Rerunning a finished sweep trains nothing: no file of either run changes.
     before = {r: _mtimes(d) for r, d in runs.items()}
-    again = _sweep_cli(*common)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 of 2 runs to train" in again.stderr
-    assert again.stderr.count("skipping finished run") == 2
+    said = sweep()
+    assert "0 of 2 runs to train" in said
+    assert said.count("skipping finished run") == 2
     for r, d in runs.items():
         assert _mtimes(d) == before[r], r
 
@@ -108,10 +132,9 @@ def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_p
 
     shutil.rmtree(os.path.join(runs["0.4"], "checkpoints", "10"))
     os.remove(os.path.join(runs["0.4"], run_state.DONE_MARKER))
-    resumed = _sweep_cli(*common)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "1 of 2 runs to train" in resumed.stderr
-    assert "resumed from the checkpoint of step 5" in resumed.stderr
+    said = sweep()
+    assert "1 of 2 runs to train" in said
+    assert "resumed from the checkpoint of step 5" in said
     assert _mtimes(runs["0.15"]) == before["0.15"]
     assert os.path.isdir(os.path.join(runs["0.4"], "checkpoints", "10"))
 
@@ -138,6 +161,46 @@ def test_sweep_trains_skips_finished_resumes_missing_and_reports(data_dir, tmp_p
     for png in ("metric_vs_masking.ratio.png", "eval_curves.png"):
         image = matplotlib.image.imread(os.path.join(workdir, png))
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow  # a --parallel=2 sweep in a subprocess, stopped by SIGTERM mid-training
+def test_sigterm_to_a_parallel_driver_stops_its_runs_which_save(data_dir, tmp_path):
+    """A sweep driver owns its runs: SIGTERM stops them (each saves), then the driver. (After
+    the test above, whose steps, the same programs, its runs load from the compilation cache.)"""
+    sweep = tmp_path / "sweep"
+    config = sweep_run_config(data_dir, num_steps=100000)
+    config.checkpoint.every_steps = config.eval.every_steps = 100000
+    config.log.every_steps = 1
+    args = ["--config=configs/tiny.py", f"--workdir={sweep}", "--sweep=masking.ratio=0.15,0.4",
+            *config_overrides(config), "--parallel=2"]  # fmt: skip
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+    driver = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "experiments", "sweep.py"), *args],
+        env=env, cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    runs = [sweep / "masking.ratio=0.15", sweep / "masking.ratio=0.4"]
+    deadline = time.time() + 400
+    while not all((r / "metrics.jsonl").exists() for r in runs):  # both are stepping
+        assert driver.poll() is None and time.time() < deadline, driver.stderr.read()[-3000:]
+        time.sleep(0.5)
+    pids = [json.loads((r / LOCK_FILE).read_text())["pid"] for r in runs]
+    driver.send_signal(signal.SIGTERM)
+    stderr = driver.communicate(timeout=300)[1]
+    assert driver.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "sweep stopped by SIGTERM" in stderr
+    assert not any(_alive(pid) for pid in pids)  # no orphan keeps training
+    for run in runs:
+        assert checkpoint.latest_step(str(run)) is not None  # each saved on its SIGTERM
+        assert not (run / run_state.FAILED_MARKER).exists()
 
 
 def _fake_trainer(fail_ratio):
