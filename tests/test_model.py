@@ -17,7 +17,7 @@ from scipy.special import erf, log_softmax, ndtr
 from mlm_jax.models.bert import BertEncoder, BertForSequenceClassification, BertMLM
 from mlm_jax.models.layers import activation, tied_logits
 from mlm_jax.models.spec import ModelSpec
-from mlm_jax.training.loss import mlm_loss
+from mlm_jax.training.loss import is_first_argmax, mlm_loss
 
 LOGICAL_NAMES = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers"}
 
@@ -118,6 +118,16 @@ def test_padded_vocabulary_rows_are_never_predicted():
 def test_mlm_loss_with_no_predictions_is_zero_not_nan():
     loss, metrics = mlm_loss(jnp.zeros((2, 3, 7)), jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3)))
     assert float(loss) == 0.0 and float(metrics["weight_sum"]) == 0.0
+
+
+def test_accuracy_is_numpys_argmax_with_its_ties():
+    """Logits of a few small integers tie everywhere: a hit is the first maximum's index."""
+    rng = np.random.default_rng(0)
+    logits = rng.integers(0, 3, size=(64, 5, 7)).astype(np.float32)
+    targets = rng.integers(0, 7, size=(64, 5))
+    hits = np.asarray(is_first_argmax(jnp.asarray(logits), jnp.asarray(targets)))
+    np.testing.assert_array_equal(hits, logits.argmax(-1) == targets)
+    assert 0 < hits.sum() < hits.size and (logits.max(-1) == logits[..., 0]).any()
 
 
 @pytest.mark.parametrize("use_document_ids", [False, True])
