@@ -14,6 +14,7 @@ import pytest
 from mlm_jax.data import prepare, rows, store_transaction
 from mlm_jax.data.tokenizer import load_tokenizer
 from tests import test_prepare
+from tests.signals_support import SignalsItselfWhileCollected
 from tests.test_data_loader import VOCAB, data
 from tests.test_prepare import REPO, SMALL, check_line, on_the_fly_config
 
@@ -164,3 +165,16 @@ def test_sigterm_stops_prepare_at_once_and_leaves_nothing(corpus, tmp_path):
         f"error: --out={out}: prepare stopped by SIGTERM; nothing was published"
     )
     assert not out.exists()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the point)
+def test_a_sigterm_whose_exception_was_swallowed_still_publishes_nothing(tmp_path):
+    """Seen in CI: the handler's KeyboardInterrupt raised inside XLA's gc callback was ignored,
+    and the stopped prepare published its store and exited 0."""
+    out = str(tmp_path / "rows")
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with store_transaction.interrupts_raise(), store_transaction.transaction(out) as staging:
+            with open(os.path.join(staging, rows.MANIFEST), "w") as f:
+                f.write("{}")
+            SignalsItselfWhileCollected()  # collected at once: the raise is lost
+    assert not os.path.exists(out)

@@ -103,6 +103,7 @@ def transaction(out: str) -> Iterator[str]:
             files.makedirs(staging)
             try:
                 yield staging
+                raise_if_stopped()  # a SIGTERM whose exception Python swallowed publishes nothing
                 if staging != out:
                     _publish_local(staging, out)
                 published = True
@@ -123,20 +124,35 @@ def _publish_local(staging: str, out: str) -> None:
     os.rmdir(staging)
 
 
+_stopped_by: list[str] = []  # the signal that interrupts_raise received, if any
+
+
+def raise_if_stopped() -> None:
+    """Raises the interrupt again if its first raise was lost: a signal handler's exception
+    that lands in a garbage-collection callback or a __del__ is printed and ignored."""
+    if _stopped_by:
+        raise KeyboardInterrupt(_stopped_by[0])
+
+
 @contextlib.contextmanager
 def interrupts_raise() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt in the block, as Ctrl-C does, so that a stopped prepare
-    cleans up (the transaction's) instead of dying with its files half written."""
+    cleans up (the transaction's) instead of dying with its files half written. Both are
+    remembered, so that a raise Python swallowed is raised again before anything is published."""
 
     def handle(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        _stopped_by.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt(_stopped_by[0])
 
+    _stopped_by.clear()
     try:
-        previous = signal.signal(signal.SIGTERM, handle)
+        previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread: nothing to install
         yield
         return
     try:
         yield
+        raise_if_stopped()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
