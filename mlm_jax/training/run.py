@@ -61,8 +61,9 @@ class StopSignal:
     """SIGTERM and Ctrl-C (SIGINT) as a flag the loop reads between steps.
 
     One process: before the first step (checks, data, compilation) the handler ends the run at
-    once (Preempted(None): nothing new to save); once steps run it sets the flag and the loop
-    saves the current step. A Ctrl-C after that ends the process at once, unsaved (the user
+    once (Preempted(None): nothing new to save; it sets the flag too, so that a raise swallowed
+    by a gc callback still stops the loop at its first step); once steps run it sets the flag
+    and the loop saves the current step. A Ctrl-C after that ends the process at once, unsaved (the user
     chose not to wait): os._exit, since an exception raised in a signal handler can land in a
     garbage-collection callback, which swallows it. Several processes: JAX's preemption service
     (started by jax.distributed.initialize) catches SIGTERM on any host and
@@ -103,7 +104,8 @@ class StopSignal:
             return  # already saving, then exiting
         if not self._stepping:
             log.warning("%s before the first step: nothing new to save; exiting", name)
-            raise Preempted(None, EXIT_CODES[signum])
+            self.requested_by = signum  # should the raise be swallowed (a gc callback's), the
+            raise Preempted(None, EXIT_CODES[signum])  # loop still stops at its first step
         log.warning(
             "%s received: saving a checkpoint at the current step, then exiting%s",
             name,
