@@ -192,19 +192,10 @@ def loader_tokens_per_s(batches: int) -> float | None:
     return None
 
 
-def run_benchmark(config) -> dict:
-    vocab_size = vocab_size_of(config)
-    trainer = make_trainer(config)
-    devices = list(trainer.mesh.devices.flat)
-    batch_size, seq_len = int(config.train.batch_size), int(config.data.seq_len)
-    host_batch = synthetic_batch(batch_size, seq_len, vocab_size)
-    batch = trainer.global_batch(host_batch)
-    state = trainer.new_state()
-
-    platform = devices[0].platform
-    size = _PEAK_SIZE.value or (4096 if platform == "cpu" else 8192)
-    burst = _PEAK_BURST.value or (1 if platform == "cpu" else 10)
-    peak_fn, peak_flops = peak_matmul(devices, trainer.run.model.compute_dtype, size, burst)
+def _timed_steps(trainer, state, batch, peak_fn):
+    """Compiles the train step, then times it and the peak matmul alternately (both see the
+    same load on a shared machine); a profile of two more steps if asked. Returns the step
+    times, the peak times, the compile seconds, the last loss and the seconds of masking."""
     with trainer.activate():
         start = time.perf_counter()
         step_fn = trainer.jitted("train").lower(state, batch, trainer.tables).compile()
@@ -212,7 +203,6 @@ def run_benchmark(config) -> dict:
         for _ in range(_WARMUP.value):
             state, metrics = step_fn(state, batch, trainer.tables)
         jax.block_until_ready(state)
-        # Steps and peak matmuls alternate so both see the same load on a shared machine.
         times, peak_times = [], [timed(peak_fn)]
         for _ in range(_STEPS.value):
             start = time.perf_counter()
@@ -230,6 +220,44 @@ def run_benchmark(config) -> dict:
                     state, metrics = step_fn(state, batch, trainer.tables)
                 jax.block_until_ready((state, metrics))
         mask_s = masking_seconds(trainer, batch, runs=5)
+    return times, peak_times, compile_s, loss, mask_s
+
+
+def _what_ran(config, trainer, vocab_size: int) -> dict:
+    """The row's description: the model, masking and step settings that were timed."""
+    model = trainer.run.model
+    return {
+        "dtype": config.model.dtype,
+        "arch": model.arch,
+        "local_window": model.local_window if model.has_local_layers else 0,
+        "layers": model.num_layers,
+        "hidden": model.hidden_size,
+        "vocab": vocab_size,
+        "batch_size": int(config.train.batch_size),
+        "seq_len": int(config.data.seq_len),
+        "max_predictions": trainer.run.masking.max_predictions,
+        "dropout": config.model.dropout_rate,
+        "attention_dropout": config.model.attention_dropout_rate,
+        "attention": config.model.attention,
+        "gelu": config.model.gelu,
+        "remat": config.model.remat,
+        "scan_layers": bool(config.model.scan_layers),
+    }
+
+
+def run_benchmark(config) -> dict:
+    vocab_size = vocab_size_of(config)
+    trainer = make_trainer(config)
+    devices = list(trainer.mesh.devices.flat)
+    batch_size, seq_len = int(config.train.batch_size), int(config.data.seq_len)
+    batch = trainer.global_batch(synthetic_batch(batch_size, seq_len, vocab_size))
+    platform = devices[0].platform
+    size = _PEAK_SIZE.value or (4096 if platform == "cpu" else 8192)
+    burst = _PEAK_BURST.value or (1 if platform == "cpu" else 10)
+    peak_fn, peak_flops = peak_matmul(devices, trainer.run.model.compute_dtype, size, burst)
+    times, peak_times, compile_s, loss, mask_s = _timed_steps(
+        trainer, trainer.new_state(), batch, peak_fn
+    )
 
     step_s = statistics.median(times)
     tokens = batch_size * seq_len
@@ -238,25 +266,10 @@ def run_benchmark(config) -> dict:
     peak = peak_flops / statistics.median(peak_times)
     sheet = datasheet_peak(devices[0].device_kind, config.model.dtype)
     sheet = sheet * len(devices) if sheet else None
-
     result = {
         "bench": "train_step",
         "device": f"{len(devices)} x {devices[0].device_kind} ({platform})",
-        "dtype": config.model.dtype,
-        "arch": trainer.run.model.arch,
-        "local_window": trainer.run.model.local_window if trainer.run.model.has_local_layers else 0,
-        "layers": trainer.run.model.num_layers,
-        "hidden": trainer.run.model.hidden_size,
-        "vocab": vocab_size,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "max_predictions": trainer.run.masking.max_predictions,
-        "dropout": config.model.dropout_rate,
-        "attention_dropout": config.model.attention_dropout_rate,
-        "attention": config.model.attention,
-        "gelu": config.model.gelu,
-        "remat": config.model.remat,
-        "scan_layers": bool(config.model.scan_layers),
+        **_what_ran(config, trainer, vocab_size),
         "steps": _STEPS.value,
         "step_s": step_s,
         "step_s_min": min(times),
