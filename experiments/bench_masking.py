@@ -10,7 +10,6 @@ If mlm_jax/models/registry.py is missing, the forward is skipped and the line sa
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -56,34 +55,11 @@ def median_ms(fn, runs, warmup):
     return 1000 * statistics.median(times)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--seq_len", type=int, default=512)
-    parser.add_argument("--ratio", type=float, default=0.15)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    args = parser.parse_args()
-
-    config = load_config_file(TINY_CONFIG)
-    config.masking.ratio = config.masking.end_ratio = args.ratio  # K follows the ratio timed
-    tokens, maskable, word_starts, document_ids = map(
-        jnp.asarray, synthetic_batch(args.batch_size, args.seq_len)
-    )
+def _time_strategies(config, args, batch, vocab, result: dict):
+    """The median ms of each strategy's masking of `batch`; returns the uniform masking."""
+    tokens, maskable, word_starts, _ = batch
     base_key = jax.random.key(0)
-    result = {
-        "bench": "masking",
-        "device": jax.devices()[0].device_kind,
-        "batch_size": args.batch_size,
-        "seq_len": args.seq_len,
-        "ratio": args.ratio,
-        "runs": args.runs,
-        "mask_ms": {},
-    }
     masked = None
-    vocab = types.SimpleNamespace(
-        vocab_size=VOCAB, pad_id=PAD, mask_id=MASK, special_ids=(PAD, UNK, CLS, SEP, MASK)
-    )
     for strategy in EVAL_STRATEGIES:  # (pmi is whole_word on other starts)
         config.masking.strategy = strategy
         spec = MaskingSpec.from_config(
@@ -101,36 +77,60 @@ def main():
         if strategy == "uniform":
             masked = call(0)
             result["max_predictions"] = spec.max_predictions
+    return masked
 
-    if importlib.util.find_spec("mlm_jax.models.registry") is None:
-        result["forward_ms"] = None
-        result["note"] = "mlm_jax/models/registry.py not found: forward pass not timed"
-    else:
-        import flax.linen as nn
 
-        from mlm_jax.models.registry import mlm_model
-        from mlm_jax.models.spec import ModelSpec
+def _time_forward(config, args, masked, document_ids, vocab) -> float:
+    """The median ms of configs/tiny.py's deterministic MLM forward on the masked batch."""
+    import flax.linen as nn
 
-        model = mlm_model(ModelSpec.from_config(config.model).with_vocab(vocab))
-        variables = model.init(
-            jax.random.key(1), masked.inputs, masked.positions, document_ids_BxL=document_ids
-        )
-        params = nn.meta.unbox(variables)
+    from mlm_jax.models.registry import mlm_model
+    from mlm_jax.models.spec import ModelSpec
 
-        @jax.jit
-        def forward(params, inputs, positions):
-            return model.apply(params, inputs, positions, document_ids_BxL=document_ids)
+    model = mlm_model(ModelSpec.from_config(config.model).with_vocab(vocab))
+    variables = model.init(
+        jax.random.key(1), masked.inputs, masked.positions, document_ids_BxL=document_ids
+    )
+    params = nn.meta.unbox(variables)
 
-        result["forward_ms"] = round(
-            median_ms(
-                lambda i: forward(params, masked.inputs, masked.positions), args.runs, args.warmup
-            ),
-            3,
-        )
-        result["model"] = "configs/tiny.py BertMLM forward, deterministic, vocab 8192"
-        result["mask_over_forward"] = {
-            s: round(ms / result["forward_ms"], 4) for s, ms in result["mask_ms"].items()
-        }
+    @jax.jit
+    def forward(params, inputs, positions):
+        return model.apply(params, inputs, positions, document_ids_BxL=document_ids)
+
+    call = lambda i: forward(params, masked.inputs, masked.positions)  # noqa: E731
+    return round(median_ms(call, args.runs, args.warmup), 3)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--seq_len", type=int, default=512)
+    parser.add_argument("--ratio", type=float, default=0.15)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args()
+
+    config = load_config_file(TINY_CONFIG)
+    config.masking.ratio = config.masking.end_ratio = args.ratio  # K follows the ratio timed
+    batch = tuple(map(jnp.asarray, synthetic_batch(args.batch_size, args.seq_len)))
+    vocab = types.SimpleNamespace(
+        vocab_size=VOCAB, pad_id=PAD, mask_id=MASK, special_ids=(PAD, UNK, CLS, SEP, MASK)
+    )
+    result = {
+        "bench": "masking",
+        "device": jax.devices()[0].device_kind,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "ratio": args.ratio,
+        "runs": args.runs,
+        "mask_ms": {},
+    }
+    masked = _time_strategies(config, args, batch, vocab, result)
+    result["forward_ms"] = _time_forward(config, args, masked, batch[3], vocab)
+    result["model"] = "configs/tiny.py BertMLM forward, deterministic, vocab 8192"
+    result["mask_over_forward"] = {
+        s: round(ms / result["forward_ms"], 4) for s, ms in result["mask_ms"].items()
+    }
     print(json.dumps(result))
 
 
