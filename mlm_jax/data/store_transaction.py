@@ -138,7 +138,7 @@ def raise_if_stopped() -> None:
 def interrupts_raise() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt in the block, as Ctrl-C does, so that a stopped prepare
     cleans up (the transaction's) instead of dying with its files half written. Both are
-    remembered, so that a raise Python swallowed is raised again before anything is published."""
+    remembered: the transaction raises a swallowed one again before it publishes."""
 
     def handle(signum, frame):
         _stopped_by.append(signal.Signals(signum).name)
@@ -152,7 +152,6 @@ def interrupts_raise() -> Iterator[None]:
         return
     try:
         yield
-        raise_if_stopped()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

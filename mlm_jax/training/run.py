@@ -63,10 +63,10 @@ class StopSignal:
     One process: before the first step (checks, data, compilation) the handler ends the run at
     once (Preempted(None): nothing new to save; it sets the flag too, so that a raise swallowed
     by a gc callback still stops the loop at its first step); once steps run it sets the flag
-    and the loop saves the current step. A Ctrl-C after that ends the process at once, unsaved (the user
-    chose not to wait): os._exit, since an exception raised in a signal handler can land in a
-    garbage-collection callback, which swallows it. Several processes: JAX's preemption service
-    (started by jax.distributed.initialize) catches SIGTERM on any host and
+    and the loop saves the current step. A Ctrl-C after that ends the process at once, unsaved
+    (the user chose not to wait): os._exit, since an exception raised in a signal handler can
+    land in a garbage-collection callback, which swallows it. Several processes: JAX's preemption
+    service (started by jax.distributed.initialize) catches SIGTERM on any host and
     `reached_preemption_sync_point(step)` becomes true at the same step on all of them, so they
     save the same checkpoint and none waits in a collective for a host that left.
     """
@@ -104,8 +104,10 @@ class StopSignal:
             return  # already saving, then exiting
         if not self._stepping:
             log.warning("%s before the first step: nothing new to save; exiting", name)
-            self.requested_by = signum  # should the raise be swallowed (a gc callback's), the
-            raise Preempted(None, EXIT_CODES[signum])  # loop still stops at its first step
+            # The flag as well: should a gc callback swallow the raise, the loop still stops at
+            # its first step.
+            self.requested_by = signum
+            raise Preempted(None, EXIT_CODES[signum])
         log.warning(
             "%s received: saving a checkpoint at the current step, then exiting%s",
             name,
