@@ -6,7 +6,6 @@
 Times jit(mask_tokens) for each strategy and jit(BertMLM.apply) at configs/tiny.py (vocab
 8192, deterministic) on the same synthetic batch: median wall time over --runs calls after
 --warmup calls, each call blocked until ready. Masking should cost well under the forward.
-If mlm_jax/models/registry.py is missing, the forward is skipped and the line says so.
 """
 
 import argparse

@@ -50,11 +50,6 @@ def config_overrides(config) -> list[str]:
     return [f"--config.{k}={format_value(v)}" for k, v in wanted.items() if tiny.get(k) != v]
 
 
-def small_overrides(data_dir: str, num_steps: int) -> list[str]:
-    """`--config.x=y` flags that turn configs/tiny.py into tests/configs.py's small run."""
-    return config_overrides(small_run_config(data_dir, num_steps=num_steps))
-
-
 def sweep_run_config(data_dir: str, num_steps: int):
     """The small run as the sweep tests train it. A constant learning rate keeps the train
     step one program whatever train.num_steps (a decay's length is compiled into it), so the

@@ -8,9 +8,9 @@ the padding of TPU's tiled layouts).
 Default run: three cases, which with the last test cover both families, both meshes and the
 four strategies (BERT on the data mesh with uniform masking is that test's train step, which
 TPU's compiler sharded, lowered and scheduled before it found the batch too large); the other
-thirteen combinations (a minute each) are marked exhaustive: `pytest --exhaustive` runs them. Compiled as a run compiles them (XLA's lower
-optimization efforts halve the compile time but keep ~15x the temporaries, so the memory
-they report is not a run's).
+thirteen combinations (a minute each) are marked exhaustive: `pytest --exhaustive` runs them.
+Compiled as a run compiles them (XLA's lower optimization efforts halve the compile time but
+keep ~15x the temporaries, so the memory they report is not a run's).
 """
 
 import math

@@ -28,7 +28,8 @@ def is_first_argmax(logits_BxKxV, targets_BxK):
     """`argmax(logits) == targets` (ties go to the first index, as argmax breaks them), in
     three single-output passes over V: a max, a gather and an any. XLA:CPU does not vectorize
     argmax's (value, index) reduce: over [32, 40, 8192] logits it took 25 ms here against 5,
-    ~5 % of a ModernBERT tiny train step (docs/performance.md)."""
+    ~5 % of a ModernBERT tiny train step (docs/performance.md). A row with a NaN logit counts
+    no hit (argmax would name the NaN's index; that row's loss is NaN either way)."""
     best_BxKx1 = jnp.max(logits_BxKxV, axis=-1, keepdims=True)
     target_BxK = jnp.take_along_axis(logits_BxKxV, targets_BxK[..., None], axis=-1)[..., 0]
     before_target_BxKxV = jnp.arange(logits_BxKxV.shape[-1]) < targets_BxK[..., None]
