@@ -32,7 +32,7 @@ PLACEHOLDER = re.compile(
 )
 # Scripts that train or benchmark for minutes whatever their flags: their --help only.
 LONG = ("benchmark", "gpu_estimate", "peers", "masking_ratio", "finetune_python_docs",
-        "profile_summary", "masking_budget", "pmi_resume_check", "bench_data", "bench_masking")  # fmt: skip
+        "profile_summary", "masking_budget", "pmi_resume_check", "bench_data", "bench_masking", "bench_head_sums")  # fmt: skip
 NOT_RUN = ("pytest", "venv", "pip ")  # the suite itself; installs (.ci/run does them)
 
 

@@ -1,4 +1,5 @@
-"""models/layers.py, the pieces every family shares, against numpy written out here."""
+"""models/layers.py and models/head.py, the pieces every family shares, against numpy written
+out here."""
 
 import flax.linen as nn
 import jax
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from mlm_jax.models import head as mlm_head
 from mlm_jax.models import layers
 from mlm_jax.models.spec import ModelSpec
 
@@ -31,6 +33,14 @@ def numpy_norm(x, p, eps, rms):
     return out + p["bias"] if "bias" in p else out
 
 
+def numpy_head_states(x, positions, p, use_bias, rms):
+    """The head's states at the slots, before the decoder: gather, transform, GELU, norm."""
+    h = np.take_along_axis(x, positions[:, :, None], axis=1) @ p["transform"]["kernel"]
+    h = h + p["transform"]["bias"] if use_bias else h
+    h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
+    return numpy_norm(h, p["norm"], SPEC.layer_norm_eps, rms)
+
+
 def randomized(params, seed=1):
     """Every parameter drawn afresh, so zero biases and unit scales cannot hide a mistake."""
     leaves, tree = jax.tree.flatten(params)
@@ -46,24 +56,45 @@ def test_sparse_mlm_head_is_gather_transform_tied_decoder_bias_at_the_real_vocab
     x = rng.standard_normal((2, 6, 8)).astype(np.float32)
     positions = np.array([[0, 5, 2], [4, 4, 1]], np.int32)
     table = rng.standard_normal((16, 8)).astype(np.float32)
-    head = layers.SparseMLMHead(SPEC, use_bias=use_bias, rms=rms)
+    head = mlm_head.SparseMLMHead(SPEC, use_bias=use_bias, rms=rms)
     params = randomized(nn.unbox(head.init(jax.random.key(0), x, positions, table))["params"])
     ours = np.asarray(jax.jit(head.apply)({"params": params}, x, positions, table))
 
     p = jax.tree.map(np.asarray, params)
-    h = np.take_along_axis(x, positions[:, :, None], axis=1) @ p["transform"]["kernel"]
-    h = h + p["transform"]["bias"] if use_bias else h
-    h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
-    h = numpy_norm(h, p["norm"], SPEC.layer_norm_eps, rms)
+    h = numpy_head_states(x, positions, p, use_bias, rms)
     expected = (h @ table.T + p["output_bias"])[..., :11]
     assert ours.shape == (2, 3, 11) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
     assert set(p["transform"]) == ({"kernel", "bias"} if use_bias else {"kernel"})
 
 
+def test_sparse_mlm_head_gradients_match_numpy_and_never_reach_the_padding_rows():
+    """The hand-written bias derivative (a ones matmul) and the table sliced before the matmul
+    give numpy's gradients of sum(logits * w): the bias gets w summed over every slot, the
+    table w^T h on its real rows and exact zeros on its padding rows."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 8)).astype(np.float32)
+    positions = np.array([[0, 5, 2], [4, 4, 1]], np.int32)
+    table = rng.standard_normal((16, 8)).astype(np.float32)
+    w = rng.standard_normal((2, 3, 11)).astype(np.float32)
+    head = mlm_head.SparseMLMHead(SPEC)
+    params = randomized(nn.unbox(head.init(jax.random.key(0), x, positions, table))["params"])
+
+    def objective(params, table):
+        return jnp.sum(head.apply({"params": params}, x, positions, table) * w)
+
+    grads, grad_table = jax.jit(jax.grad(objective, argnums=(0, 1)))(params, table)
+    h = numpy_head_states(x, positions, jax.tree.map(np.asarray, params), True, False)
+    np.testing.assert_allclose(grads["output_bias"][:11], w.sum((0, 1)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        grad_table[:11], np.einsum("bkv,bke->ve", w, h), rtol=1e-4, atol=1e-4
+    )
+    assert not np.any(grads["output_bias"][11:]) and not np.any(grad_table[11:])
+
+
 def test_prediction_transform_module_names_its_parameters_as_the_head_does():
     x = np.ones((2, 8), np.float32)
-    module = layers.PredictionTransform(SPEC, use_bias=False)
+    module = mlm_head.PredictionTransform(SPEC, use_bias=False)
     params = nn.unbox(module.init(jax.random.key(0), x))["params"]
     assert jax.tree.map(np.shape, params) == {
         "transform": {"kernel": (8, 8)},

@@ -15,7 +15,8 @@ from jax.ad_checkpoint import print_saved_residuals
 from scipy.special import erf, log_softmax, ndtr
 
 from mlm_jax.models.bert import BertEncoder, BertForSequenceClassification, BertMLM
-from mlm_jax.models.layers import activation, tied_logits
+from mlm_jax.models.head import tied_logits
+from mlm_jax.models.layers import activation
 from mlm_jax.models.spec import ModelSpec
 from mlm_jax.training.loss import is_first_argmax, mlm_loss
 

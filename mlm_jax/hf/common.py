@@ -98,7 +98,7 @@ def plain_params(params: Any) -> dict:
 
 
 def fresh_mlm_head(spec: ModelSpec, *, bias: bool = True, seed: int = 0) -> dict:
-    """layers.SparseMLMHead's parameters for a checkpoint without a head: a truncated-normal
+    """head.SparseMLMHead's parameters for a checkpoint without a head: a truncated-normal
     transform, a unit norm, zero output bias (as the model's own init); bias=False leaves out
     the transform's and the norm's biases."""
     e = spec.hidden_size

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from mlm_jax.models.family import Family, Spec
+from mlm_jax.models.head import SparseMLMHead
 from mlm_jax.models.layers import (
     Dropout,
-    SparseMLMHead,
     activation,
     attention_mask,
     constrain,
@@ -173,7 +173,7 @@ class BertEncoder(nn.Module):
 
 
 class BertMLM(nn.Module):
-    """Encoder plus the sparse MLM head (layers.SparseMLMHead: biases, LayerNorm)."""
+    """Encoder plus the sparse MLM head (head.SparseMLMHead: biases, LayerNorm)."""
 
     config: Spec
 

@@ -1,5 +1,6 @@
 """Layers every encoder family shares: dense, norm, dropout, GELU, attention mask, the token
-table and its lookup, scanned and rematerialised block stacks, and the one sparse MLM head.
+table and its lookup, scanned and rematerialised block stacks. The sparse MLM head, which
+builds on these, is models/head.py.
 
 Each takes the ModelSpec (models/spec.py) for its numerics (compute dtype, float32 parameters, init range) and
 names its parameters' dims with logical axes (batch, length, embed, heads, kv, mlp, vocab,
@@ -245,25 +246,6 @@ def attention_mask(tokens_BxL, document_ids_BxL, *, pad_id: int, attend_across_d
     return mask_BxLxL[:, None, :, :]
 
 
-@jax.custom_jvp
-def tied_logits(h_BxKxE, table_VxE):
-    """h @ table^T in float32, whose backward matmuls run in h's dtype (as mixed precision does).
-
-    Autodiff of the float32-accumulated einsum would meet the float32 cotangent with the
-    bfloat16 table and run both backward matmuls ([B*K, Vp] by [Vp, E]) in float32 (TF32 on a
-    GPU, half the bfloat16 rate). The tangent is computed in the compute dtype and only then
-    widened, so its transpose narrows the cotangent first. Nothing changes in float32.
-    """
-    return jnp.einsum("bke,ve->bkv", h_BxKxE, table_VxE, preferred_element_type=jnp.float32)
-
-
-@tied_logits.defjvp
-def _tied_logits_jvp(primals, tangents):
-    (h, table), (dh, dtable) = primals, tangents
-    tangent = jnp.einsum("bke,ve->bkv", dh, table) + jnp.einsum("bke,ve->bkv", h, dtable)
-    return tied_logits(h, table), tangent.astype(jnp.float32)
-
-
 _REMAT_POLICIES = {
     "full": None,  # save nothing inside a block: recompute it all in the backward pass
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep projection outputs
@@ -315,63 +297,3 @@ def lookup_tokens(table_VxE, tokens_BxL, c: Spec):
             f"config.model.max_position_embeddings={c.max_position_embeddings}"
         )
     return jnp.take(constrain(table_VxE, ("vocab", None)), tokens_BxL, axis=0)
-
-
-def prediction_transform(c: Spec, h_BxKxE, *, use_bias: bool, rms: bool, stddev=None):
-    """dense (E -> E), the activation, a norm, as parameters `transform` and `norm` of the
-    calling module: BERT's MLM transform (biases, LayerNorm) and ModernBERT's prediction head
-    (bias-free, LayerNorm or RMSNorm, a smaller init)."""
-    h_BxKxE = dense(
-        c, c.hidden_size, ("embed", "mlp"), name="transform", use_bias=use_bias, stddev=stddev
-    )(h_BxKxE)
-    # Pinning the transform's output to the batch sharding is not only a hint: without it
-    # XLA's SPMD partitioner (jax 0.10.2) computes wrong gradients for the transform and
-    # everything below it on a mesh with data, fsdp and tensor axes all > 1
-    # (tests/test_sharding.py catches it).
-    h_BxKxE = constrain(h_BxKxE, ("batch", "length", "embed"))
-    return layer_norm(c, "norm", use_bias=use_bias, rms=rms)(activation(c, h_BxKxE))
-
-
-class PredictionTransform(nn.Module):
-    """`prediction_transform` as a module of its own (ModernBERT's classifier head)."""
-
-    config: Spec
-    use_bias: bool = True
-    rms: bool = False
-    stddev: float | None = None
-
-    @nn.compact
-    def __call__(self, h_BxKxE):
-        kw = dict(use_bias=self.use_bias, rms=self.rms, stddev=self.stddev)
-        return prediction_transform(self.config, h_BxKxE, **kw)
-
-
-class SparseMLMHead(nn.Module):
-    """The MLM head, evaluated only at the K prediction slots of each row: the final hidden
-    states there, the prediction transform, the tied decoder (the token table) plus an output
-    bias, in float32 over the real vocabulary (the table's padding rows are never predicted).
-
-    Parameters: transform, norm (`prediction_transform`'s), output_bias [Vp].
-    """
-
-    config: Spec
-    use_bias: bool = True
-    rms: bool = False
-    stddev: float | None = None  # the transform's init; None = model.initializer_range
-
-    @nn.compact
-    def __call__(self, x_BxLxE, positions_BxK, table_VxE):
-        c = self.config
-        h_BxKxE = jnp.take_along_axis(x_BxLxE, positions_BxK[:, :, None], axis=1)
-        h_BxKxE = constrain(h_BxKxE, ("batch", "length", "embed"))
-        kw = dict(use_bias=self.use_bias, rms=self.rms, stddev=self.stddev)
-        h_BxKxE = prediction_transform(c, h_BxKxE, **kw)
-        output_bias = self.param(
-            "output_bias",
-            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-            (c.padded_vocab_size,),
-            jnp.float32,
-        )
-        logits_BxKxVp = tied_logits(h_BxKxE, table_VxE.astype(c.compute_dtype)) + output_bias
-        logits_BxKxVp = constrain(logits_BxKxVp, ("batch", "length", "vocab"))
-        return logits_BxKxVp[..., : c.vocab_size]

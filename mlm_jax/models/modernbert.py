@@ -42,10 +42,9 @@ from mlm_jax.models.attention import (
 )
 from mlm_jax.models.attention import softmax_attention as _softmax_attention  # its name here before
 from mlm_jax.models.family import Family, Spec
+from mlm_jax.models.head import PredictionTransform, SparseMLMHead
 from mlm_jax.models.layers import (
     Dropout,
-    PredictionTransform,
-    SparseMLMHead,
     activation,
     constrain,
     dense,
@@ -267,13 +266,13 @@ class ModernBertEncoder(nn.Module):
 
 
 def head_options(c: Spec) -> dict:
-    """ModernBertPredictionHead's form of layers.prediction_transform: no biases, the model's
+    """ModernBertPredictionHead's form of head.prediction_transform: no biases, the model's
     norm, the smaller init of the projections into the residual stream."""
     return dict(use_bias=False, rms=c.norm == "rmsnorm", stddev=out_stddev(c))
 
 
 class ModernBertMLM(nn.Module):
-    """Encoder plus the sparse MLM head (layers.SparseMLMHead in ModernBERT's form)."""
+    """Encoder plus the sparse MLM head (head.SparseMLMHead in ModernBERT's form)."""
 
     config: Spec
 
