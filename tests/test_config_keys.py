@@ -84,6 +84,33 @@ def test_a_resume_takes_vocab_size_0_as_the_tokenizers(monkeypatch):
     resume.check_resume_compatible(defaults.base_config(), "run")
 
 
+def _resumed_k(monkeypatch, saved_k, config_k=0):
+    """K of a run (defaults: 15 % of 128 tokens, derived K 19) resuming a workdir that
+    recorded `saved_k`, or starting afresh when saved_k is None."""
+    from mlm_jax.training.resolve import resolve
+
+    saved = defaults.base_config()
+    saved.masking.max_predictions = saved_k or 0
+    monkeypatch.setattr(resume.ckpt, "latest_step", lambda workdir: None if saved_k is None else 10)
+    monkeypatch.setattr(resume.ckpt, "saved_config", lambda workdir: saved)
+    config = defaults.base_config()
+    config.masking.max_predictions = config_k
+    resume.check_resume_compatible(config, "run")
+    run = resolve(config, num_devices=1, local_devices=1, num_hosts=1)
+    k = resume.recorded_k(run, config, "run")
+    assert resume.resolved_config(config, run.with_max_predictions(k)).masking.max_predictions == k
+    return k
+
+
+def test_a_resumed_run_keeps_the_k_its_workdir_recorded(monkeypatch):
+    assert _resumed_k(monkeypatch, None) == 19  # a new run: ceil(0.15 * 126), recorded as such
+    assert _resumed_k(monkeypatch, 19) == 19  # recorded by a run since K is exact
+    assert _resumed_k(monkeypatch, 0) == 24  # recorded before: its K was rounded up to 8
+    assert _resumed_k(monkeypatch, 24, config_k=24) == 24  # the config's own K
+    with pytest.raises(ConfigError, match=r"masking.max_predictions: 19 -> 20"):
+        _resumed_k(monkeypatch, 19, config_k=20)
+
+
 def _model_spec(**changes) -> ModelSpec:
     fields = {f.name for f in dataclasses.fields(ModelSpec)}
     model = {k: v for k, v in defaults.base_config().model.items() if k in fields}

@@ -349,11 +349,11 @@ def test_ratio_schedules():
 
 
 def test_derived_max_predictions():
-    assert make_spec(seq_len=128, ratio=0.15).max_predictions == 24  # ceil(18.9) = 19 -> 24
-    assert make_spec(seq_len=128, strategy="whole_word").max_predictions == 32  # 19 + 8
+    assert make_spec(seq_len=128, ratio=0.15).max_predictions == 19  # ceil(0.15 * 126 = 18.9)
+    assert make_spec(seq_len=128, strategy="whole_word").max_predictions == 27  # 19 + 8
     linear = make_spec(seq_len=512, ratio=0.15, end_ratio=0.4, schedule="linear")
-    assert linear.max_predictions == 208  # ceil(0.4 * 510) = 204 -> 208
-    assert make_spec(seq_len=16, ratio=0.99, strategy="span").max_predictions == 16
+    assert linear.max_predictions == 204  # ceil(0.4 * 510)
+    assert make_spec(seq_len=16, ratio=0.99, strategy="span").max_predictions == 16  # 14 + 8 > 16
     assert make_spec(max_predictions=5).max_predictions == 5
 
 

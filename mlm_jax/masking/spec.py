@@ -74,8 +74,7 @@ class MaskingSpec:
 
         seq_len and num_steps come checked from their own specs (data, train).
         Derived K = ceil(max_ratio * (seq_len - 2)) (a row holds at least [CLS] and [SEP]),
-        plus WORD_OVERSHOOT_SLACK for strategies that take words, rounded up to a multiple of 8
-        and clamped to seq_len. max_ratio is the largest ratio the schedule reaches, or the
+        plus WORD_OVERSHOOT_SLACK for strategies that take words, clamped to seq_len. max_ratio is the largest ratio the schedule reaches, or the
         largest rate masking.rate_distribution draws.
         """
         m = masking_config
@@ -219,11 +218,14 @@ def input_files(spec: MaskingSpec) -> dict[str, str]:
 
 
 def derived_max_predictions(max_ratio: float, seq_len: int, strategy: str) -> int:
-    """K when masking.max_predictions is 0: room for the largest ratio on a full row."""
+    """K when masking.max_predictions is 0: room for the largest ratio on a full row, and no
+    more: every slot past the budget is head and loss work on a padding prediction (rounding
+    19 up to 24 cost the BERT tiny step 12 %, docs/performance.md). Runs recorded before K was
+    exact rounded it up to a multiple of 8; training/resume.py keeps theirs."""
     k = math.ceil(max_ratio * (seq_len - 2))
     if strategies.get(strategy).takes_words:
         k += WORD_OVERSHOOT_SLACK
-    return min(-(-k // 8) * 8, seq_len)
+    return min(k, seq_len)
 
 
 def _replacement_split(section: str, mask_prob: Any, random_prob: Any) -> tuple[float, float]:

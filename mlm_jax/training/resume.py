@@ -45,6 +45,8 @@ def check_resume_compatible(config, workdir: str) -> None:
             continue  # a field added since the run started, at its default: the same run
         if key == "model.vocab_size" and new.get(key) == 0:
             continue  # 0 = the tokenizer's size, and a resumed run keeps its tokenizer
+        if key == "masking.max_predictions" and new.get(key) == 0:
+            continue  # 0 = derived, and a resumed run keeps its recorded K (recorded_k)
         if _normalise(old.get(key)) != _normalise(new.get(key)):
             differ.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     if differ:
@@ -70,10 +72,33 @@ def check_resume_compatible(config, workdir: str) -> None:
         )
 
 
+# K as runs recorded before it was exact derived it: rounded up to a multiple of this.
+LEGACY_K_MULTIPLE = 8
+
+
+def recorded_k(run, config, workdir: str) -> int:
+    """The K a run trains with: config's, or when config leaves it derived (0) and the workdir
+    holds checkpoints, the K they were trained with, so a resume computes what the run did.
+
+    A workdir records its resolved K (resolved_config); one recorded before that records 0,
+    and its K was the derived one rounded up to LEGACY_K_MULTIPLE (capped at seq_len).
+    """
+    k = run.masking.max_predictions
+    if int(config.masking.max_predictions) != 0 or ckpt.latest_step(workdir) is None:
+        return k
+    saved = ckpt.saved_config(workdir)
+    recorded = int(saved.masking.get("max_predictions", 0)) if saved is not None else 0
+    if recorded:
+        return recorded
+    return min(-(-k // LEGACY_K_MULTIPLE) * LEGACY_K_MULTIPLE, run.data.seq_len)
+
+
 def resolved_config(config, run) -> ml_collections.ConfigDict:
-    """A locked copy of `config` with the fields the tokenizer decided filled in
-    (model.vocab_size): what config.json and every checkpoint record."""
+    """A locked copy of `config` with the fields the run resolved filled in (model.vocab_size,
+    from the tokenizer; masking.max_predictions, K): what config.json and every checkpoint
+    record."""
     resolved = ml_collections.ConfigDict(config.to_dict())
     resolved.model.vocab_size = run.model.vocab_size
+    resolved.masking.max_predictions = run.masking.max_predictions
     resolved.lock()
     return resolved

@@ -35,7 +35,7 @@ from mlm_jax.training import workdir as workdir_lib
 from mlm_jax.training.checks import check_eval_batches
 from mlm_jax.training.loop import LOG_WINDOW, NonFiniteError, TrainLoop  # noqa: F401 - main.py's
 from mlm_jax.training.resolve import resolve
-from mlm_jax.training.resume import check_resume_compatible, resolved_config
+from mlm_jax.training.resume import check_resume_compatible, recorded_k, resolved_config
 from mlm_jax.training.spec import RunSpec
 from mlm_jax.training.trainer import Trainer, TrainState, compile_steps
 
@@ -174,6 +174,7 @@ def check(config, workdir: str) -> Checked:
         workdir_lib.check_owned(workdir)
         resume_step = ckpt.latest_step(workdir)
         check_resume_compatible(config, workdir)
+        run = run.with_max_predictions(recorded_k(run, config, workdir))
         memory.check_fits(run, *memory.vocab_upper_bound(run))  # before a tokenizer is trained
         tokenizer = loader.run_tokenizer(run.data, workdir, resuming=resume_step is not None)
         run = run.with_vocab(tokenizer)

@@ -95,6 +95,11 @@ class RunSpec:
     def tokens_per_step(self) -> int:
         return self.train.batch_size * self.data.seq_len
 
+    def with_max_predictions(self, k: int) -> RunSpec:
+        """The same run with K prediction slots per row (a resumed run keeps its own)."""
+        masking = dataclasses.replace(self.masking, max_predictions=k)
+        return dataclasses.replace(self, masking=masking)
+
     def with_vocab(self, tokenizer) -> RunSpec:
         """Vocabulary sizes and special ids from the tokenizer (checked against the config)."""
         return dataclasses.replace(
