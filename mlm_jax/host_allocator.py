@@ -6,8 +6,10 @@ unmaps it on free, and each of XLA's compute threads gets a malloc arena of its 
 are mapped the same way. XLA:CPU allocates a step's large temporaries anew each step, so every
 step faulted them in again: ~115k page faults a step at the BERT tiny peer shape, a third of
 its system time. One arena, no mmap and no trimming keep freed buffers in the heap for the next
-step, as tcmalloc does (docs/performance.md has the measurements). The cost: the process keeps
-its peak heap (max RSS 7-26 % higher at the tiny peer shapes).
+step, as tcmalloc does (docs/performance.md has the measurements). The costs: the process keeps
+its peak heap (max RSS 7-26 % higher at the tiny peer shapes), and XLA's compiler threads share
+the one arena (the ModernBERT tiny step compiled in 5.5-6.9 s against 4.3-4.7 s), which is why
+the test suite, many compiles and few steps, opts out.
 
 Applied when mlm_jax is imported, before JAX starts its CPU threads (a thread takes its arena at
 its first malloc, so later is too late). Not applied where an accelerator's device files exist

@@ -7,6 +7,11 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The suite compiles hundreds of small programs and runs few steps of each: glibc's malloc
+# kept as mlm_jax/host_allocator.py sets it speeds steps but slowed the ModernBERT tiny compile
+# 4.3-4.7 s -> 5.5-6.9 s and the suite 7:09 -> 8:31. Subprocesses inherit this;
+# tests/test_host_allocator.py checks the setting itself.
+os.environ.setdefault("MLM_JAX_MALLOC", "system")
 # Many tests compile the same small train step (in this process and in the runs they start as
 # subprocesses, which inherit the environment): JAX's persistent compilation cache compiles it
 # once per session. The folder is new for every session, so no test reads a cache it did not
