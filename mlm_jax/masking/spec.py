@@ -74,8 +74,9 @@ class MaskingSpec:
 
         seq_len and num_steps come checked from their own specs (data, train).
         Derived K = ceil(max_ratio * (seq_len - 2)) (a row holds at least [CLS] and [SEP]),
-        plus WORD_OVERSHOOT_SLACK for strategies that take words, clamped to seq_len. max_ratio is the largest ratio the schedule reaches, or the
-        largest rate masking.rate_distribution draws.
+        plus WORD_OVERSHOOT_SLACK for strategies that take words, clamped to seq_len. max_ratio
+        is the largest ratio the schedule reaches, or the largest rate
+        masking.rate_distribution draws.
         """
         m = masking_config
         schedule, ratio, end_ratio, pieces = _schedule_fields(m)

@@ -21,7 +21,7 @@ def tied_logits(h_BxKxE, table_VxE):
     """h @ table^T in float32, whose backward matmuls run in h's dtype (as mixed precision does).
 
     Autodiff of the float32-accumulated einsum would meet the float32 cotangent with the
-    bfloat16 table and run both backward matmuls ([B*K, Vp] by [Vp, E]) in float32 (TF32 on a
+    bfloat16 table and run both backward matmuls ([B*K, V] by [V, E]) in float32 (TF32 on a
     GPU, half the bfloat16 rate). The tangent is computed in the compute dtype and only then
     widened, so its transpose narrows the cotangent first. Nothing changes in float32.
     """
