@@ -95,9 +95,9 @@ def _resumed_k(monkeypatch, saved_k, config_k=0):
     monkeypatch.setattr(resume.ckpt, "saved_config", lambda workdir: saved)
     config = defaults.base_config()
     config.masking.max_predictions = config_k
-    resume.check_resume_compatible(config, "run")
+    recorded = resume.check_resume_compatible(config, "run")
     run = resolve(config, num_devices=1, local_devices=1, num_hosts=1)
-    k = resume.recorded_k(run, config, "run")
+    k = resume.recorded_k(run, config, recorded)
     assert resume.resolved_config(config, run.with_max_predictions(k)).masking.max_predictions == k
     return k
 

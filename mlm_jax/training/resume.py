@@ -27,13 +27,20 @@ def _normalise(v):
     return v
 
 
-def check_resume_compatible(config, workdir: str) -> None:
-    """A workdir with checkpoints resumes only under a config that means the same run."""
+# Fields a config may leave at 0 for the run to resolve (the tokenizer's size, the derived K):
+# resolved_config records what they resolved to, and a resumed run keeps that (recorded_k).
+RESOLVED_WHEN_0 = ("model.vocab_size", "masking.max_predictions")
+
+
+def check_resume_compatible(config, workdir: str) -> ml_collections.ConfigDict | None:
+    """A workdir with checkpoints resumes only under a config that means the same run.
+    Returns the config its checkpoints recorded, read once here: None for a new run, empty
+    for checkpoints that recorded none."""
     if ckpt.latest_step(workdir) is None:
-        return
+        return None
     saved = ckpt.saved_config(workdir)
     if saved is None:
-        return
+        return ml_collections.ConfigDict()
     old = flatten(saved.to_dict())
     new = flatten(ml_collections.ConfigDict(config).to_dict())
     differ = []
@@ -43,10 +50,8 @@ def check_resume_compatible(config, workdir: str) -> None:
             continue
         if key not in old and _normalise(new.get(key)) == _normalise(defaults.get(key)):
             continue  # a field added since the run started, at its default: the same run
-        if key == "model.vocab_size" and new.get(key) == 0:
-            continue  # 0 = the tokenizer's size, and a resumed run keeps its tokenizer
-        if key == "masking.max_predictions" and new.get(key) == 0:
-            continue  # 0 = derived, and a resumed run keeps its recorded K (recorded_k)
+        if key in RESOLVED_WHEN_0 and new.get(key) == 0:
+            continue  # resolved by the run, which keeps what it resolved before
         if _normalise(old.get(key)) != _normalise(new.get(key)):
             differ.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     if differ:
@@ -70,24 +75,25 @@ def check_resume_compatible(config, workdir: str) -> None:
             *steps,
             " and ".join(stretched),
         )
+    return saved
 
 
 # K as runs recorded before it was exact derived it: rounded up to a multiple of this.
 LEGACY_K_MULTIPLE = 8
 
 
-def recorded_k(run, config, workdir: str) -> int:
-    """The K a run trains with: config's, or when config leaves it derived (0) and the workdir
-    holds checkpoints, the K they were trained with, so a resume computes what the run did.
+def recorded_k(run, config, saved) -> int:
+    """The K a run trains with: config's, or when config leaves it derived (0) and the run
+    resumes (`saved`: the config its checkpoints recorded, from check_resume_compatible), the
+    K they were trained with, so a resume computes what the run did.
 
     A workdir records its resolved K (resolved_config); one recorded before that records 0,
     and its K was the derived one rounded up to LEGACY_K_MULTIPLE (capped at seq_len).
     """
     k = run.masking.max_predictions
-    if int(config.masking.max_predictions) != 0 or ckpt.latest_step(workdir) is None:
+    if int(config.masking.max_predictions) != 0 or saved is None:
         return k
-    saved = ckpt.saved_config(workdir)
-    recorded = int(saved.masking.get("max_predictions", 0)) if saved is not None else 0
+    recorded = int(saved.get("masking", {}).get("max_predictions", 0))
     if recorded:
         return recorded
     return min(-(-k // LEGACY_K_MULTIPLE) * LEGACY_K_MULTIPLE, run.data.seq_len)

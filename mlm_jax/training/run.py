@@ -173,8 +173,8 @@ def check(config, workdir: str) -> Checked:
         metrics_wandb.check_available(config.log.wandb_project)
         workdir_lib.check_owned(workdir)
         resume_step = ckpt.latest_step(workdir)
-        check_resume_compatible(config, workdir)
-        run = run.with_max_predictions(recorded_k(run, config, workdir))
+        saved = check_resume_compatible(config, workdir)
+        run = run.with_max_predictions(recorded_k(run, config, saved))
         memory.check_fits(run, *memory.vocab_upper_bound(run))  # before a tokenizer is trained
         tokenizer = loader.run_tokenizer(run.data, workdir, resuming=resume_step is not None)
         run = run.with_vocab(tokenizer)
