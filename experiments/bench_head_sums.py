@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SHAPES = {  # [B, K, V] of each row's head (K: the derived prediction slots), then hidden widths
-    "BERT tiny head": (32, 24, 30522),
-    "BERT-base head": (8, 24, 30522),
-    "ModernBERT tiny head": (32, 40, 8192),
-    "ModernBERT base head (seq 128)": (8, 40, 32768),
+SHAPES = {  # [B, K, V] of each peer row's head (K: its derived prediction slots), then a hidden width
+    "BERT tiny head": (32, 19, 30522),
+    "BERT-base head": (8, 19, 30522),
+    "ModernBERT tiny head": (32, 38, 8192),
+    "ModernBERT base head (seq 128)": (8, 38, 32768),
     "hidden 768 (a dense bias)": (8, 128, 768),
 }
 
