@@ -184,3 +184,27 @@ def test_separate_qkv_matmuls_equal_the_fused_one():
     kernel = np.asarray(params["kernel"]).reshape(8, 24)
     expected = x @ kernel + np.asarray(params["bias"]).reshape(24)
     np.testing.assert_allclose(whole.reshape(2, 5, 24), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis, features", [(-1, (3, 4)), ((-2, -1), 5)])
+def test_dense_gradients_match_numpy_in_the_kernels_own_order(axis, features):
+    """`project`'s hand-written backward (the kernel gradient as X^T dY) gives numpy's
+    gradients of sum(dense(x) * w) for one and for several contracted dims."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
+    names = ("embed",) * (1 if axis == -1 else 2) + (None,) * (1 if features == 5 else 2)
+    dense = layers.Dense(SPEC, features, names, axis=axis, use_bias=False)
+    kernel = randomized(nn.unbox(dense.init(jax.random.key(0), x))["params"])["kernel"]
+    out_shape = dense.apply({"params": {"kernel": kernel}}, x).shape
+    w = rng.standard_normal(out_shape).astype(np.float32)
+
+    def objective(x, kernel):
+        return jnp.sum(dense.apply({"params": {"kernel": kernel}}, x) * w)
+
+    grad_x, grad_kernel = jax.jit(jax.grad(objective, argnums=(0, 1)))(x, kernel)
+    n_in = 1 if axis == -1 else 2
+    x2 = x.reshape(-1, int(np.prod(x.shape[-n_in:]))).astype(np.float64)
+    k2 = np.asarray(kernel, np.float64).reshape(x2.shape[1], -1)
+    w2 = w.reshape(x2.shape[0], -1).astype(np.float64)
+    np.testing.assert_allclose(grad_kernel, (x2.T @ w2).reshape(kernel.shape), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(grad_x, (w2 @ k2.T).reshape(x.shape), rtol=1e-5, atol=1e-4)

@@ -75,6 +75,37 @@ def _gelu_jvp(approximate, primals, tangents):
     return (x32 * cdf).astype(x.dtype), t * slope.astype(t.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project(x, kernel, n_in: int):
+    """x's last n_in dims contracted with kernel [*in, *out]: jnp.tensordot(x, kernel, n_in),
+    whose kernel gradient is the dot X^T dY, in the kernel's own [*in, *out] order.
+
+    Autodiff asks for dY^T X instead, and XLA:CPU copies the left operand of a dot with its
+    contracted dim innermost: dY transposed to [out, tokens] before every weight gradient.
+    X^T dY copies X, and the sum is the same up to float rounding. The ModernBERT tiny step
+    ran 1.11-1.21x faster and BERT-base 1.08x (docs/performance.md, Levers); on GPU and TPU
+    either form is one dot.
+    """
+    return jnp.tensordot(x, kernel, n_in)
+
+
+def _project_fwd(x, kernel, n_in):
+    return jnp.tensordot(x, kernel, n_in), (x, kernel)
+
+
+def _project_bwd(n_in, residuals, g):
+    x, kernel = residuals
+    lead, n_out = x.ndim - n_in, kernel.ndim - n_in
+    out_dims = tuple(range(lead, g.ndim))
+    dx = jax.lax.dot_general(g, kernel, ((out_dims, tuple(range(n_in, n_in + n_out))), ((), ())))
+    tokens = tuple(range(lead))
+    dkernel = jax.lax.dot_general(x, g, ((tokens, tokens), ((), ())))
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
 class Dense(nn.Module):
     """A dense layer over the trailing `axis` dims, in the compute dtype with float32 params.
 
@@ -116,12 +147,12 @@ class Dense(nn.Module):
                 features,
                 jnp.float32,
             ).astype(dtype)
-        contract = (axes, tuple(range(len(axes))))
+        x = jnp.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))  # contract the last
         if not self.separate:
-            out = jnp.tensordot(x, kernel, contract)
+            out = project(x, kernel, len(axes))
             return out + bias if self.use_bias else out
         kernels = (jnp.take(kernel, i, axis=len(axes)) for i in range(features[0]))
-        outs = tuple(jnp.tensordot(x, k, contract) for k in kernels)
+        outs = tuple(project(x, k, len(axes)) for k in kernels)
         return tuple(o + b for o, b in zip(outs, bias)) if self.use_bias else outs
 
 
