@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from mlm_jax.models import modernbert
+from mlm_jax.models import attention, modernbert
 from mlm_jax.models.spec import ModelSpec
 from mlm_jax.training import pretrained
 
@@ -202,3 +202,17 @@ def test_a_run_started_before_the_new_keys_existed_still_resumes(monkeypatch):
     config.model.arch = "modernbert"
     with pytest.raises(ValueError, match="model.arch: None -> 'modernbert'"):
         resume.check_resume_compatible(config, "run")
+
+
+def test_rotary_tables_match_transformers_at_modernberts_longest_positions():
+    """cos and sin at positions 0..8191 (ModernBERT's long-context phase, its thetas) within
+    1e-6 of transformers' float32 ones (a frequency rounded otherwise is 2e-4 off there)."""
+    config = hf_config(hidden_size=256, max_position_embeddings=8192, global_rope_theta=160000.0)
+    rotary = transformers.models.modernbert.modeling_modernbert.ModernBertRotaryEmbedding(config)
+    positions = torch.arange(8192)[None]
+    x = torch.zeros(1, dtype=torch.float32)
+    for layer_type, theta in (("full_attention", 160000.0), ("sliding_attention", 50.0)):
+        cos, sin = rotary(x, positions, layer_type)
+        ours = attention.rope_tables(8192, 64, theta)
+        for mine, theirs in zip(ours, (cos[0], sin[0])):
+            np.testing.assert_allclose(np.asarray(mine), theirs.numpy(), rtol=0, atol=1e-6)

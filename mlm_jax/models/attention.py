@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mlm_jax.models.family import Spec
 from mlm_jax.models.layers import dropout_keep_mask
@@ -29,11 +30,22 @@ def attention_groups(tokens_BxL, document_ids_BxL, c: Spec):
 
 
 def rope_tables(length: int, head_dim: int, theta: float):
-    """(cos, sin) float32 [L, D] of rotary positions 0..L-1, frequencies repeated per half."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    freqs_LxD2 = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-    emb_LxD = jnp.concatenate([freqs_LxD2, freqs_LxD2], axis=-1)
-    return jnp.cos(emb_LxD), jnp.sin(emb_LxD)
+    """(cos, sin) float32 [L, D] of rotary positions 0..L-1, frequencies repeated per half.
+
+    Computed on the host, so they reach XLA as constants: computed in the step, XLA:CPU
+    evaluated cos and sin again inside every fusion that read them (RoPE's backward, fused
+    with the q, k, v slices, per element); the ModernBERT tiny step ran 1.13x faster with host
+    tables (docs/performance.md, Levers). The frequencies round as transformers' float32 ones
+    do (the power in double, the rest in float32); cos and sin are rounded from double.
+    """
+    f32 = np.float32
+    exponents = np.arange(0, head_dim, 2, dtype=f32) / f32(head_dim)
+    inv_freq = f32(1.0) / (theta ** exponents.astype(np.float64)).astype(f32)
+    freqs_LxD2 = np.arange(length, dtype=f32)[:, None] * inv_freq[None, :]
+    angles_LxD = np.concatenate([freqs_LxD2, freqs_LxD2], axis=-1).astype(np.float64)
+    return jnp.asarray(np.cos(angles_LxD), jnp.float32), jnp.asarray(
+        np.sin(angles_LxD), jnp.float32
+    )
 
 
 def apply_rope(x_BxLxNxD, cos_LxD, sin_LxD):
