@@ -19,7 +19,7 @@ What each side computes per step (both float32, same batch of token ids, same ma
   cross-entropy, backward, torch.optim.AdamW (fused where this torch has it), zero_grad.
   Dropout is each config's on both sides (BERT 0.1 / 0.1, ModernBERT none).
 
-Timing: compile and one warm-up step per side are left out; then --repeats rounds, each timing
+Timing: compile and --warmup steps per side (alternating) are left out; then --repeats rounds, each timing
 --steps steps of one side and then of the other (the order flips every round, so a drift in the
 machine's load falls on both). A row's ratio is the median over rounds of ours / peer tokens/s
 in the same round; the spread is the range over rounds. The output is a markdown table to paste
@@ -91,6 +91,9 @@ QUICK = {
 _SHAPE = flags.DEFINE_list("shape", list(SHAPES), f"Rows to run, of: {', '.join(SHAPES)}.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Steps timed per side per round.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Rounds (each: our steps, then the peer's).")
+# Alone, our ModernBERT tiny step ran its first 5 steps at 9.6k tokens/s and every later 5 at
+# 12.7-14.0k (the process's heap settling), so a single warm-up step timed a start-up cost.
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps per side before the rounds.")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke test: tiny shapes, 1 round of 1 step.")
 _PEER_BERT_HEAD = flags.DEFINE_enum(
     "peer_bert_head", "sparse", ["sparse", "full"], "HF BERT's head: masked positions or all."
@@ -214,11 +217,15 @@ def tokens_per_s(step, steps: int, tokens: int) -> float:
     return steps * tokens / (time.perf_counter() - start)
 
 
-def run_row(name: str, steps: int, repeats: int, bert_head: str, quick: bool = False) -> dict:
+def run_row(
+    name: str, steps: int, repeats: int, bert_head: str, quick: bool = False, warmup: int = 1
+) -> dict:
     config = row_config(name, quick)
     ours = OurStep(config)
     peer = PeerStep(ours, bert_head)
-    losses = (ours(), peer())  # warm-up, untimed
+    losses = (ours(), peer())  # the first step's losses; warm-up, untimed
+    for _ in range(warmup - 1):
+        ours(), peer()
     modern = ours.spec.arch == "modernbert"
     tokens = int(config.train.batch_size) * int(config.data.seq_len)
     rounds = []
@@ -237,6 +244,7 @@ def run_row(name: str, steps: int, repeats: int, bert_head: str, quick: bool = F
         # ours pads the vocabulary rows (model.pad_vocab_multiple): (Vp - V) x (E + 1) more
         "parameters": {"ours": ours.parameters, "peer": peer.parameters},
         "first_loss": {"ours": losses[0], "peer": losses[1]},
+        "warmup": warmup,
         "steps": steps,
         "repeats": repeats,
         "ours_tokens_per_s": [round(x, 1) for x in ours_rates],
@@ -307,7 +315,8 @@ def markdown(env: dict, rows: list[dict], argv: list[str]) -> str:
     lines.append("")
     lines.append(
         f"Tokens/s: median (range) over {rows[0]['repeats']} alternating rounds of "
-        f"{rows[0]['steps']} steps per side; the ratio is the median (range) of the rounds' ratios."
+        f"{rows[0]['steps']} steps per side, after {rows[0]['warmup']} untimed steps per side; "
+        "the ratio is the median (range) of the rounds' ratios."
     )
     return "\n".join(lines)
 
@@ -317,11 +326,15 @@ def main(argv) -> None:
     unknown = [s for s in _SHAPE.value if s not in SHAPES]
     if unknown:
         cli.fail(f"--shape={','.join(unknown)}: expected some of {', '.join(SHAPES)}")
-    steps, repeats = (1, 1) if _QUICK.value else (_STEPS.value, _REPEATS.value)
+    steps, repeats, warmup = (
+        (1, 1, 1) if _QUICK.value else (_STEPS.value, _REPEATS.value, _WARMUP.value)
+    )
+    if warmup < 1:
+        cli.fail(f"--warmup={warmup}: expected at least 1 (the first step's losses are reported)")
     env = environment()
     rows = []
     for name in _SHAPE.value:
-        row = run_row(name, steps, repeats, _PEER_BERT_HEAD.value, _QUICK.value)
+        row = run_row(name, steps, repeats, _PEER_BERT_HEAD.value, _QUICK.value, warmup)
         print(json.dumps({**row, **env}), flush=True)
         rows.append(row)
     if _QUICK.value:
