@@ -19,12 +19,15 @@ What each side computes per step (both float32, same batch of token ids, same ma
   cross-entropy, backward, torch.optim.AdamW (fused where this torch has it), zero_grad.
   Dropout is each config's on both sides (BERT 0.1 / 0.1, ModernBERT none).
 
-Timing: compile and --warmup steps per side (alternating) are left out; then --repeats rounds, each timing
---steps steps of one side and then of the other (the order flips every round, so a drift in the
-machine's load falls on both). A row's ratio is the median over rounds of ours / peer tokens/s
-in the same round; the spread is the range over rounds. The output is a markdown table to paste
-into docs/performance.md, headed by the commit, the CPU and the versions, and one JSON line per
-row.
+Timing: compile and --warmup steps per side (alternating) are left out; then --repeats rounds,
+each timing --steps steps of one side and then of the other (the order flips every round, so a
+drift in the machine's load falls on both). A row's ratio is the median over rounds of ours /
+peer tokens/s in the same round; the spread is the range over rounds. Each side's MFU is its
+median tokens/s times the model's FLOPs per token (mlm_jax.models.flops, the head at our K slots;
+the peer's masked count averages the same) over the float32 matmul peak measured after the row:
+the faster of JAX's and PyTorch's [4096, 4096] matmul, median of 5. It says how much room a row
+has left on this CPU. The output is a markdown table to paste into docs/performance.md, headed by
+the commit, the CPU and the versions, and one JSON line per row.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from absl import app, flags
 
 from mlm_jax import cli
 from mlm_jax.config.files import load_config_file
+from mlm_jax.models.flops import flops_per_token
 from mlm_jax.training.synthetic import CLS, MASK, PAD, SEP, make_trainer, synthetic_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,6 +214,29 @@ class PeerStep:
         return loss.detach().item()
 
 
+def matmul_peak(size: int = 4096, runs: int = 5) -> float:
+    """FLOP/s of one float32 [size, size] matmul: the faster of JAX's and PyTorch's medians."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    ja, jb = jax.device_put(a), jax.device_put(b)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    matmul = jax.jit(lambda x, y: x @ y)
+    sides = (lambda: matmul(ja, jb).block_until_ready(), lambda: ta @ tb)
+    medians = []
+    for run in sides:
+        run()  # compile / warm
+        medians.append(statistics.median(_seconds(run) for _ in range(runs)))
+    return 2.0 * size**3 / min(medians)
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def tokens_per_s(step, steps: int, tokens: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
@@ -235,6 +262,9 @@ def run_row(
         rounds.append((rate[id(ours)], rate[id(peer)]))
     ours_rates, peer_rates = zip(*rounds)
     ratios = [a / b for a, b in rounds]
+    k = ours.trainer.run.masking.max_predictions
+    flops = flops_per_token(ours.spec, int(config.data.seq_len), k)["total"]
+    peak = 0.0 if quick else matmul_peak()
     return {
         "shape": name,
         "label": ("quick, shrunk: " if quick else "") + SHAPES[name][2],
@@ -249,6 +279,12 @@ def run_row(
         "repeats": repeats,
         "ours_tokens_per_s": [round(x, 1) for x in ours_rates],
         "peer_tokens_per_s": [round(x, 1) for x in peer_rates],
+        "model_flops_per_token": flops,
+        "matmul_peak_flops": peak,
+        "mfu": {
+            side: statistics.median(rates) * flops / peak if peak else None
+            for side, rates in (("ours", ours_rates), ("peer", peer_rates))
+        },
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
@@ -303,20 +339,25 @@ def markdown(env: dict, rows: list[dict], argv: list[str]) -> str:
         f"{v['torch']}, transformers {v['transformers']}, Python {v['python']}. Command: "
         f"`{' '.join(['python experiments/peers.py', *argv])}`.",
         "",
-        "| shape | peer | ours tokens/s | peer tokens/s | ours / peer |",
-        "|---|---|---|---|---|",
+        "| shape | peer | ours tokens/s | peer tokens/s | ours / peer | MFU ours / peer |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = f"**{r['ratio_median']:.2f}x** ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
+        mfu = r["mfu"]
+        mfu = f"{mfu['ours']:.0%} / {mfu['peer']:.0%}" if mfu["ours"] is not None else "-"
         lines.append(
             f"| {r['label']} | `{r['peer']}` ({r['peer_head']}) | "
-            f"{_spread(r['ours_tokens_per_s'])} | {_spread(r['peer_tokens_per_s'])} | {ratio} |"
+            f"{_spread(r['ours_tokens_per_s'])} | {_spread(r['peer_tokens_per_s'])} | {ratio} "
+            f"| {mfu} |"
         )
     lines.append("")
     lines.append(
         f"Tokens/s: median (range) over {rows[0]['repeats']} alternating rounds of "
         f"{rows[0]['steps']} steps per side, after {rows[0]['warmup']} untimed steps per side; "
-        "the ratio is the median (range) of the rounds' ratios."
+        "the ratio is the median (range) of the rounds' ratios. MFU: median tokens/s x model "
+        "FLOPs per token / the float32 matmul peak measured after the row "
+        f"({rows[0]['matmul_peak_flops'] / 1e12:.3f} TFLOP/s after the first)."
     )
     return "\n".join(lines)
 
