@@ -11,6 +11,7 @@ models/modernbert.py) builds its blocks from these and imports nothing from anot
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -78,13 +79,14 @@ def _gelu_jvp(approximate, primals, tangents):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def project(x, kernel, n_in: int):
     """x's last n_in dims contracted with kernel [*in, *out]: jnp.tensordot(x, kernel, n_in),
-    whose kernel gradient is the dot X^T dY, in the kernel's own [*in, *out] order.
+    with a backward that picks which operand XLA:CPU copies for the kernel gradient.
 
-    Autodiff asks for dY^T X instead, and XLA:CPU copies the left operand of a dot with its
-    contracted dim innermost: dY transposed to [out, tokens] before every weight gradient.
-    X^T dY copies X, and the sum is the same up to float rounding. The ModernBERT tiny step
-    ran 1.11-1.21x faster and BERT-base 1.08x (docs/performance.md, Levers); on GPU and TPU
-    either form is one dot.
+    XLA:CPU's dot copies its left operand with the contracted dim innermost. Autodiff asks for
+    dY^T X, so every weight gradient first copied dY to [out, tokens]. Here the gradient is
+    X^T dY (a copy of X), or (dY^T X)^T where the copy of dY plus the kernel-sized transpose
+    of the result is smaller. Same sums, other order: equal up to float rounding. The
+    ModernBERT tiny step ran 1.11-1.21x faster and BERT-base 1.08x (docs/performance.md,
+    Levers); on GPU and TPU each form is one dot.
     """
     return jnp.tensordot(x, kernel, n_in)
 
@@ -99,7 +101,13 @@ def _project_bwd(n_in, residuals, g):
     out_dims = tuple(range(lead, g.ndim))
     dx = jax.lax.dot_general(g, kernel, ((out_dims, tuple(range(n_in, n_in + n_out))), ((), ())))
     tokens = tuple(range(lead))
-    dkernel = jax.lax.dot_general(x, g, ((tokens, tokens), ((), ())))
+    n_tokens, size_in = x.size // math.prod(kernel.shape[:n_in]), math.prod(kernel.shape[:n_in])
+    size_out = kernel.size // size_in
+    if n_tokens * size_in <= (n_tokens + size_in) * size_out:  # the smaller copy
+        dkernel = jax.lax.dot_general(x, g, ((tokens, tokens), ((), ())))
+    else:
+        dkernel_t = jax.lax.dot_general(g, x, ((tokens, tokens), ((), ())))
+        dkernel = jnp.transpose(dkernel_t, (*range(n_out, n_out + n_in), *range(n_out)))
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
