@@ -43,9 +43,8 @@ def rope_tables(length: int, head_dim: int, theta: float):
     inv_freq = f32(1.0) / (theta ** exponents.astype(np.float64)).astype(f32)
     freqs_LxD2 = np.arange(length, dtype=f32)[:, None] * inv_freq[None, :]
     angles_LxD = np.concatenate([freqs_LxD2, freqs_LxD2], axis=-1).astype(np.float64)
-    return jnp.asarray(np.cos(angles_LxD), jnp.float32), jnp.asarray(
-        np.sin(angles_LxD), jnp.float32
-    )
+    cos_LxD, sin_LxD = np.cos(angles_LxD), np.sin(angles_LxD)
+    return jnp.asarray(cos_LxD, jnp.float32), jnp.asarray(sin_LxD, jnp.float32)
 
 
 def apply_rope(x_BxLxNxD, cos_LxD, sin_LxD):

@@ -101,8 +101,8 @@ def _project_bwd(n_in, residuals, g):
     out_dims = tuple(range(lead, g.ndim))
     dx = jax.lax.dot_general(g, kernel, ((out_dims, tuple(range(n_in, n_in + n_out))), ((), ())))
     tokens = tuple(range(lead))
-    n_tokens, size_in = x.size // math.prod(kernel.shape[:n_in]), math.prod(kernel.shape[:n_in])
-    size_out = kernel.size // size_in
+    size_in = math.prod(kernel.shape[:n_in])
+    n_tokens, size_out = x.size // size_in, kernel.size // size_in
     if n_tokens * size_in <= (n_tokens + size_in) * size_out:  # the smaller copy
         dkernel = jax.lax.dot_general(x, g, ((tokens, tokens), ((), ())))
     else:
