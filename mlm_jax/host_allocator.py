@@ -10,7 +10,8 @@ step, as tcmalloc does (docs/performance.md has the measurements). The costs: th
 its peak heap (max RSS 7-26 % higher at the tiny peer shapes), and XLA's compiler threads share
 the one arena (the ModernBERT tiny step compiled in 5.5-6.9 s against 4.3-4.7 s), which is why
 the test suite, many compiles and few steps, opts out. Large models gain nothing: BERT-large's
-float32 CPU step faulted as often either way and ran 8-9 % slower kept.
+float32 CPU step faulted as often either way, and ran 8-9 % slower kept in one session, 4-5 %
+faster in another.
 
 Applied when mlm_jax is imported, before JAX starts its CPU threads (a thread takes its arena at
 its first malloc, so later is too late). Not applied where an accelerator's device files exist
