@@ -40,6 +40,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments.timing import median_seconds, timed
 from mlm_jax import cli, masking
 from mlm_jax.models.flops import datasheet_peak, flops_per_token
 from mlm_jax.training.synthetic import (
@@ -95,17 +96,6 @@ _DATA_BATCHES = flags.DEFINE_integer(
 )
 
 
-def median_seconds(fn, runs: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def peak_matmul(devices, dtype, size: int, burst: int):
     """`burst` jitted [size,size] @ [size,size] per device, all devices at once, and their FLOPs."""
     mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
@@ -119,12 +109,6 @@ def peak_matmul(devices, dtype, size: int, burst: int):
     matmul = jax.jit(lambda x, y: jnp.einsum("dij,djk->dik", x, y), out_shardings=sharded)
     jax.block_until_ready(matmul(a, b))  # compile
     return (lambda: [matmul(a, b) for _ in range(burst)]), 2.0 * burst * len(devices) * size**3
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
 
 
 def memory_report(devices) -> dict:

@@ -45,6 +45,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from experiments.timing import median_seconds
 from mlm_jax import cli
 from mlm_jax.config.files import load_config_file
 from mlm_jax.models.flops import flops_per_token
@@ -223,18 +224,8 @@ def matmul_peak(size: int = 4096, runs: int = 5) -> float:
     ja, jb = jax.device_put(a), jax.device_put(b)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     matmul = jax.jit(lambda x, y: x @ y)
-    sides = (lambda: matmul(ja, jb).block_until_ready(), lambda: ta @ tb)
-    medians = []
-    for run in sides:
-        run()  # compile / warm
-        medians.append(statistics.median(_seconds(run) for _ in range(runs)))
-    return 2.0 * size**3 / min(medians)
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    sides = (lambda: matmul(ja, jb), lambda: ta @ tb)
+    return 2.0 * size**3 / min(median_seconds(run, runs) for run in sides)
 
 
 def tokens_per_s(step, steps: int, tokens: int) -> float:
