@@ -207,11 +207,17 @@ def test_a_run_started_before_the_new_keys_existed_still_resumes(monkeypatch):
 def test_rotary_tables_match_transformers_at_modernberts_longest_positions():
     """cos and sin at positions 0..8191 (ModernBERT's long-context phase, its thetas) within
     1e-6 of transformers' float32 ones (a frequency rounded otherwise is 2e-4 off there)."""
-    config = hf_config(hidden_size=256, max_position_embeddings=8192, global_rope_theta=160000.0)
+    thetas = {"full_attention": 160000.0, "sliding_attention": 10000.0}  # ModernBERT's
+    config = hf_config(
+        hidden_size=256,
+        max_position_embeddings=8192,
+        global_rope_theta=thetas["full_attention"],
+        local_rope_theta=thetas["sliding_attention"],
+    )
     rotary = transformers.models.modernbert.modeling_modernbert.ModernBertRotaryEmbedding(config)
     positions = torch.arange(8192)[None]
     x = torch.zeros(1, dtype=torch.float32)
-    for layer_type, theta in (("full_attention", 160000.0), ("sliding_attention", 50.0)):
+    for layer_type, theta in thetas.items():
         cos, sin = rotary(x, positions, layer_type)
         ours = attention.rope_tables(8192, 64, theta)
         for mine, theirs in zip(ours, (cos[0], sin[0])):

@@ -34,8 +34,8 @@ def rope_tables(length: int, head_dim: int, theta: float):
 
     Computed on the host, so they reach XLA as constants: computed in the step, XLA:CPU
     evaluated cos and sin again inside every fusion that read them (RoPE's backward, fused
-    with the q, k, v slices, per element); the ModernBERT tiny step ran 1.13x faster with host
-    tables (docs/performance.md, Levers). The frequencies round as transformers' float32 ones
+    with the q, k, v slices, per element); the ModernBERT tiny step ran 1.03-1.13x faster with
+    host tables (docs/performance.md, Levers). The frequencies round as transformers' float32 ones
     do (the power in double, the rest in float32); cos and sin are rounded from double.
     """
     f32 = np.float32
